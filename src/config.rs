@@ -1,0 +1,302 @@
+//! Every knob of a node, in one place: defaults < optional file < `SWITCHBOARD_*` environment.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::Path;
+
+use serde::Deserialize;
+
+/// Prefix of every environment variable that sets a [`Settings`] field.
+pub const ENV_PREFIX: &str = "SWITCHBOARD";
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The settings of one node. Field names are the config-file keys; the environment name
+/// is `SWITCHBOARD_` + the key in upper case (docs/configuration.md lists them all).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct Settings {
+    /// Chat (TCP) listen address.
+    pub listen: SocketAddr,
+    /// HTTP listen address for /livez, /readyz and /metrics.
+    pub http_listen: SocketAddr,
+    /// Redis URL; `None` runs the embedded in-memory backend (single node, nothing kept).
+    pub redis_url: Option<String>,
+    /// Name of this node in Redis, logs and `hello` (the pod name on Kubernetes).
+    pub node_name: String,
+    /// Seconds after which the sessions of a node that stopped heart-beating stop counting.
+    pub presence_ttl_secs: u64,
+    /// Seconds a draining node waits for clients to leave before closing them.
+    pub drain_timeout_secs: u64,
+    /// Most open client connections; more are refused before they are read.
+    pub max_connections: usize,
+    /// Longest frame in bytes, not counting the line ending.
+    pub max_frame_bytes: usize,
+    /// Longest message text in Unicode scalar values.
+    pub max_text_chars: usize,
+    /// Most concurrent sessions of one user across all nodes.
+    pub max_sessions_per_user: u32,
+    /// Lifetime of a login token in seconds, fixed when it is issued.
+    pub token_ttl_secs: u64,
+    /// Error events after which a connection is closed.
+    pub max_protocol_errors: u32,
+    /// Failed password logins (per name or per address) within the window that block logins.
+    pub login_failures_max: u32,
+    /// Sliding window, in seconds, of the failed-login limit.
+    pub login_failure_window_secs: u64,
+    /// Sustained sends per second per session (token bucket rate).
+    pub send_rate_per_sec: u32,
+    /// Sends a session may burst above the rate (token bucket size).
+    pub send_burst: u32,
+    /// An inbox keeps at least this many newest messages.
+    pub inbox_max_len: u64,
+    /// An inbox keeps everything younger than this many days.
+    pub inbox_retention_days: u64,
+    /// Live deliveries queued per session before it falls back to reading its inbox.
+    pub outbound_queue: usize,
+    /// Seconds a write to a client may take before the client counts as a slow consumer.
+    pub write_timeout_secs: u64,
+    /// Seconds without any frame from a client after which it is closed (0 = never).
+    pub idle_timeout_secs: u64,
+    /// Milliseconds a Redis request may take before the op answers `unavailable`.
+    pub redis_timeout_ms: u64,
+    /// Argon2id memory cost in KiB.
+    pub argon2_memory_kib: u32,
+    /// Argon2id iterations.
+    pub argon2_iterations: u32,
+    /// Argon2id lanes.
+    pub argon2_parallelism: u32,
+    /// Log format.
+    pub log_format: LogFormat,
+    /// Log filter (tracing `EnvFilter` syntax); `RUST_LOG` wins when set.
+    pub log: String,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            listen: ([0, 0, 0, 0], 6000).into(),
+            http_listen: ([0, 0, 0, 0], 8080).into(),
+            redis_url: None,
+            node_name: default_node_name(),
+            presence_ttl_secs: 15,
+            drain_timeout_secs: 20,
+            max_connections: 20_000,
+            max_frame_bytes: 65_536,
+            max_text_chars: 4096,
+            max_sessions_per_user: 8,
+            token_ttl_secs: 7 * 24 * 3600,
+            max_protocol_errors: 10,
+            login_failures_max: 10,
+            login_failure_window_secs: 60,
+            send_rate_per_sec: 200,
+            send_burst: 1000,
+            inbox_max_len: 10_000,
+            inbox_retention_days: 30,
+            outbound_queue: 1024,
+            write_timeout_secs: 30,
+            idle_timeout_secs: 300,
+            redis_timeout_ms: 3000,
+            // OWASP's first recommended argon2id set: 19 MiB, 2 passes, 1 lane.
+            argon2_memory_kib: 19 * 1024,
+            argon2_iterations: 2,
+            argon2_parallelism: 1,
+            log_format: LogFormat::Text,
+            log: "info".into(),
+        }
+    }
+}
+
+/// The host name, or `switchboard` when it cannot be read.
+fn default_node_name() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "switchboard".into())
+}
+
+/// A setting that failed to load or validate; the message names the setting.
+#[derive(Debug, thiserror::Error)]
+#[error("configuration: {0}")]
+pub struct ConfigError(String);
+
+impl Settings {
+    /// Loads defaults, then `file` if given, then the process environment.
+    pub fn load(file: Option<&Path>) -> Result<Settings, ConfigError> {
+        Self::load_from(file, std::env::vars().collect())
+    }
+
+    /// Like [`Settings::load`] with an explicit environment (tests pass settings this way).
+    pub fn load_from(
+        file: Option<&Path>,
+        env: HashMap<String, String>,
+    ) -> Result<Settings, ConfigError> {
+        let mut builder = config::Config::builder();
+        if let Some(path) = file {
+            builder = builder.add_source(config::File::from(path).required(true));
+        }
+        // An empty SWITCHBOARD_REDIS_URL means "unset", as Helm renders empty values.
+        let env: HashMap<String, String> = env
+            .into_iter()
+            .filter(|(k, v)| k.starts_with(ENV_PREFIX) && !v.is_empty())
+            .collect();
+        builder = builder.add_source(
+            config::Environment::with_prefix(ENV_PREFIX)
+                .prefix_separator("_")
+                .try_parsing(true)
+                .source(Some(env)),
+        );
+        let cfg = builder
+            .build()
+            .map_err(|e| ConfigError(e.to_string()))?;
+        let settings: Settings = cfg.try_deserialize().map_err(|e| ConfigError(name_env(e)))?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Checks ranges so that a bad value fails start-up instead of misbehaving later.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        fn check(ok: bool, key: &str, why: &str) -> Result<(), ConfigError> {
+            if ok {
+                Ok(())
+            } else {
+                Err(ConfigError(format!(
+                    "{key} ({ENV_PREFIX}_{}) {why}",
+                    key.to_uppercase()
+                )))
+            }
+        }
+        let n = &self.node_name;
+        check(
+            !n.is_empty() && n.len() <= 253 && !n.chars().any(|c| c.is_whitespace() || c.is_control()),
+            "node_name",
+            "must be 1 to 253 characters without white space",
+        )?;
+        check(self.presence_ttl_secs >= 1, "presence_ttl_secs", "must be at least 1")?;
+        check(self.max_connections >= 1, "max_connections", "must be at least 1")?;
+        check(
+            (256..=16 << 20).contains(&self.max_frame_bytes),
+            "max_frame_bytes",
+            "must be between 256 and 16777216",
+        )?;
+        check(
+            (1..=1 << 20).contains(&self.max_text_chars),
+            "max_text_chars",
+            "must be between 1 and 1048576",
+        )?;
+        check(
+            self.max_sessions_per_user >= 1,
+            "max_sessions_per_user",
+            "must be at least 1",
+        )?;
+        check(self.token_ttl_secs >= 1, "token_ttl_secs", "must be at least 1")?;
+        check(self.max_protocol_errors >= 1, "max_protocol_errors", "must be at least 1")?;
+        check(self.login_failures_max >= 1, "login_failures_max", "must be at least 1")?;
+        check(
+            self.login_failure_window_secs >= 1,
+            "login_failure_window_secs",
+            "must be at least 1",
+        )?;
+        check(self.send_rate_per_sec >= 1, "send_rate_per_sec", "must be at least 1")?;
+        check(self.send_burst >= 1, "send_burst", "must be at least 1")?;
+        check(self.inbox_max_len >= 1, "inbox_max_len", "must be at least 1")?;
+        check(self.outbound_queue >= 1, "outbound_queue", "must be at least 1")?;
+        check(self.write_timeout_secs >= 1, "write_timeout_secs", "must be at least 1")?;
+        check(self.redis_timeout_ms >= 10, "redis_timeout_ms", "must be at least 10")?;
+        check(
+            argon2::Params::new(
+                self.argon2_memory_kib,
+                self.argon2_iterations,
+                self.argon2_parallelism,
+                None,
+            )
+            .is_ok(),
+            "argon2_memory_kib",
+            "and argon2_iterations / argon2_parallelism are not valid argon2 parameters",
+        )?;
+        if let Some(url) = &self.redis_url {
+            check(
+                url.starts_with("redis://") || url.starts_with("rediss://"),
+                "redis_url",
+                "must start with redis:// or rediss://",
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// Rewrites a deserialisation error so it also names the environment variable.
+fn name_env(e: config::ConfigError) -> String {
+    let text = e.to_string();
+    match text.rsplit_once("for key `") {
+        Some((_, rest)) => {
+            let key = rest.trim_end_matches(|c| c == '`' || c == '"');
+            let key = key.split('`').next().unwrap_or(key);
+            format!("{text} (environment {ENV_PREFIX}_{})", key.to_uppercase())
+        }
+        None => text,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn environment_overrides_defaults() {
+        let s = Settings::load_from(
+            None,
+            env(&[
+                ("SWITCHBOARD_LISTEN", "127.0.0.1:7000"),
+                ("SWITCHBOARD_PRESENCE_TTL_SECS", "3"),
+                ("SWITCHBOARD_REDIS_URL", ""),
+                ("SWITCHBOARD_PORT", "tcp://10.0.0.1:6000"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.listen, "127.0.0.1:7000".parse().unwrap());
+        assert_eq!(s.presence_ttl_secs, 3);
+        assert_eq!(s.redis_url, None);
+        assert_eq!(s.max_frame_bytes, 65536);
+    }
+
+    #[test]
+    fn bad_value_names_the_setting() {
+        let e = Settings::load_from(None, env(&[("SWITCHBOARD_PRESENCE_TTL_SECS", "soon")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("SWITCHBOARD_PRESENCE_TTL_SECS"), "{e}");
+        let e = Settings::load_from(None, env(&[("SWITCHBOARD_MAX_FRAME_BYTES", "10")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("SWITCHBOARD_MAX_FRAME_BYTES"), "{e}");
+    }
+
+    #[test]
+    fn file_then_environment() {
+        let dir = std::env::temp_dir().join(format!("sb-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("node.toml");
+        std::fs::write(&path, "max_text_chars = 10\nsend_burst = 5\n").unwrap();
+        let s = Settings::load_from(Some(&path), env(&[("SWITCHBOARD_SEND_BURST", "7")])).unwrap();
+        assert_eq!(s.max_text_chars, 10);
+        assert_eq!(s.send_burst, 7);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,115 @@
+//! Framing: newline-delimited frames read with a hard size bound.
+//!
+//! Hand-written instead of `FramedRead<LinesCodec>` for one reason: memory per idle
+//! connection. The read buffer exists only while bytes are pending and is released as soon as
+//! every complete line has been taken, so an idle logged-in connection holds no buffer at all.
+
+use std::io;
+
+use bytes::{Bytes, BytesMut};
+use tokio::net::tcp::OwnedReadHalf;
+
+/// Bytes reserved for one read from the socket.
+const READ_CHUNK: usize = 4096;
+
+/// What [`LineReader::next_frame`] found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Frame {
+    /// One frame, without its line ending (may be empty).
+    Line(Bytes),
+    /// A frame longer than the bound; the stream cannot be resynchronised.
+    TooLarge,
+}
+
+/// Splits a byte stream into frames of at most `max` bytes.
+pub struct LineReader {
+    buf: BytesMut,
+    scanned: usize,
+    max: usize,
+}
+
+impl LineReader {
+    /// A reader for frames of at most `max` bytes (not counting `\n` or `\r\n`).
+    pub fn new(max: usize) -> LineReader {
+        LineReader {
+            buf: BytesMut::new(),
+            scanned: 0,
+            max,
+        }
+    }
+
+    /// The next complete frame already buffered, if any.
+    pub fn next_frame(&mut self) -> Option<Frame> {
+        match self.buf[self.scanned..].iter().position(|&b| b == b'\n') {
+            Some(i) => {
+                let end = self.scanned + i;
+                let mut line = self.buf.split_to(end + 1).freeze();
+                self.scanned = 0;
+                if self.buf.is_empty() {
+                    // Drop the allocation now; the split-off line frees it when handled.
+                    self.buf = BytesMut::new();
+                }
+                line.truncate(end);
+                if line.last() == Some(&b'\r') {
+                    line.truncate(end - 1);
+                }
+                Some(if line.len() > self.max { Frame::TooLarge } else { Frame::Line(line) })
+            }
+            None => {
+                self.scanned = self.buf.len();
+                // Even with a trailing '\r' to come, this frame is already over the bound.
+                (self.buf.len() > self.max + 1).then_some(Frame::TooLarge)
+            }
+        }
+    }
+
+    /// Waits for and reads more bytes; `Ok(false)` at end of stream.
+    ///
+    /// Cancel-safe: bytes are only taken from the socket synchronously after readiness.
+    pub async fn fill(&mut self, rd: &OwnedReadHalf) -> io::Result<bool> {
+        loop {
+            rd.readable().await?;
+            self.buf.reserve(READ_CHUNK);
+            match rd.try_read_buf(&mut self.buf) {
+                Ok(0) => return Ok(false),
+                Ok(_) => return Ok(true),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Test helper: appends bytes as if read from the socket.
+    #[cfg(test)]
+    fn feed(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(s: &str) -> Option<Frame> {
+        Some(Frame::Line(Bytes::copy_from_slice(s.as_bytes())))
+    }
+
+    #[test]
+    fn splits_joins_and_bounds() {
+        let mut r = LineReader::new(8);
+        r.feed(b"ab");
+        assert_eq!(r.next_frame(), None);
+        r.feed(b"c\r\n\nde\n");
+        assert_eq!(r.next_frame(), line("abc"));
+        assert_eq!(r.next_frame(), line(""));
+        assert_eq!(r.next_frame(), line("de"));
+        assert_eq!(r.next_frame(), None);
+        r.feed(b"12345678\r\n");
+        assert_eq!(r.next_frame(), line("12345678"));
+        r.feed(b"123456789\n");
+        assert_eq!(r.next_frame(), Some(Frame::TooLarge));
+        let mut r = LineReader::new(8);
+        r.feed(b"1234567890");
+        assert_eq!(r.next_frame(), Some(Frame::TooLarge));
+    }
+}

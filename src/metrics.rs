@@ -1,0 +1,138 @@
+//! Prometheus series of one node (docs/operations.md lists them). One registry per node, so
+//! several in-process test nodes do not share counters.
+
+use prometheus::{
+    Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// Every series a node exports.
+pub struct Metrics {
+    registry: Registry,
+    /// Open client connections.
+    pub connections_open: IntGauge,
+    /// Accepted client connections.
+    pub connections_accepted: IntCounter,
+    /// Refused client connections by reason.
+    pub connections_rejected: IntCounterVec,
+    /// Logged-in sessions on this node.
+    pub sessions: IntGauge,
+    /// Login attempts by method and result.
+    pub logins: IntCounterVec,
+    /// Messages accepted by kind (direct, group).
+    pub messages: IntCounterVec,
+    /// Messages written to clients by path (live, backlog).
+    pub deliveries: IntCounterVec,
+    /// Acknowledgements accepted.
+    pub acks: IntCounter,
+    /// User channels subscribed on this node.
+    pub subscriptions: IntGauge,
+    /// Channel payloads for users without a session here.
+    pub bus_unrouted: IntCounter,
+    /// Channel payloads that could not be parsed.
+    pub bus_bad_payloads: IntCounter,
+    /// Live deliveries that found a full outbound queue (the session re-reads its inbox).
+    pub outbound_overflows: IntCounter,
+    /// Connections closed because writes to them stalled.
+    pub slow_consumers: IntCounter,
+    /// Errors sent to clients, by code (replies and events).
+    pub errors: IntCounterVec,
+    /// Failed backend requests.
+    pub backend_errors: IntCounter,
+}
+
+impl Metrics {
+    /// Creates and registers every series.
+    pub fn new(node: &str) -> Metrics {
+        let registry = Registry::new();
+        let counter = |name: &str, help: &str| {
+            let c = IntCounter::new(name, help).expect("valid metric");
+            registry.register(Box::new(c.clone())).expect("unique metric");
+            c
+        };
+        let counter_vec = |name: &str, help: &str, labels: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+            registry.register(Box::new(c.clone())).expect("unique metric");
+            c
+        };
+        let gauge = |name: &str, help: &str| {
+            let g = IntGauge::new(name, help).expect("valid metric");
+            registry.register(Box::new(g.clone())).expect("unique metric");
+            g
+        };
+        let build = IntGaugeVec::new(
+            Opts::new("switchboard_build_info", "Build information; the value is 1."),
+            &["version", "node"],
+        )
+        .expect("valid metric");
+        registry.register(Box::new(build.clone())).expect("unique metric");
+        build
+            .with_label_values(&[env!("CARGO_PKG_VERSION"), node])
+            .set(1);
+        Metrics {
+            connections_open: gauge("switchboard_connections_open", "Open client connections."),
+            connections_accepted: counter(
+                "switchboard_connections_accepted_total",
+                "Client connections accepted.",
+            ),
+            connections_rejected: counter_vec(
+                "switchboard_connections_rejected_total",
+                "Client connections refused, by reason.",
+                &["reason"],
+            ),
+            sessions: gauge("switchboard_sessions", "Logged-in sessions on this node."),
+            logins: counter_vec(
+                "switchboard_logins_total",
+                "Login attempts by method (password, token) and result.",
+                &["method", "result"],
+            ),
+            messages: counter_vec(
+                "switchboard_messages_accepted_total",
+                "Messages stored, by kind (direct, group).",
+                &["kind"],
+            ),
+            deliveries: counter_vec(
+                "switchboard_deliveries_total",
+                "Messages written to client sockets, by path (live, backlog).",
+                &["path"],
+            ),
+            acks: counter("switchboard_acks_total", "Acknowledgements accepted."),
+            subscriptions: gauge(
+                "switchboard_pubsub_subscriptions",
+                "User channels subscribed on this node.",
+            ),
+            bus_unrouted: counter(
+                "switchboard_bus_unrouted_total",
+                "Channel payloads for users with no session on this node.",
+            ),
+            bus_bad_payloads: counter(
+                "switchboard_bus_bad_payloads_total",
+                "Channel payloads that could not be parsed.",
+            ),
+            outbound_overflows: counter(
+                "switchboard_outbound_queue_overflows_total",
+                "Live deliveries that found a full session queue (the session re-reads its inbox).",
+            ),
+            slow_consumers: counter(
+                "switchboard_slow_consumer_disconnects_total",
+                "Connections closed because writing to them stalled.",
+            ),
+            errors: counter_vec(
+                "switchboard_errors_total",
+                "Errors sent to clients, by code.",
+                &["code"],
+            ),
+            backend_errors: counter(
+                "switchboard_backend_errors_total",
+                "Backend (Redis) requests that failed or timed out.",
+            ),
+            registry,
+        }
+    }
+
+    /// The Prometheus text exposition of every series.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        String::from_utf8(out).unwrap_or_default()
+    }
+}

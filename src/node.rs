@@ -1,0 +1,107 @@
+//! What every connection of a node shares: settings, store, routing table, metrics, lifecycle.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::Passwords;
+use crate::config::Settings;
+use crate::metrics::Metrics;
+use crate::protocol::{UserRef, event};
+use crate::registry::Registry;
+use crate::store::Store;
+
+/// The shared context of one node.
+pub struct Node<S> {
+    /// Settings.
+    pub settings: Settings,
+    /// Durable state and the live path.
+    pub store: Arc<S>,
+    /// Local sessions by user.
+    pub registry: Arc<Registry>,
+    /// Prometheus series.
+    pub metrics: Arc<Metrics>,
+    /// Password hashing.
+    pub passwords: Passwords,
+    /// Cancelled when the node starts draining (SIGTERM): clients get `goaway`.
+    pub draining: CancellationToken,
+    /// Cancelled when the drain time is up: remaining connections close.
+    pub closing: CancellationToken,
+    boot: u32,
+    next_session: AtomicU64,
+    /// Sessions whose removal from the store failed (store down); retried by the heartbeat.
+    orphans: Mutex<Vec<(UserRef, Arc<str>)>>,
+}
+
+impl<S: Store> Node<S> {
+    /// A node context.
+    pub fn new(settings: Settings, store: Arc<S>, registry: Arc<Registry>, metrics: Arc<Metrics>) -> Node<S> {
+        Node {
+            passwords: Passwords::new(&settings),
+            settings,
+            store,
+            registry,
+            metrics,
+            draining: CancellationToken::new(),
+            closing: CancellationToken::new(),
+            boot: rand::random(),
+            next_session: AtomicU64::new(1),
+            orphans: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// A globally unique session id: node name, a per-boot random number, a counter.
+    pub fn new_session_id(&self) -> Arc<str> {
+        let n = self.next_session.fetch_add(1, Ordering::Relaxed);
+        format!("{}-{:08x}-{n}", self.settings.node_name, self.boot).into()
+    }
+
+    /// Ready for traffic: not draining and the backend's live path works.
+    pub fn ready(&self) -> bool {
+        !self.draining.is_cancelled() && self.store.healthy()
+    }
+
+    /// Tells `user`'s friends and fellow group members that they came online or went offline.
+    pub async fn announce_presence(&self, user: &UserRef, online: bool) {
+        let line = event(
+            "presence",
+            json!({"user": {"id": user.id, "name": user.name, "online": online}}),
+        );
+        let result = async {
+            let audience = self.store.audience(user.id).await?;
+            self.store.publish_event(&audience, "-", &line).await
+        }
+        .await;
+        if let Err(e) = result {
+            tracing::warn!(user = user.id, error = %e, "presence not announced");
+        }
+    }
+
+    /// Removes a session from the store and announces the user offline if it was their last;
+    /// when the store is down, remembers it for [`Node::retry_orphans`].
+    pub async fn close_session(&self, user: &UserRef, session: Arc<str>) {
+        match self.store.session_close(user.id, &session, &self.settings.node_name).await {
+            Ok(true) => self.announce_presence(user, false).await,
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(user = user.id, error = %e, "session removal deferred");
+                self.orphans.lock().unwrap_or_else(|e| e.into_inner()).push((user.clone(), session));
+            }
+        }
+    }
+
+    /// Retries session removals that failed while the store was down.
+    pub async fn retry_orphans(&self) {
+        let orphans = std::mem::take(&mut *self.orphans.lock().unwrap_or_else(|e| e.into_inner()));
+        for (user, session) in orphans {
+            self.close_session(&user, session).await;
+        }
+    }
+
+    /// Users with sessions here and the ids of those sessions (to re-register after a reap).
+    pub fn local_sessions(&self) -> Vec<(UserRef, Arc<str>)> {
+        self.registry.sessions()
+    }
+}

@@ -1,0 +1,195 @@
+//! The node's routing table: which logged-in users have sessions here, and their outboxes.
+//!
+//! The registry also owns the rule "subscribe to a user's channel when their first session on
+//! this node logs in, unsubscribe after their last", serialised per user so that a logout racing
+//! a login can never leave a session without a live subscription.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+use crate::error::Result;
+use crate::metrics::Metrics;
+use crate::outbox::{Live, Outbox};
+use crate::protocol::{Seq, UserId, UserRef, message_event};
+use crate::store::Store;
+
+/// Number of per-user subscription locks (users hash onto them).
+const SUB_LOCK_SHARDS: usize = 1024;
+
+/// Local routing table of one node.
+pub struct Registry {
+    users: Mutex<HashMap<UserId, Vec<Arc<Outbox>>>>,
+    subscribed: Mutex<HashSet<UserId>>,
+    sub_locks: Box<[tokio::sync::Mutex<()>]>,
+    metrics: Arc<Metrics>,
+}
+
+impl Registry {
+    /// An empty registry.
+    pub fn new(metrics: Arc<Metrics>) -> Registry {
+        Registry {
+            users: Mutex::new(HashMap::new()),
+            subscribed: Mutex::new(HashSet::new()),
+            sub_locks: (0..SUB_LOCK_SHARDS).map(|_| tokio::sync::Mutex::new(())).collect(),
+            metrics,
+        }
+    }
+
+    fn users(&self) -> std::sync::MutexGuard<'_, HashMap<UserId, Vec<Arc<Outbox>>>> {
+        self.users.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn subscribed(&self) -> std::sync::MutexGuard<'_, HashSet<UserId>> {
+        self.subscribed.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn sub_lock(&self, user: UserId) -> &tokio::sync::Mutex<()> {
+        &self.sub_locks[(user as usize) % SUB_LOCK_SHARDS]
+    }
+
+    /// Adds a session and makes sure the user's channel is subscribed (returns once it is live).
+    pub async fn attach<S: Store>(&self, store: &S, user: UserId, outbox: Arc<Outbox>) -> Result<()> {
+        self.users().entry(user).or_default().push(outbox.clone());
+        let _guard = self.sub_lock(user).lock().await;
+        if self.subscribed().contains(&user) {
+            return Ok(());
+        }
+        match store.subscribe(user).await {
+            Ok(()) => {
+                self.subscribed().insert(user);
+                self.metrics.subscriptions.inc();
+                Ok(())
+            }
+            Err(e) => {
+                drop(_guard);
+                self.remove(user, &outbox);
+                Err(e)
+            }
+        }
+    }
+
+    /// Removes a session; unsubscribes the user's channel when it was their last here.
+    pub async fn detach<S: Store>(&self, store: &S, user: UserId, outbox: &Arc<Outbox>) {
+        if !self.remove(user, outbox) {
+            return;
+        }
+        let _guard = self.sub_lock(user).lock().await;
+        // Re-check under the lock: a login may have attached a new session meanwhile.
+        if self.users().contains_key(&user) || !self.subscribed().remove(&user) {
+            return;
+        }
+        self.metrics.subscriptions.dec();
+        if let Err(e) = store.unsubscribe(user).await {
+            // Harmless: publishes for a user without local sessions are dropped on arrival.
+            tracing::warn!(user, error = %e, "unsubscribe failed");
+        }
+    }
+
+    /// Removes `outbox` from `user`'s sessions; true when the user has none left here.
+    fn remove(&self, user: UserId, outbox: &Arc<Outbox>) -> bool {
+        let mut users = self.users();
+        let Some(list) = users.get_mut(&user) else {
+            return false;
+        };
+        list.retain(|o| !Arc::ptr_eq(o, outbox));
+        if list.is_empty() {
+            users.remove(&user);
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Hands a payload received on `user`'s channel to that user's local sessions.
+    pub fn dispatch(&self, user: UserId, payload: &[u8]) {
+        let Some(live) = parse_payload(payload) else {
+            self.metrics.bus_bad_payloads.inc();
+            tracing::warn!(user, "unparseable channel payload dropped");
+            return;
+        };
+        let live = Arc::new(live);
+        let users = self.users();
+        let Some(outboxes) = users.get(&user) else {
+            // The user left this node while the publish was in flight; the inbox has it.
+            self.metrics.bus_unrouted.inc();
+            return;
+        };
+        for outbox in outboxes {
+            if !outbox.push(live.clone()) {
+                self.metrics.outbound_overflows.inc();
+            }
+        }
+    }
+
+    /// Marks every local session lagged, so each re-reads its inbox (after a bus outage).
+    pub fn mark_all_lagged(&self) {
+        for outbox in self.users().values().flatten() {
+            outbox.mark_lagged();
+        }
+    }
+
+    /// Users with at least one session here.
+    pub fn local_users(&self) -> Vec<UserId> {
+        self.users().keys().copied().collect()
+    }
+
+    /// Every local session: its user and global id.
+    pub fn sessions(&self) -> Vec<(UserRef, Arc<str>)> {
+        self.users()
+            .values()
+            .flatten()
+            .map(|o| (o.user.clone(), o.session.clone()))
+            .collect()
+    }
+
+    /// Users whose channel is subscribed here.
+    pub fn subscribed_users(&self) -> Vec<UserId> {
+        self.subscribed().iter().copied().collect()
+    }
+}
+
+/// Parses a channel payload (`M <seq> <origin> <json>` or `E <origin> <line>`).
+pub fn parse_payload(payload: &[u8]) -> Option<Live> {
+    let text = std::str::from_utf8(payload).ok()?;
+    let (kind, rest) = text.split_once(' ')?;
+    match kind {
+        "M" => {
+            let (seq, rest) = rest.split_once(' ')?;
+            let (origin, json) = rest.split_once(' ')?;
+            let parsed: Seq = seq.parse().ok()?;
+            Some(Live::Message {
+                seq: parsed,
+                origin: origin.into(),
+                line: message_event(seq, json).into(),
+            })
+        }
+        "E" => {
+            let (origin, line) = rest.split_once(' ')?;
+            Some(Live::Event {
+                origin: origin.into(),
+                line: line.into(),
+            })
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payloads_parse() {
+        match parse_payload(br#"M 5-1 n-1-2 {"id":"x"}"#).unwrap() {
+            Live::Message { seq, origin, line } => {
+                assert_eq!(seq, Seq { ms: 5, n: 1 });
+                assert_eq!(&*origin, "n-1-2");
+                assert_eq!(&*line, r#"{"event":"message","seq":"5-1","msg":{"id":"x"}}"#);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(parse_payload(b"E - {\"event\":\"x\"}"), Some(Live::Event { .. })));
+        assert!(parse_payload(b"M x - {}").is_none());
+        assert!(parse_payload(b"Q - {}").is_none());
+    }
+}

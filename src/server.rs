@@ -1,0 +1,161 @@
+//! A node's lifecycle: bind, start the backend, accept clients, drain on shutdown.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Settings;
+use crate::error::{Code, Error};
+use crate::metrics::Metrics;
+use crate::node::Node;
+use crate::protocol;
+use crate::registry::Registry;
+use crate::store::{MemoryStore, RedisStore, Retention, Store};
+use crate::{http, presence, session};
+
+/// Pause after a failed `accept` (for example out of file descriptors) before the next one.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// Time left to connections to finish their cleanup after the drain deadline.
+const CLOSE_GRACE: Duration = Duration::from_secs(3);
+
+/// A node with its listeners bound, ready to [`Server::run`].
+pub struct Server {
+    settings: Settings,
+    chat: TcpListener,
+    http: TcpListener,
+}
+
+impl Server {
+    /// Binds the chat and HTTP listeners (port 0 picks a free port).
+    pub async fn bind(settings: Settings) -> anyhow::Result<Server> {
+        let chat = TcpListener::bind(settings.listen)
+            .await
+            .with_context(|| format!("binding chat listener {}", settings.listen))?;
+        let http = TcpListener::bind(settings.http_listen)
+            .await
+            .with_context(|| format!("binding HTTP listener {}", settings.http_listen))?;
+        Ok(Server { settings, chat, http })
+    }
+
+    /// The bound chat address.
+    pub fn chat_addr(&self) -> SocketAddr {
+        self.chat.local_addr().expect("bound listener")
+    }
+
+    /// The bound HTTP address.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http.local_addr().expect("bound listener")
+    }
+
+    /// Runs until `shutdown` is cancelled, then drains and returns.
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let s = &self.settings;
+        let metrics = Arc::new(Metrics::new(&s.node_name));
+        let registry = Arc::new(Registry::new(metrics.clone()));
+        let retention = Retention {
+            max_len: s.inbox_max_len,
+            max_age_ms: s.inbox_retention_days * 24 * 3600 * 1000,
+        };
+        match s.redis_url.clone() {
+            None => {
+                tracing::warn!(
+                    "no redis_url configured: embedded in-memory backend, single node, nothing is kept across restarts"
+                );
+                let store = Arc::new(MemoryStore::new(registry.clone(), retention));
+                self.run_with(store, registry, metrics, shutdown).await
+            }
+            Some(url) => {
+                let timeout = Duration::from_millis(s.redis_timeout_ms);
+                let store = RedisStore::connect(&url, &s.node_name, registry.clone(), retention, timeout, metrics.clone())
+                    .await
+                    .context("connecting to redis")?;
+                let health = tokio::spawn(store.clone().watch_health());
+                let result = self.run_with(store, registry, metrics, shutdown).await;
+                health.abort();
+                result
+            }
+        }
+    }
+
+    async fn run_with<S: Store>(
+        self,
+        store: Arc<S>,
+        registry: Arc<Registry>,
+        metrics: Arc<Metrics>,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<()> {
+        let Server { settings, chat, http } = self;
+        let drain = Duration::from_secs(settings.drain_timeout_secs);
+        let node = Arc::new(Node::new(settings, store, registry, metrics));
+        presence::reap_own(&node).await;
+        let http_stop = CancellationToken::new();
+        let http_task = tokio::spawn(http::serve(node.clone(), http, http_stop.clone()));
+        let beat = tokio::spawn(presence::heartbeat(node.clone()));
+        tracing::info!(
+            chat = %chat.local_addr()?, node = %node.settings.node_name, "switchboard serving"
+        );
+
+        let connections = TaskTracker::new();
+        accept_loop(&node, &chat, &connections, &shutdown).await;
+        drop(chat);
+
+        // Drain: /readyz turns 503, every client gets goaway and may leave in its own time.
+        tracing::info!(connections = connections.len(), "draining");
+        let started = std::time::Instant::now();
+        node.draining.cancel();
+        connections.close();
+        if tokio::time::timeout(drain, connections.wait()).await.is_err() {
+            tracing::info!(left = connections.len(), "drain timeout: closing remaining connections");
+            node.closing.cancel();
+            let _ = tokio::time::timeout(CLOSE_GRACE, connections.wait()).await;
+        }
+        node.closing.cancel();
+        let _ = beat.await;
+        presence::reap_own(&node).await;
+        http_stop.cancel();
+        let _ = http_task.await;
+        tracing::info!(seconds = started.elapsed().as_secs_f64(), "drained");
+        Ok(())
+    }
+}
+
+async fn accept_loop<S: Store>(
+    node: &Arc<Node<S>>,
+    listener: &TcpListener,
+    connections: &TaskTracker,
+    shutdown: &CancellationToken,
+) {
+    let max = node.settings.max_connections;
+    loop {
+        let (mut stream, peer) = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                    continue;
+                }
+            },
+        };
+        if connections.len() >= max {
+            // Refused before anything is read: one error event, then close.
+            node.metrics.connections_rejected.with_label_values(&["max_connections"]).inc();
+            tokio::spawn(async move {
+                let err = Error::new(Code::Unavailable, "server full; try another node");
+                let mut line = protocol::error_event(&err).into_bytes();
+                line.push(b'\n');
+                let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(&line)).await;
+                let _ = stream.shutdown().await;
+            });
+            continue;
+        }
+        connections.spawn(session::serve(node.clone(), stream, peer));
+    }
+}

@@ -1,0 +1,777 @@
+//! One client connection: read frames, answer requests in order, write live deliveries.
+//!
+//! The handler is a `select!` over the next frame, the session's outbox, the idle timer and the
+//! node's lifecycle. Requests are handled one at a time, so replies keep request order.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::time::{Instant, sleep_until, timeout};
+use tracing::Instrument;
+
+use crate::auth::{new_token, token_digest};
+use crate::conn::{Frame, LineReader};
+use crate::error::{Code, Error, Result};
+use crate::node::Node;
+use crate::outbox::{Live, Outbox};
+use crate::protocol::{
+    self, GroupId, Message, PROTOCOL_VERSION, Request, Seq, Target, UserId, UserRef, check_client_id,
+    check_text, valid_name, valid_password,
+};
+use crate::store::{Outgoing, Recipient, Store, Who};
+
+/// Inbox entries read per request while sending a backlog or catching up.
+const INBOX_PAGE: usize = 256;
+/// How long a closing connection keeps discarding input so its last error is not reset away.
+const LINGER: Duration = Duration::from_millis(500);
+/// Delay before retrying a catch-up that failed because the store was down.
+const CATCH_UP_RETRY: Duration = Duration::from_millis(500);
+
+/// The state of a logged-in session.
+struct LoggedIn {
+    user: UserRef,
+    /// Digest of the token this session logged in with or received (revoked by `logout`).
+    token: String,
+    outbox: Arc<Outbox>,
+    /// The newest inbox position written to the client (or acknowledged at login).
+    last_seq: Seq,
+    /// Positions of this session's own sends not yet passed by `last_seq`: never echoed back.
+    own: std::collections::VecDeque<Seq>,
+    /// The login backlog has not been completed yet (`synced` still to send).
+    syncing: bool,
+    /// A catch-up failed; retry at this time.
+    retry_at: Option<Instant>,
+}
+
+/// A token bucket for sends.
+struct Bucket {
+    tokens: f64,
+    rate: f64,
+    burst: f64,
+    at: Instant,
+}
+
+impl Bucket {
+    fn take(&mut self) -> bool {
+        let now = Instant::now();
+        let dt = now.duration_since(self.at).as_secs_f64();
+        self.at = now;
+        self.tokens = (self.tokens + dt * self.rate).min(self.burst);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// Why the handler stops.
+enum Close {
+    /// The client went away or the node closed it: nothing more to write.
+    Now,
+    /// Write what is pending, half-close, discard input for a moment, close.
+    Linger,
+}
+
+struct Session<S> {
+    node: Arc<Node<S>>,
+    id: Arc<str>,
+    peer: SocketAddr,
+    wr: OwnedWriteHalf,
+    out: Vec<u8>,
+    errors: u32,
+    bucket: Bucket,
+    login: Option<LoggedIn>,
+    goaway_sent: bool,
+}
+
+/// Serves one accepted connection until it closes.
+pub async fn serve<S: Store>(node: Arc<Node<S>>, stream: TcpStream, peer: SocketAddr) {
+    let id = node.new_session_id();
+    let span = tracing::info_span!("conn", %peer, node = %node.settings.node_name,
+        session = %id, user = tracing::field::Empty);
+    async move {
+        let _ = stream.set_nodelay(true);
+        let (rd, wr) = stream.into_split();
+        let s = &node.settings;
+        let mut session = Session {
+            bucket: Bucket {
+                tokens: s.send_burst as f64,
+                rate: s.send_rate_per_sec as f64,
+                burst: s.send_burst as f64,
+                at: Instant::now(),
+            },
+            node: node.clone(),
+            id,
+            peer,
+            wr,
+            out: Vec::new(),
+            errors: 0,
+            login: None,
+            goaway_sent: false,
+        };
+        node.metrics.connections_open.inc();
+        node.metrics.connections_accepted.inc();
+        tracing::debug!("connected");
+        let close = session.run(&rd).await;
+        let flushed = session.flush().await;
+        session.end().await;
+        if let (Close::Linger, true) = (close, flushed) {
+            let _ = session.wr.shutdown().await;
+            linger(rd).await;
+        }
+        node.metrics.connections_open.dec();
+        tracing::debug!("closed");
+    }
+    .instrument(span)
+    .await
+}
+
+/// Discards input until end of stream or [`LINGER`], so the peer reads our last frames before
+/// the socket closes (closing with unread input would reset the connection).
+async fn linger(mut rd: OwnedReadHalf) {
+    use tokio::io::AsyncReadExt;
+    let mut sink = [0u8; 1024];
+    let _ = timeout(LINGER, async {
+        while let Ok(n) = rd.read(&mut sink).await {
+            if n == 0 {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
+#[derive(Deserialize)]
+struct RegisterArgs {
+    name: String,
+    password: String,
+}
+
+#[derive(Deserialize)]
+struct LoginArgs {
+    name: Option<String>,
+    id: Option<UserId>,
+    password: Option<String>,
+    token: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct WhoArgs {
+    name: Option<String>,
+    id: Option<UserId>,
+}
+
+#[derive(Deserialize)]
+struct SendArgs {
+    to: UserId,
+    text: String,
+    client_id: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct GroupSendArgs {
+    group: GroupId,
+    text: String,
+    client_id: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct AckArgs {
+    seq: String,
+}
+
+#[derive(Deserialize)]
+struct UserArg {
+    user: UserId,
+}
+
+#[derive(Deserialize)]
+struct GroupArg {
+    group: GroupId,
+}
+
+#[derive(Deserialize)]
+struct CreateArgs {
+    name: String,
+    desc: Option<String>,
+}
+
+impl<S: Store> Session<S> {
+    async fn run(&mut self, rd: &OwnedReadHalf) -> Close {
+        let mut reader = LineReader::new(self.node.settings.max_frame_bytes);
+        let hello = protocol::event(
+            "hello",
+            json!({"server": "switchboard", "version": env!("CARGO_PKG_VERSION"),
+                   "protocol": PROTOCOL_VERSION, "node": self.node.settings.node_name}),
+        );
+        self.push_line(&hello);
+        let idle = match self.node.settings.idle_timeout_secs {
+            0 => Duration::from_secs(100 * 365 * 24 * 3600),
+            n => Duration::from_secs(n),
+        };
+        let mut deadline = Instant::now() + idle;
+        loop {
+            if !self.flush().await {
+                return Close::Now;
+            }
+            let outbox = self.login.as_ref().map(|l| l.outbox.clone());
+            let retry_at = self.login.as_ref().and_then(|l| l.retry_at);
+            tokio::select! {
+                biased;
+                _ = self.node.closing.cancelled() => return Close::Now,
+                _ = self.node.draining.cancelled(), if !self.goaway_sent => self.goaway(),
+                filled = reader.fill(rd) => match filled {
+                    Ok(true) => {
+                        deadline = Instant::now() + idle;
+                        if let Some(close) = self.handle_frames(&mut reader).await {
+                            return close;
+                        }
+                    }
+                    Ok(false) | Err(_) => return Close::Now,
+                },
+                _ = async { outbox.as_ref().expect("guarded").ready().await }, if outbox.is_some() => {
+                    self.deliver().await;
+                }
+                _ = sleep_until(retry_at.unwrap_or(deadline)), if retry_at.is_some() => {
+                    self.deliver().await;
+                }
+                _ = sleep_until(deadline) => {
+                    tracing::info!("idle timeout");
+                    return Close::Now;
+                }
+            }
+        }
+    }
+
+    /// Handles every complete frame in the reader; `Some` when the connection must close.
+    async fn handle_frames(&mut self, reader: &mut LineReader) -> Option<Close> {
+        while let Some(frame) = reader.next_frame() {
+            let line = match frame {
+                Frame::TooLarge => {
+                    let max = self.node.settings.max_frame_bytes;
+                    let err = Error::new(Code::FrameTooLarge, format!("frame longer than {max} bytes"));
+                    self.error_event(&err);
+                    return Some(Close::Linger);
+                }
+                Frame::Line(line) => line,
+            };
+            if line.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            match protocol::parse_request(&line) {
+                Ok(req) => self.handle(req).await,
+                Err(err) => {
+                    if self.error_event(&err) {
+                        return Some(Close::Linger);
+                    }
+                }
+            }
+            if self.out.len() >= self.node.settings.max_frame_bytes && !self.flush().await {
+                return Some(Close::Now);
+            }
+        }
+        None
+    }
+
+    /// Writes an `error` event; true when the connection reached its protocol error limit.
+    fn error_event(&mut self, err: &Error) -> bool {
+        self.node.metrics.errors.with_label_values(&[err.code.as_str()]).inc();
+        self.push_line(&protocol::error_event(err));
+        self.errors += 1;
+        self.errors >= self.node.settings.max_protocol_errors
+    }
+
+    async fn handle(&mut self, req: Request) {
+        let result = self.dispatch(&req).await;
+        match result {
+            Ok(fields) => protocol::write_ok(&mut self.out, &req.op, &req.reference, fields),
+            Err(err) => {
+                self.node.metrics.errors.with_label_values(&[err.code.as_str()]).inc();
+                protocol::write_err(&mut self.out, &req.op, &req.reference, &err);
+            }
+        }
+        // A login just succeeded: its backlog follows the reply at once.
+        if self.login.as_ref().is_some_and(|l| l.syncing) {
+            self.deliver().await;
+        }
+    }
+
+    async fn dispatch(&mut self, req: &Request) -> Result<Value> {
+        match req.op.as_str() {
+            "ping" => Ok(json!({})),
+            "register" => self.register(req.args()?).await,
+            "login" => self.login(req.args()?).await,
+            "whois" => self.whois(req.args()?).await,
+            "logout" | "send" | "ack" | "friend.add" | "friend.remove" | "friend.list"
+            | "group.create" | "group.join" | "group.leave" | "group.list" | "group.send" => {
+                if self.login.is_none() {
+                    return Err(Error::new(Code::NotLoggedIn, format!("{} needs a login", req.op)));
+                }
+                match req.op.as_str() {
+                    "logout" => self.logout().await,
+                    "send" => self.send(req.args()?).await,
+                    "group.send" => self.group_send(req.args()?).await,
+                    "ack" => self.ack(req.args()?).await,
+                    "friend.add" => self.friend_add(req.args()?).await,
+                    "friend.remove" => self.friend_remove(req.args()?).await,
+                    "friend.list" => {
+                        let friends = self.node.store.friends(self.me().id).await?;
+                        Ok(json!({"friends": friends}))
+                    }
+                    "group.create" => self.group_create(req.args()?).await,
+                    "group.join" => self.group_join(req.args()?).await,
+                    "group.leave" => self.group_leave(req.args()?).await,
+                    _ => {
+                        let groups = self.node.store.groups(self.me().id).await?;
+                        Ok(json!({"groups": groups}))
+                    }
+                }
+            }
+            op => Err(Error::new(Code::UnknownOp, format!("unknown op {op:?}"))),
+        }
+    }
+
+    fn me(&self) -> &UserRef {
+        &self.login.as_ref().expect("checked by dispatch").user
+    }
+
+    async fn register(&mut self, args: RegisterArgs) -> Result<Value> {
+        if !valid_name(&args.name) {
+            return Err(Error::new(
+                Code::InvalidName,
+                "a name is 1 to 32 characters from A-Z a-z 0-9 _ . -",
+            ));
+        }
+        if !valid_password(&args.password) {
+            return Err(Error::new(Code::InvalidPassword, "a password is 8 to 128 bytes"));
+        }
+        let hash = self.node.passwords.hash(args.password).await?;
+        let user = self.node.store.register(&args.name, &hash).await?;
+        tracing::info!(user = user.id, "registered");
+        Ok(json!({"user": user}))
+    }
+
+    async fn login(&mut self, args: LoginArgs) -> Result<Value> {
+        if self.login.is_some() {
+            return Err(Error::new(Code::AlreadyLoggedIn, "this connection is logged in already"));
+        }
+        let node = self.node.clone();
+        let metrics = &node.metrics;
+        let (method, result) = match (&args.password, &args.token) {
+            (Some(_), _) => ("password", self.password_login(args).await),
+            (None, Some(token)) => ("token", self.token_login(token).await),
+            (None, None) => return Err(Error::bad_request("login needs a password or a token")),
+        };
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(e) => e.code.as_str(),
+        };
+        metrics.logins.with_label_values(&[method, outcome]).inc();
+        result
+    }
+
+    async fn password_login(&mut self, args: LoginArgs) -> Result<Value> {
+        let node = self.node.clone();
+        let s = &node.settings;
+        let password = args.password.unwrap_or_default();
+        let (who, name_key) = match (&args.name, args.id) {
+            (Some(name), _) => (Who::Name(name), format!("name:{}", name.to_ascii_lowercase())),
+            (None, Some(id)) => (Who::Id(id), format!("id:{id}")),
+            (None, None) => return Err(Error::bad_request("login needs a name or an id")),
+        };
+        let keys = [name_key, format!("addr:{}", self.peer.ip())];
+        let window_ms = s.login_failure_window_secs * 1000;
+        let now = crate::clock::now_ms();
+        if node.store.login_failures(&keys, window_ms, now).await? >= u64::from(s.login_failures_max) {
+            return Err(Error::new(Code::RateLimited, "too many failed logins; try again later"));
+        }
+        let account = node.store.account(who).await?;
+        let verified = match &account {
+            Some(a) => node.passwords.verify(password, a.password_hash.clone()).await?,
+            None => false,
+        };
+        let Some(account) = account.filter(|_| verified) else {
+            node.store.login_failed(&keys, window_ms, now).await?;
+            return Err(Error::new(Code::BadCredentials, "wrong name or password"));
+        };
+        let token = new_token();
+        let digest = token_digest(&token);
+        node.store.token_issue(&digest, account.user.id, s.token_ttl_secs).await?;
+        self.establish(account.user, token, digest).await
+    }
+
+    async fn token_login(&mut self, token: &str) -> Result<Value> {
+        let node = self.node.clone();
+        let digest = token_digest(token);
+        let bad = || Error::new(Code::BadCredentials, "unknown or expired token");
+        let user = node.store.token_user(&digest).await?.ok_or_else(bad)?;
+        let account = node.store.account(Who::Id(user)).await?.ok_or_else(bad)?;
+        self.establish(account.user, token.to_string(), digest).await
+    }
+
+    /// Registers the session everywhere, then answers; the backlog follows the reply.
+    async fn establish(&mut self, user: UserRef, token: String, digest: String) -> Result<Value> {
+        let node = self.node.clone();
+        let s = &node.settings;
+        let first = node
+            .store
+            .session_open(user.id, &self.id, &s.node_name, s.max_sessions_per_user)
+            .await?;
+        let outbox = Arc::new(Outbox::new(self.id.clone(), user.clone(), s.outbound_queue));
+        let setup = async {
+            node.registry.attach(&*node.store, user.id, outbox.clone()).await?;
+            let friends = node.store.friends(user.id).await?;
+            let groups = node.store.groups(user.id).await?;
+            let acked = node.store.acked(user.id).await?;
+            Ok::<_, Error>((friends, groups, acked))
+        }
+        .await;
+        let (friends, groups, acked) = match setup {
+            Ok(v) => v,
+            Err(e) => {
+                node.registry.detach(&*node.store, user.id, &outbox).await;
+                node.close_session(&user, self.id.clone()).await;
+                return Err(e);
+            }
+        };
+        if first {
+            node.announce_presence(&user, true).await;
+        }
+        node.metrics.sessions.inc();
+        tracing::Span::current().record("user", user.id);
+        tracing::info!(user = user.id, "logged in");
+        let reply = json!({"user": user, "token": token, "friends": friends, "groups": groups});
+        self.login = Some(LoggedIn {
+            user,
+            token: digest,
+            outbox,
+            last_seq: acked,
+            own: Default::default(),
+            syncing: true,
+            retry_at: None,
+        });
+        Ok(reply)
+    }
+
+    async fn logout(&mut self) -> Result<Value> {
+        let digest = self.login.as_ref().expect("checked").token.clone();
+        self.node.store.token_revoke(&digest).await?;
+        self.end().await;
+        Ok(json!({}))
+    }
+
+    /// Ends the logged-in state, if any: local routing, then the store (and presence).
+    async fn end(&mut self) {
+        let Some(login) = self.login.take() else {
+            return;
+        };
+        let node = &self.node;
+        node.registry.detach(&*node.store, login.user.id, &login.outbox).await;
+        node.close_session(&login.user, self.id.clone()).await;
+        node.metrics.sessions.dec();
+        tracing::info!(user = login.user.id, "logged out");
+    }
+
+    async fn whois(&mut self, args: WhoArgs) -> Result<Value> {
+        let who = match (&args.name, args.id) {
+            (Some(name), _) => Who::Name(name),
+            (None, Some(id)) => Who::Id(id),
+            (None, None) => return Err(Error::bad_request("whois needs a name or an id")),
+        };
+        match self.node.store.whois(who).await? {
+            Some(user) => Ok(json!({"user": user})),
+            None => Err(Error::new(Code::NoSuchUser, "no such user")),
+        }
+    }
+
+    async fn send(&mut self, args: SendArgs) -> Result<Value> {
+        if args.to == self.me().id {
+            return Err(Error::bad_request("you cannot send to yourself"));
+        }
+        self.store_message(Target::User { user: args.to }, Recipient::User(args.to), args.text, args.client_id)
+            .await
+    }
+
+    async fn group_send(&mut self, args: GroupSendArgs) -> Result<Value> {
+        check_text(&args.text, self.node.settings.max_text_chars)?;
+        let name = self
+            .node
+            .store
+            .group_name(args.group)
+            .await?
+            .ok_or_else(|| Error::new(Code::NoSuchGroup, format!("group {} does not exist", args.group)))?;
+        let target = Target::Group { group: args.group, name };
+        self.store_message(target, Recipient::Group(args.group), args.text, args.client_id).await
+    }
+
+    async fn store_message(
+        &mut self,
+        target: Target,
+        to: Recipient,
+        text: String,
+        client_id: Option<String>,
+    ) -> Result<Value> {
+        check_text(&text, self.node.settings.max_text_chars)?;
+        check_client_id(&client_id)?;
+        if !self.bucket.take() {
+            return Err(Error::new(Code::RateLimited, "sending too fast"));
+        }
+        let ts = crate::clock::now_ms();
+        let msg = Message {
+            id: crate::clock::message_id(ts),
+            from: self.me().clone(),
+            to: target,
+            text,
+            ts,
+            client_id,
+        };
+        let json = serde_json::to_string(&msg).map_err(Error::internal)?;
+        let node = self.node.clone();
+        let sent = node
+            .store
+            .send(Outgoing {
+                from: msg.from.id,
+                to,
+                id: &msg.id,
+                ts,
+                json: &json,
+                client_id: msg.client_id.as_deref(),
+                origin: &self.id,
+            })
+            .await?;
+        let kind = if matches!(to, Recipient::User(_)) { "direct" } else { "group" };
+        let login = self.login.as_mut().expect("checked");
+        if sent.id == msg.id {
+            node.metrics.messages.with_label_values(&[kind]).inc();
+            if sent.seq > login.last_seq {
+                login.own.push_back(sent.seq);
+            }
+        }
+        Ok(json!({"msg": sent}))
+    }
+
+    async fn ack(&mut self, args: AckArgs) -> Result<Value> {
+        let seq: Seq = args.seq.parse()?;
+        self.node.store.ack(self.me().id, seq).await?;
+        self.node.metrics.acks.inc();
+        Ok(json!({}))
+    }
+
+    async fn friend_add(&mut self, args: UserArg) -> Result<Value> {
+        let me = self.me().clone();
+        if args.user == me.id {
+            return Err(Error::bad_request("you cannot befriend yourself"));
+        }
+        let store = &self.node.store;
+        let (friend, new) = store.friend_add(me.id, args.user).await?;
+        if new {
+            let to_other = protocol::event(
+                "friend_added",
+                json!({"friend": {"id": me.id, "name": me.name, "online": true}}),
+            );
+            let to_me = protocol::event("friend_added", json!({"friend": friend}));
+            self.publish(&[friend.id], "-", &to_other).await;
+            self.publish(&[me.id], &self.id.clone(), &to_me).await;
+        }
+        Ok(json!({"friend": friend}))
+    }
+
+    async fn friend_remove(&mut self, args: UserArg) -> Result<Value> {
+        let me = self.me().clone();
+        let other = self.node.store.friend_remove(me.id, args.user).await?;
+        let to_other = protocol::event("friend_removed", json!({"user": me}));
+        let to_me = protocol::event("friend_removed", json!({"user": other}));
+        self.publish(&[other.id], "-", &to_other).await;
+        self.publish(&[me.id], &self.id.clone(), &to_me).await;
+        Ok(json!({}))
+    }
+
+    async fn group_create(&mut self, args: CreateArgs) -> Result<Value> {
+        if !valid_name(&args.name) {
+            return Err(Error::new(
+                Code::InvalidName,
+                "a group name is 1 to 32 characters from A-Z a-z 0-9 _ . -",
+            ));
+        }
+        let desc = args.desc.unwrap_or_default();
+        if desc.chars().count() > protocol::MAX_DESC_CHARS {
+            return Err(Error::bad_request("desc is longer than 256 characters"));
+        }
+        let me = self.me().clone();
+        let group = self.node.store.group_create(me.id, &args.name, &desc).await?;
+        self.membership_event("member_joined", group.id, &group.name, &[me.id]).await;
+        Ok(json!({"group": group}))
+    }
+
+    async fn group_join(&mut self, args: GroupArg) -> Result<Value> {
+        let group = self.node.store.group_join(self.me().id, args.group).await?;
+        let members: Vec<UserId> = group.members.iter().map(|m| m.id).collect();
+        self.membership_event("member_joined", group.id, &group.name, &members).await;
+        Ok(json!({"group": group}))
+    }
+
+    async fn group_leave(&mut self, args: GroupArg) -> Result<Value> {
+        let left = self.node.store.group_leave(self.me().id, args.group).await?;
+        self.membership_event("member_left", left.group.id, &left.group.name, &left.members).await;
+        Ok(json!({}))
+    }
+
+    /// Sends `member_joined` / `member_left` about this user to `members`, except this session.
+    async fn membership_event(&mut self, kind: &str, group: GroupId, name: &str, members: &[UserId]) {
+        let line = protocol::event(
+            kind,
+            json!({"group": {"id": group, "name": name}, "user": self.me()}),
+        );
+        self.publish(members, &self.id.clone(), &line).await;
+    }
+
+    /// Publishes a live-only event; a failure is logged, not returned (the change is stored).
+    async fn publish(&self, users: &[UserId], origin: &str, line: &str) {
+        if let Err(e) = self.node.store.publish_event(users, origin, line).await {
+            tracing::warn!(error = %e, "event not published");
+        }
+    }
+
+    /// Writes what the outbox holds; first re-reads the inbox when deliveries may have been
+    /// missed (login backlog, full queue, bus outage). Nothing is written out of order.
+    async fn deliver(&mut self) {
+        let Some(login) = self.login.as_mut() else {
+            return;
+        };
+        login.retry_at = None;
+        let lagged = login.outbox.take_lagged();
+        if lagged || login.syncing {
+            if let Err(e) = self.catch_up().await {
+                tracing::warn!(error = %e, "inbox catch-up failed; retrying");
+                if let Some(login) = self.login.as_mut() {
+                    login.retry_at = Some(Instant::now() + CATCH_UP_RETRY);
+                }
+                return;
+            }
+        }
+        let Some(login) = self.login.as_mut() else {
+            return;
+        };
+        let mut queued = Vec::new();
+        login.outbox.drain_into(&mut queued);
+        let mut delivered = 0;
+        for live in queued {
+            match &*live {
+                Live::Message { seq, origin, line } => {
+                    if advance(login, *seq) && **origin != *self.id {
+                        self.out.extend_from_slice(line.as_bytes());
+                        self.out.push(b'\n');
+                        delivered += 1;
+                    }
+                }
+                Live::Event { origin, line } => {
+                    if **origin != *self.id {
+                        self.out.extend_from_slice(line.as_bytes());
+                        self.out.push(b'\n');
+                    }
+                }
+            }
+        }
+        self.node.metrics.deliveries.with_label_values(&["live"]).inc_by(delivered);
+    }
+
+    /// Writes every inbox entry after `last_seq`, page by page; ends a login backlog with `synced`.
+    async fn catch_up(&mut self) -> Result<()> {
+        let node = self.node.clone();
+        let mut unread = 0u64;
+        loop {
+            let (user, after) = {
+                let login = self.login.as_ref().expect("logged in");
+                (login.user.id, login.last_seq)
+            };
+            let page = node.store.inbox_after(user, after, INBOX_PAGE).await?;
+            let login = self.login.as_mut().expect("logged in");
+            let mut delivered = 0;
+            for entry in &page {
+                if advance(login, entry.seq) {
+                    let line = protocol::message_event(&entry.seq.to_string(), &entry.json);
+                    self.out.extend_from_slice(line.as_bytes());
+                    self.out.push(b'\n');
+                    delivered += 1;
+                    if entry.from != user {
+                        unread += 1;
+                    }
+                }
+            }
+            node.metrics.deliveries.with_label_values(&["backlog"]).inc_by(delivered);
+            if page.len() < INBOX_PAGE {
+                break;
+            }
+            if !self.flush().await {
+                return Ok(());
+            }
+        }
+        let login = self.login.as_mut().expect("logged in");
+        if login.syncing {
+            login.syncing = false;
+            self.push_line(&protocol::event("synced", json!({"unread": unread})));
+        }
+        Ok(())
+    }
+
+    fn goaway(&mut self) {
+        self.goaway_sent = true;
+        // Spread reconnects over the first half of the drain window (no thundering herd).
+        let window = self.node.settings.drain_timeout_secs * 1000 / 2;
+        let after = if window == 0 { 0 } else { rand::random::<u64>() % window };
+        self.push_line(&protocol::event(
+            "goaway",
+            json!({"reason": "shutdown", "reconnect_after_ms": after}),
+        ));
+    }
+
+    fn push_line(&mut self, line: &str) {
+        self.out.extend_from_slice(line.as_bytes());
+        self.out.push(b'\n');
+    }
+
+    /// Writes pending output within the write timeout; false when the connection is unusable.
+    async fn flush(&mut self) -> bool {
+        if self.out.is_empty() {
+            return true;
+        }
+        let limit = Duration::from_secs(self.node.settings.write_timeout_secs);
+        let ok = match timeout(limit, self.wr.write_all(&self.out)).await {
+            Ok(Ok(())) => true,
+            Ok(Err(_)) => false,
+            Err(_) => {
+                self.node.metrics.slow_consumers.inc();
+                tracing::info!("slow consumer disconnected");
+                false
+            }
+        };
+        // Release the buffer: idle sessions hold none.
+        self.out = Vec::new();
+        ok
+    }
+}
+
+/// Moves `last_seq` to `seq` if it is new; true when the entry must be written (it is new and
+/// not one of this session's own sends).
+fn advance(login: &mut LoggedIn, seq: Seq) -> bool {
+    if seq <= login.last_seq {
+        return false;
+    }
+    login.last_seq = seq;
+    while login.own.front().is_some_and(|&o| o < seq) {
+        login.own.pop_front();
+    }
+    if login.own.front() == Some(&seq) {
+        login.own.pop_front();
+        return false;
+    }
+    true
+}

@@ -1,0 +1,30 @@
+-- ARGV: user id, seq ("ms-n", well-formed). Returns 'ok' or 'bad_request'.
+local function parse(id)
+  local ms, n = string.match(id, '^(%d+)-(%d+)$')
+  return tonumber(ms), tonumber(n)
+end
+local function less(a, b)
+  local am, an = parse(a)
+  local bm, bn = parse(b)
+  return am < bm or (am == bm and an < bn)
+end
+local akey, ikey, seq = ukey(ARGV[1], ':acked'), ukey(ARGV[1], ':inbox'), ARGV[2]
+local cur = redis.call('GET', akey)
+if cur and not less(cur, seq) then return 'ok' end
+local first = redis.call('XRANGE', ikey, '-', '+', 'COUNT', 1)
+local last = redis.call('XREVRANGE', ikey, '+', '-', 'COUNT', 1)
+if #first == 0 then
+  -- Empty inbox: only a position it once held (trimmed) is acceptable, as a no-op.
+  local info = redis.call('EXISTS', ikey) == 1 and redis.call('XINFO', 'STREAM', ikey) or nil
+  if info then
+    for i = 1, #info, 2 do
+      if info[i] == 'last-generated-id' and not less(info[i + 1], seq) then return 'ok' end
+    end
+  end
+  return 'bad_request'
+end
+if less(seq, first[1][1]) then return 'ok' end
+if less(last[1][1], seq) then return 'bad_request' end
+if #redis.call('XRANGE', ikey, seq, seq) == 0 then return 'bad_request' end
+redis.call('SET', akey, seq)
+return 'ok'

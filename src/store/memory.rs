@@ -1,0 +1,463 @@
+//! The embedded backend: all state in one process, nothing kept across restarts.
+//!
+//! It follows the Redis data model one to one (see docs/data-model.md) so that the protocol
+//! suite means the same on both; "publishing" hands payloads straight to the local registry
+//! while the state lock is held, so live order equals inbox order, as with Redis.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use crate::error::{Code, Error, Result};
+use crate::protocol::{
+    Friend, Group, GroupId, GroupRef, Member, Role, Seq, Sent, UserId, UserRef,
+};
+use crate::registry::Registry;
+use crate::store::{
+    Account, CLIENT_ID_TTL_SECS, Entry, Membership, Outgoing, Recipient, Retention, Store, Who,
+    event_payload, fold, message_payload,
+};
+
+#[derive(Default)]
+struct Inbox {
+    entries: VecDeque<Entry>,
+    last: Seq,
+    acked: Seq,
+}
+
+struct GroupData {
+    name: String,
+    desc: String,
+    members: BTreeMap<UserId, Role>,
+}
+
+#[derive(Default)]
+struct State {
+    next_user: UserId,
+    accounts: HashMap<UserId, Account>,
+    by_name: HashMap<String, UserId>,
+    tokens: HashMap<String, (UserId, Instant)>,
+    failures: HashMap<String, VecDeque<u64>>,
+    sessions: HashMap<UserId, HashSet<String>>,
+    friends: HashMap<UserId, BTreeSet<UserId>>,
+    next_group: GroupId,
+    groups: HashMap<GroupId, GroupData>,
+    group_by_name: HashMap<String, GroupId>,
+    user_groups: HashMap<UserId, BTreeSet<GroupId>>,
+    inboxes: HashMap<UserId, Inbox>,
+    client_ids: HashMap<(UserId, String), (Sent, Instant)>,
+}
+
+impl State {
+    fn online(&self, user: UserId) -> bool {
+        self.sessions.get(&user).is_some_and(|s| !s.is_empty())
+    }
+
+    fn user_ref(&self, user: UserId) -> Option<UserRef> {
+        self.accounts.get(&user).map(|a| a.user.clone())
+    }
+
+    fn friend(&self, user: UserId) -> Option<Friend> {
+        self.accounts.get(&user).map(|a| Friend {
+            id: user,
+            name: a.user.name.clone(),
+            online: self.online(user),
+        })
+    }
+
+    fn group_view(&self, user: UserId, id: GroupId) -> Option<Group> {
+        let g = self.groups.get(&id)?;
+        Some(Group {
+            id,
+            name: g.name.clone(),
+            desc: g.desc.clone(),
+            role: *g.members.get(&user)?,
+            members: g
+                .members
+                .iter()
+                .map(|(&m, &role)| Member {
+                    id: m,
+                    name: self.user_ref(m).map(|u| u.name).unwrap_or_default(),
+                    role,
+                    online: self.online(m),
+                })
+                .collect(),
+        })
+    }
+
+    /// Appends to an inbox with Redis stream id semantics and the retention rule.
+    fn append(&mut self, user: UserId, from: UserId, json: &str, now_ms: u64, keep: Retention) -> Seq {
+        let inbox = self.inboxes.entry(user).or_default();
+        let seq = if now_ms > inbox.last.ms {
+            Seq { ms: now_ms, n: 0 }
+        } else {
+            Seq { ms: inbox.last.ms, n: inbox.last.n + 1 }
+        };
+        inbox.last = seq;
+        inbox.entries.push_back(Entry { seq, from, json: json.to_string() });
+        let cutoff = now_ms.saturating_sub(keep.max_age_ms);
+        while inbox.entries.len() as u64 > keep.max_len
+            && inbox.entries.front().is_some_and(|e| e.seq.ms < cutoff)
+        {
+            inbox.entries.pop_front();
+        }
+        seq
+    }
+}
+
+/// The in-memory store of a single embedded node.
+pub struct MemoryStore {
+    state: Mutex<State>,
+    registry: Arc<Registry>,
+    retention: Retention,
+}
+
+impl MemoryStore {
+    /// An empty store delivering live payloads to `registry`.
+    pub fn new(registry: Arc<Registry>, retention: Retention) -> MemoryStore {
+        MemoryStore {
+            state: Mutex::new(State::default()),
+            registry,
+            retention,
+        }
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+fn now_ms() -> u64 {
+    crate::clock::now_ms()
+}
+
+impl Store for MemoryStore {
+    async fn register(&self, name: &str, password_hash: &str) -> Result<UserRef> {
+        let mut st = self.state();
+        let key = fold(name);
+        if st.by_name.contains_key(&key) {
+            return Err(Error::new(Code::NameTaken, format!("name {name:?} is taken")));
+        }
+        st.next_user += 1;
+        let user = UserRef { id: st.next_user, name: name.to_string() };
+        st.by_name.insert(key, user.id);
+        st.accounts.insert(
+            user.id,
+            Account { user: user.clone(), password_hash: password_hash.to_string() },
+        );
+        Ok(user)
+    }
+
+    async fn account(&self, who: Who<'_>) -> Result<Option<Account>> {
+        let st = self.state();
+        let id = match who {
+            Who::Id(id) => Some(id),
+            Who::Name(name) => st.by_name.get(&fold(name)).copied(),
+        };
+        Ok(id.and_then(|id| st.accounts.get(&id).cloned()))
+    }
+
+    async fn whois(&self, who: Who<'_>) -> Result<Option<Friend>> {
+        let st = self.state();
+        let id = match who {
+            Who::Id(id) => Some(id),
+            Who::Name(name) => st.by_name.get(&fold(name)).copied(),
+        };
+        Ok(id.and_then(|id| st.friend(id)))
+    }
+
+    async fn token_issue(&self, digest: &str, user: UserId, ttl_secs: u64) -> Result<()> {
+        let expiry = Instant::now() + Duration::from_secs(ttl_secs);
+        let mut st = self.state();
+        st.tokens.retain(|_, (_, exp)| *exp > Instant::now());
+        st.tokens.insert(digest.to_string(), (user, expiry));
+        Ok(())
+    }
+
+    async fn token_user(&self, digest: &str) -> Result<Option<UserId>> {
+        let st = self.state();
+        Ok(st
+            .tokens
+            .get(digest)
+            .filter(|(_, exp)| *exp > Instant::now())
+            .map(|(u, _)| *u))
+    }
+
+    async fn token_revoke(&self, digest: &str) -> Result<()> {
+        self.state().tokens.remove(digest);
+        Ok(())
+    }
+
+    async fn login_failures(&self, keys: &[String], window_ms: u64, now: u64) -> Result<u64> {
+        let mut st = self.state();
+        let mut most = 0;
+        for key in keys {
+            if let Some(times) = st.failures.get_mut(key) {
+                while times.front().is_some_and(|&t| t + window_ms <= now) {
+                    times.pop_front();
+                }
+                most = most.max(times.len() as u64);
+                if times.is_empty() {
+                    st.failures.remove(key);
+                }
+            }
+        }
+        Ok(most)
+    }
+
+    async fn login_failed(&self, keys: &[String], _window_ms: u64, now: u64) -> Result<()> {
+        let mut st = self.state();
+        for key in keys {
+            st.failures.entry(key.clone()).or_default().push_back(now);
+        }
+        Ok(())
+    }
+
+    async fn session_open(&self, user: UserId, session: &str, _node: &str, max: u32) -> Result<bool> {
+        let mut st = self.state();
+        let set = st.sessions.entry(user).or_default();
+        if set.len() >= max as usize {
+            return Err(Error::new(
+                Code::TooManySessions,
+                format!("at most {max} sessions per user"),
+            ));
+        }
+        set.insert(session.to_string());
+        Ok(set.len() == 1)
+    }
+
+    async fn session_close(&self, user: UserId, session: &str, _node: &str) -> Result<bool> {
+        let mut st = self.state();
+        let Some(set) = st.sessions.get_mut(&user) else {
+            return Ok(false);
+        };
+        let removed = set.remove(session);
+        let last = removed && set.is_empty();
+        if set.is_empty() {
+            st.sessions.remove(&user);
+        }
+        Ok(last)
+    }
+
+    async fn audience(&self, user: UserId) -> Result<Vec<UserId>> {
+        let st = self.state();
+        let mut out: BTreeSet<UserId> = st.friends.get(&user).cloned().unwrap_or_default();
+        for g in st.user_groups.get(&user).into_iter().flatten() {
+            if let Some(g) = st.groups.get(g) {
+                out.extend(g.members.keys());
+            }
+        }
+        out.remove(&user);
+        Ok(out.into_iter().collect())
+    }
+
+    async fn friends(&self, user: UserId) -> Result<Vec<Friend>> {
+        let st = self.state();
+        Ok(st
+            .friends
+            .get(&user)
+            .into_iter()
+            .flatten()
+            .filter_map(|&f| st.friend(f))
+            .collect())
+    }
+
+    async fn friend_add(&self, user: UserId, other: UserId) -> Result<(Friend, bool)> {
+        let mut st = self.state();
+        let Some(friend) = st.friend(other) else {
+            return Err(Error::new(Code::NoSuchUser, format!("user {other} does not exist")));
+        };
+        let new = st.friends.entry(user).or_default().insert(other);
+        st.friends.entry(other).or_default().insert(user);
+        Ok((friend, new))
+    }
+
+    async fn friend_remove(&self, user: UserId, other: UserId) -> Result<UserRef> {
+        let mut st = self.state();
+        let was = st.friends.get_mut(&user).is_some_and(|f| f.remove(&other));
+        if !was {
+            return Err(Error::new(Code::NoSuchUser, format!("user {other} is not your friend")));
+        }
+        if let Some(f) = st.friends.get_mut(&other) {
+            f.remove(&user);
+        }
+        st.user_ref(other)
+            .ok_or_else(|| Error::internal("friend without account"))
+    }
+
+    async fn groups(&self, user: UserId) -> Result<Vec<Group>> {
+        let st = self.state();
+        Ok(st
+            .user_groups
+            .get(&user)
+            .into_iter()
+            .flatten()
+            .filter_map(|&g| st.group_view(user, g))
+            .collect())
+    }
+
+    async fn group_create(&self, user: UserId, name: &str, desc: &str) -> Result<Group> {
+        let mut st = self.state();
+        let key = fold(name);
+        if st.group_by_name.contains_key(&key) {
+            return Err(Error::new(Code::NameTaken, format!("group name {name:?} is taken")));
+        }
+        st.next_group += 1;
+        let id = st.next_group;
+        st.group_by_name.insert(key, id);
+        st.groups.insert(
+            id,
+            GroupData {
+                name: name.to_string(),
+                desc: desc.to_string(),
+                members: BTreeMap::from([(user, Role::Creator)]),
+            },
+        );
+        st.user_groups.entry(user).or_default().insert(id);
+        st.group_view(user, id).ok_or_else(|| Error::internal("group vanished"))
+    }
+
+    async fn group_join(&self, user: UserId, group: GroupId) -> Result<Group> {
+        let mut st = self.state();
+        let Some(g) = st.groups.get_mut(&group) else {
+            return Err(no_such_group(group));
+        };
+        if g.members.contains_key(&user) {
+            return Err(Error::new(Code::AlreadyMember, format!("already a member of group {group}")));
+        }
+        g.members.insert(user, Role::Member);
+        st.user_groups.entry(user).or_default().insert(group);
+        st.group_view(user, group).ok_or_else(|| Error::internal("group vanished"))
+    }
+
+    async fn group_leave(&self, user: UserId, group: GroupId) -> Result<Membership> {
+        let mut st = self.state();
+        let Some(g) = st.groups.get_mut(&group) else {
+            return Err(no_such_group(group));
+        };
+        if !g.members.contains_key(&user) {
+            return Err(Error::new(Code::NotAMember, format!("not a member of group {group}")));
+        }
+        let members: Vec<UserId> = g.members.keys().copied().collect();
+        g.members.remove(&user);
+        let gref = GroupRef { id: group, name: g.name.clone() };
+        if g.members.is_empty() {
+            st.groups.remove(&group);
+            st.group_by_name.remove(&fold(&gref.name));
+        }
+        if let Some(set) = st.user_groups.get_mut(&user) {
+            set.remove(&group);
+        }
+        Ok(Membership { group: gref, members })
+    }
+
+    async fn group_name(&self, group: GroupId) -> Result<Option<String>> {
+        Ok(self.state().groups.get(&group).map(|g| g.name.clone()))
+    }
+
+    async fn send(&self, msg: Outgoing<'_>) -> Result<Sent> {
+        let mut st = self.state();
+        let now = now_ms();
+        let cid_key = msg.client_id.map(|c| (msg.from, c.to_string()));
+        if let Some(key) = &cid_key {
+            st.client_ids.retain(|_, (_, exp)| *exp > Instant::now());
+            if let Some((sent, _)) = st.client_ids.get(key) {
+                return Ok(sent.clone());
+            }
+        }
+        let recipients: Vec<UserId> = match msg.to {
+            Recipient::User(to) => {
+                if !st.accounts.contains_key(&to) {
+                    return Err(Error::new(Code::NoSuchUser, format!("user {to} does not exist")));
+                }
+                vec![to]
+            }
+            Recipient::Group(g) => {
+                let Some(data) = st.groups.get(&g) else {
+                    return Err(no_such_group(g));
+                };
+                if !data.members.contains_key(&msg.from) {
+                    return Err(Error::new(Code::NotAMember, format!("not a member of group {g}")));
+                }
+                data.members.keys().copied().filter(|&m| m != msg.from).collect()
+            }
+        };
+        let own = st.append(msg.from, msg.from, msg.json, now, self.retention);
+        self.registry
+            .dispatch(msg.from, message_payload(own, msg.origin, msg.json).as_bytes());
+        for r in recipients {
+            let seq = st.append(r, msg.from, msg.json, now, self.retention);
+            self.registry.dispatch(r, message_payload(seq, "-", msg.json).as_bytes());
+        }
+        let sent = Sent { id: msg.id.to_string(), ts: msg.ts, seq: own };
+        if let Some(key) = cid_key {
+            let exp = Instant::now() + Duration::from_secs(CLIENT_ID_TTL_SECS);
+            st.client_ids.insert(key, (sent.clone(), exp));
+        }
+        Ok(sent)
+    }
+
+    async fn inbox_after(&self, user: UserId, after: Seq, limit: usize) -> Result<Vec<Entry>> {
+        let st = self.state();
+        let Some(inbox) = st.inboxes.get(&user) else {
+            return Ok(Vec::new());
+        };
+        let start = inbox.entries.partition_point(|e| e.seq <= after);
+        Ok(inbox.entries.iter().skip(start).take(limit).cloned().collect())
+    }
+
+    async fn acked(&self, user: UserId) -> Result<Seq> {
+        Ok(self.state().inboxes.get(&user).map(|i| i.acked).unwrap_or(Seq::ZERO))
+    }
+
+    async fn ack(&self, user: UserId, seq: Seq) -> Result<()> {
+        let mut st = self.state();
+        let inbox = st.inboxes.entry(user).or_default();
+        if seq <= inbox.acked {
+            return Ok(());
+        }
+        match inbox.entries.front() {
+            Some(first) if seq < first.seq => return Ok(()),
+            None if seq <= inbox.last => return Ok(()),
+            _ => {}
+        }
+        if seq > inbox.last || inbox.entries.binary_search_by(|e| e.seq.cmp(&seq)).is_err() {
+            return Err(Error::bad_request(format!("seq {seq} is not a position in your inbox")));
+        }
+        inbox.acked = seq;
+        Ok(())
+    }
+
+    async fn publish_event(&self, users: &[UserId], origin: &str, line: &str) -> Result<()> {
+        let payload = event_payload(origin, line);
+        let _st = self.state();
+        for &u in users {
+            self.registry.dispatch(u, payload.as_bytes());
+        }
+        Ok(())
+    }
+
+    async fn subscribe(&self, _user: UserId) -> Result<()> {
+        Ok(())
+    }
+
+    async fn unsubscribe(&self, _user: UserId) -> Result<()> {
+        Ok(())
+    }
+
+    async fn heartbeat(&self, _node: &str, _now: u64, _ttl: u64) -> Result<(bool, Vec<String>)> {
+        Ok((true, Vec::new()))
+    }
+
+    async fn reap(&self, _node: &str) -> Result<Vec<UserRef>> {
+        Ok(Vec::new())
+    }
+
+    fn healthy(&self) -> bool {
+        true
+    }
+}
+
+fn no_such_group(group: GroupId) -> Error {
+    Error::new(Code::NoSuchGroup, format!("group {group} does not exist"))
+}

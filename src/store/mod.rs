@@ -1,0 +1,195 @@
+//! Durable state behind one small trait, with two backends: Redis and the embedded in-memory one.
+//!
+//! Live delivery is part of the store, because it must agree with durability: a message is
+//! appended to an inbox and published to the inbox owner's channel in one atomic step, and
+//! whatever a node receives on a user's channel is handed to the local [`Registry`].
+
+pub mod memory;
+pub mod redis;
+
+use std::future::Future;
+
+use crate::error::Result;
+use crate::protocol::{Friend, Group, GroupId, GroupRef, Seq, Sent, UserId, UserRef};
+
+pub use memory::MemoryStore;
+pub use redis::RedisStore;
+
+/// Seconds a `client_id` is remembered for idempotent sends.
+pub const CLIENT_ID_TTL_SECS: u64 = 24 * 3600;
+
+/// A stored account.
+#[derive(Debug, Clone)]
+pub struct Account {
+    /// The user.
+    pub user: UserRef,
+    /// The argon2id PHC string.
+    pub password_hash: String,
+}
+
+/// How a user is named in a request.
+#[derive(Debug, Clone, Copy)]
+pub enum Who<'a> {
+    /// By (case-insensitive) name.
+    Name(&'a str),
+    /// By id.
+    Id(UserId),
+}
+
+/// Where a message goes.
+#[derive(Debug, Clone, Copy)]
+pub enum Recipient {
+    /// One user.
+    User(UserId),
+    /// Every member of a group.
+    Group(GroupId),
+}
+
+/// A message ready to store: everything is decided, the JSON is built.
+#[derive(Debug)]
+pub struct Outgoing<'a> {
+    /// Sender.
+    pub from: UserId,
+    /// Recipient.
+    pub to: Recipient,
+    /// Message id.
+    pub id: &'a str,
+    /// Time stamp (ms).
+    pub ts: u64,
+    /// The `Message` JSON, stored and delivered as is.
+    pub json: &'a str,
+    /// Idempotency key.
+    pub client_id: Option<&'a str>,
+    /// Global id of the sending session, so it does not get its own copy as an event.
+    pub origin: &'a str,
+}
+
+/// One inbox entry.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    /// Position.
+    pub seq: Seq,
+    /// Sender id (to count `unread`).
+    pub from: UserId,
+    /// The `Message` JSON.
+    pub json: String,
+}
+
+/// Inbox retention, from the settings.
+#[derive(Debug, Clone, Copy)]
+pub struct Retention {
+    /// Keep at least this many newest entries.
+    pub max_len: u64,
+    /// Keep everything younger than this (ms).
+    pub max_age_ms: u64,
+}
+
+/// What a group op tells the caller besides success: who must hear of it.
+#[derive(Debug, Clone)]
+pub struct Membership {
+    /// The group.
+    pub group: GroupRef,
+    /// Members to notify (for a leave: the members before the leave).
+    pub members: Vec<UserId>,
+}
+
+/// The durable state of switchboard. Every method is one atomic step on the backend.
+pub trait Store: Send + Sync + 'static {
+    /// Creates an account; `name_taken` when the name exists in any case.
+    fn register(&self, name: &str, password_hash: &str)
+    -> impl Future<Output = Result<UserRef>> + Send;
+    /// Looks an account up by name or id.
+    fn account(&self, who: Who<'_>) -> impl Future<Output = Result<Option<Account>>> + Send;
+    /// Looks a user up by name or id, with presence.
+    fn whois(&self, who: Who<'_>) -> impl Future<Output = Result<Option<Friend>>> + Send;
+
+    /// Stores a token digest for `user`, expiring after `ttl_secs`.
+    fn token_issue(&self, digest: &str, user: UserId, ttl_secs: u64)
+    -> impl Future<Output = Result<()>> + Send;
+    /// The user a token digest belongs to, if it is live.
+    fn token_user(&self, digest: &str) -> impl Future<Output = Result<Option<UserId>>> + Send;
+    /// Revokes a token digest.
+    fn token_revoke(&self, digest: &str) -> impl Future<Output = Result<()>> + Send;
+
+    /// The largest number of failed logins within the window among `keys`.
+    fn login_failures(&self, keys: &[String], window_ms: u64, now_ms: u64)
+    -> impl Future<Output = Result<u64>> + Send;
+    /// Records one failed login against every key.
+    fn login_failed(&self, keys: &[String], window_ms: u64, now_ms: u64)
+    -> impl Future<Output = Result<()>> + Send;
+
+    /// Registers a session of `user` on `node`; `Ok(true)` when it is the user's first.
+    /// `too_many_sessions` when the user holds `max` already.
+    fn session_open(&self, user: UserId, session: &str, node: &str, max: u32)
+    -> impl Future<Output = Result<bool>> + Send;
+    /// Removes a session; `Ok(true)` when it was the user's last.
+    fn session_close(&self, user: UserId, session: &str, node: &str)
+    -> impl Future<Output = Result<bool>> + Send;
+    /// Friends and fellow group members of `user` (who hear of its presence).
+    fn audience(&self, user: UserId) -> impl Future<Output = Result<Vec<UserId>>> + Send;
+
+    /// The friends of `user`, with presence.
+    fn friends(&self, user: UserId) -> impl Future<Output = Result<Vec<Friend>>> + Send;
+    /// Makes two users friends; the other user, and whether the friendship is new.
+    fn friend_add(&self, user: UserId, other: UserId)
+    -> impl Future<Output = Result<(Friend, bool)>> + Send;
+    /// Ends a friendship both ways; the former friend. `no_such_user` if not friends.
+    fn friend_remove(&self, user: UserId, other: UserId)
+    -> impl Future<Output = Result<UserRef>> + Send;
+
+    /// The groups of `user`, as `user` sees them.
+    fn groups(&self, user: UserId) -> impl Future<Output = Result<Vec<Group>>> + Send;
+    /// Creates a group with `user` as creator.
+    fn group_create(&self, user: UserId, name: &str, desc: &str)
+    -> impl Future<Output = Result<Group>> + Send;
+    /// Adds `user` to a group.
+    fn group_join(&self, user: UserId, group: GroupId) -> impl Future<Output = Result<Group>> + Send;
+    /// Removes `user` from a group (deleting it when it empties); who was a member before.
+    fn group_leave(&self, user: UserId, group: GroupId)
+    -> impl Future<Output = Result<Membership>> + Send;
+    /// A group's name, if it exists.
+    fn group_name(&self, group: GroupId) -> impl Future<Output = Result<Option<String>>> + Send;
+
+    /// Stores a message in the inbox of every recipient and of the sender, publishing each copy
+    /// in the same atomic step. A repeated `client_id` returns the first send's result.
+    fn send(&self, msg: Outgoing<'_>) -> impl Future<Output = Result<Sent>> + Send;
+    /// Up to `limit` inbox entries after `after`, oldest first.
+    fn inbox_after(&self, user: UserId, after: Seq, limit: usize)
+    -> impl Future<Output = Result<Vec<Entry>>> + Send;
+    /// The acknowledged position.
+    fn acked(&self, user: UserId) -> impl Future<Output = Result<Seq>> + Send;
+    /// Moves the acknowledged position forward to `seq`; `bad_request` if `seq` is not in the inbox.
+    fn ack(&self, user: UserId, seq: Seq) -> impl Future<Output = Result<()>> + Send;
+
+    /// Publishes a live-only event line to every session of `users` except `origin`.
+    fn publish_event(&self, users: &[UserId], origin: &str, line: &str)
+    -> impl Future<Output = Result<()>> + Send;
+    /// Starts receiving `user`'s channel on this node; returns once the subscription is live.
+    fn subscribe(&self, user: UserId) -> impl Future<Output = Result<()>> + Send;
+    /// Stops receiving `user`'s channel on this node.
+    fn unsubscribe(&self, user: UserId) -> impl Future<Output = Result<()>> + Send;
+
+    /// Records this node's heartbeat; returns (whether the node was still registered, the
+    /// names of nodes whose heartbeat is older than `ttl_ms`).
+    fn heartbeat(&self, node: &str, now_ms: u64, ttl_ms: u64)
+    -> impl Future<Output = Result<(bool, Vec<String>)>> + Send;
+    /// Removes every session of `node`; the users who are offline now.
+    fn reap(&self, node: &str) -> impl Future<Output = Result<Vec<UserRef>>> + Send;
+    /// Whether the backend is reachable and the live path works.
+    fn healthy(&self) -> bool;
+}
+
+/// A channel payload for a message copy: `M <seq> <origin> <json>`.
+pub fn message_payload(seq: Seq, origin: &str, json: &str) -> String {
+    format!("M {seq} {origin} {json}")
+}
+
+/// A channel payload for an event: `E <origin> <line>`.
+pub fn event_payload(origin: &str, line: &str) -> String {
+    format!("E {origin} {line}")
+}
+
+/// Lower-case form of a name, the key of case-insensitive uniqueness.
+pub fn fold(name: &str) -> String {
+    name.to_ascii_lowercase()
+}

@@ -1,0 +1,607 @@
+//! The Redis backend: shared state for N nodes (key layout in docs/data-model.md).
+//!
+//! Two connections per node, whatever the number of users: a multiplexed command connection
+//! (requests from all sessions pipeline on it) and one RESP3 subscriber connection that carries
+//! every user channel of this node, re-subscribed automatically after a reconnect.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{FromRedisValue, PushKind, Script, Value};
+
+use crate::error::{Code, Error, Result};
+use crate::metrics::Metrics;
+use crate::protocol::{
+    Friend, Group, GroupId, GroupRef, Member, Role, Seq, Sent, UserId, UserRef,
+};
+use crate::registry::Registry;
+use crate::store::{
+    Account, CLIENT_ID_TTL_SECS, Entry, Membership, Outgoing, Recipient, Retention, Store, Who,
+    event_payload, fold,
+};
+
+/// Interval of the subscriber-path health check (a canary published to this node's channel).
+const CANARY_INTERVAL: Duration = Duration::from_millis(500);
+/// A canary older than this means the live path is broken: the node is not ready.
+const CANARY_DEADLINE: Duration = Duration::from_secs(3);
+/// Upper bound of the reconnect backoff of both connections.
+const RECONNECT_MAX_DELAY: Duration = Duration::from_secs(2);
+
+macro_rules! script {
+    ($name:literal) => {
+        Script::new(concat!(
+            include_str!("lua/common.lua"),
+            "\n",
+            include_str!(concat!("lua/", $name, ".lua"))
+        ))
+    };
+}
+
+struct Scripts {
+    register: Script,
+    account: Script,
+    session_open: Script,
+    session_close: Script,
+    audience: Script,
+    friends: Script,
+    friend_add: Script,
+    friend_remove: Script,
+    groups: Script,
+    group_create: Script,
+    group_join: Script,
+    group_leave: Script,
+    send: Script,
+    ack: Script,
+    heartbeat: Script,
+    reap: Script,
+}
+
+impl Scripts {
+    fn new() -> Scripts {
+        Scripts {
+            register: script!("register"),
+            account: script!("account"),
+            session_open: script!("session_open"),
+            session_close: script!("session_close"),
+            audience: script!("audience"),
+            friends: script!("friends"),
+            friend_add: script!("friend_add"),
+            friend_remove: script!("friend_remove"),
+            groups: script!("groups"),
+            group_create: script!("group_create"),
+            group_join: script!("group_join"),
+            group_leave: script!("group_leave"),
+            send: script!("send"),
+            ack: script!("ack"),
+            heartbeat: script!("heartbeat"),
+            reap: script!("reap"),
+        }
+    }
+}
+
+/// State the subscriber callback shares with the health check.
+struct Bus {
+    registry: Arc<Registry>,
+    canary_channel: String,
+    /// Last canary number seen on the subscriber connection.
+    canary_seen: AtomicU64,
+}
+
+impl Bus {
+    /// Called by the redis client for every push on the subscriber connection; never blocks.
+    fn on_push(&self, push: redis::PushInfo) {
+        match push.kind {
+            PushKind::Message => {
+                let [Value::BulkString(channel), Value::BulkString(payload)] = &push.data[..] else {
+                    return;
+                };
+                if channel == self.canary_channel.as_bytes() {
+                    if let Some(n) = std::str::from_utf8(payload).ok().and_then(|s| s.parse().ok()) {
+                        self.canary_seen.fetch_max(n, Ordering::AcqRel);
+                    }
+                } else if let Some(user) = user_of_channel(channel) {
+                    self.registry.dispatch(user, payload);
+                }
+            }
+            PushKind::Disconnection => {
+                tracing::warn!("redis subscriber connection lost");
+                // Whatever was published while the link was down is only in the inboxes.
+                self.registry.mark_all_lagged();
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The Redis store of one node.
+pub struct RedisStore {
+    cmd: ConnectionManager,
+    sub: ConnectionManager,
+    scripts: Scripts,
+    bus: Arc<Bus>,
+    retention: Retention,
+    timeout: Duration,
+    healthy: AtomicBool,
+    metrics: Arc<Metrics>,
+}
+
+fn channel(user: UserId) -> String {
+    format!("sb:{{u:{user}}}:ch")
+}
+
+fn user_of_channel(channel: &[u8]) -> Option<UserId> {
+    let s = std::str::from_utf8(channel).ok()?;
+    s.strip_prefix("sb:{u:")?.strip_suffix("}:ch")?.parse().ok()
+}
+
+fn with_resp3(url: &str) -> String {
+    if url.contains("protocol=") {
+        url.to_string()
+    } else if url.contains('?') {
+        format!("{url}&protocol=resp3")
+    } else {
+        format!("{url}?protocol=resp3")
+    }
+}
+
+impl RedisStore {
+    /// Connects both connections and subscribes this node's canary channel.
+    pub async fn connect(
+        url: &str,
+        node: &str,
+        registry: Arc<Registry>,
+        retention: Retention,
+        timeout: Duration,
+        metrics: Arc<Metrics>,
+    ) -> anyhow::Result<Arc<RedisStore>> {
+        let client = redis::Client::open(with_resp3(url))?;
+        let base = ConnectionManagerConfig::new()
+            .set_response_timeout(Some(timeout))
+            .set_connection_timeout(Some(timeout))
+            .set_max_delay(RECONNECT_MAX_DELAY)
+            .set_number_of_retries(2);
+        let bus = Arc::new(Bus {
+            registry,
+            canary_channel: format!("sb:{{n:{node}}}:canary"),
+            canary_seen: AtomicU64::new(0),
+        });
+        let cmd = client.get_connection_manager_with_config(base.clone()).await?;
+        let push_bus = bus.clone();
+        let mut sub = client
+            .get_connection_manager_with_config(
+                base.set_push_sender(move |p| {
+                    push_bus.on_push(p);
+                    Ok::<(), std::convert::Infallible>(())
+                })
+                .set_automatic_resubscription(),
+            )
+            .await?;
+        sub.subscribe(&bus.canary_channel).await?;
+        Ok(Arc::new(RedisStore {
+            cmd,
+            sub,
+            scripts: Scripts::new(),
+            bus,
+            retention,
+            timeout,
+            healthy: AtomicBool::new(true),
+            metrics,
+        }))
+    }
+
+    /// Runs forever: publishes a canary every interval and judges the live path by whether the
+    /// previous one came back. A recovered path marks every session lagged, so each catches up
+    /// from its inbox on whatever was published while it was down.
+    pub async fn watch_health(self: Arc<Self>) {
+        let mut sent: u64 = 0;
+        let mut last_ok = tokio::time::Instant::now();
+        let mut ticker = tokio::time::interval(CANARY_INTERVAL);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            if sent > 0 && self.bus.canary_seen.load(Ordering::Acquire) >= sent {
+                last_ok = tokio::time::Instant::now();
+            }
+            let healthy = last_ok.elapsed() < CANARY_DEADLINE;
+            let was = self.healthy.swap(healthy, Ordering::AcqRel);
+            if healthy && !was {
+                tracing::info!("redis live path recovered; sessions catch up from their inboxes");
+                self.bus.registry.mark_all_lagged();
+            } else if !healthy && was {
+                tracing::warn!("redis live path down: not ready");
+            }
+            sent += 1;
+            let mut con = self.cmd.clone();
+            let cmd = redis::cmd("PUBLISH").arg(&self.bus.canary_channel).arg(sent).clone();
+            let publish = cmd.query_async::<i64>(&mut con);
+            if !matches!(tokio::time::timeout(self.timeout, publish).await, Ok(Ok(_))) {
+                self.metrics.backend_errors.inc();
+            }
+        }
+    }
+
+    /// Bounds a backend call by the Redis timeout and maps failures to `unavailable`.
+    async fn call<T>(&self, fut: impl Future<Output = redis::RedisResult<T>>) -> Result<T> {
+        match tokio::time::timeout(self.timeout, fut).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => {
+                self.metrics.backend_errors.inc();
+                tracing::warn!(error = %e, "redis request failed");
+                Err(Error::unavailable(e.kind_str()))
+            }
+            Err(_) => {
+                self.metrics.backend_errors.inc();
+                Err(Error::unavailable("timed out"))
+            }
+        }
+    }
+
+    async fn run<T: FromRedisValue>(&self, script: &Script, args: &[&(dyn ToString + Sync)]) -> Result<T> {
+        let mut inv = script.prepare_invoke();
+        for a in args {
+            inv.arg(a.to_string());
+        }
+        let mut con = self.cmd.clone();
+        self.call(inv.invoke_async(&mut con)).await
+    }
+
+    /// `(id, name, password hash, online)` of a user, if it exists.
+    async fn account_row(&self, who: Who<'_>) -> Result<Option<(UserId, String, String, i64)>> {
+        let v: Vec<Value> = match who {
+            Who::Name(n) => self.run(&self.scripts.account, &[&"n", &fold(n)]).await?,
+            Who::Id(id) => self.run(&self.scripts.account, &[&"i", &id]).await?,
+        };
+        if v.is_empty() {
+            return Ok(None);
+        }
+        conv(Value::Array(v), "account").map(Some)
+    }
+
+    async fn query<T: FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T> {
+        let mut con = self.cmd.clone();
+        self.call(cmd.query_async(&mut con)).await
+    }
+}
+
+trait ErrorKindStr {
+    fn kind_str(&self) -> String;
+}
+
+impl ErrorKindStr for redis::RedisError {
+    fn kind_str(&self) -> String {
+        if self.is_timeout() {
+            "timed out".into()
+        } else if self.is_io_error() || self.is_connection_dropped() || self.is_connection_refusal() {
+            "connection lost".into()
+        } else {
+            self.to_string()
+        }
+    }
+}
+
+/// Splits a script reply `{status, ...}` into the rest, or the protocol error it names.
+fn status(v: Value, what: &str) -> Result<Vec<Value>> {
+    let mut items = match v {
+        Value::Array(items) => items,
+        other => return Err(Error::internal(format!("{what}: unexpected reply {other:?}"))),
+    };
+    if items.is_empty() {
+        return Err(Error::internal(format!("{what}: empty reply")));
+    }
+    let head: String = String::from_redis_value(items.remove(0))
+        .map_err(|e| Error::internal(format!("{what}: {e}")))?;
+    if head == "ok" || head == "dup" {
+        let mut rest = vec![Value::SimpleString(head)];
+        rest.extend(items);
+        return Ok(rest);
+    }
+    let code = Code::parse(&head).ok_or_else(|| Error::internal(format!("{what}: {head}")))?;
+    Err(Error::new(code, format!("{what}: {}", head.replace('_', " "))))
+}
+
+fn conv<T: FromRedisValue>(v: Value, what: &str) -> Result<T> {
+    T::from_redis_value(v).map_err(|e| Error::internal(format!("{what}: {e}")))
+}
+
+fn role(s: &str) -> Role {
+    if s == "creator" { Role::Creator } else { Role::Member }
+}
+
+type MemberRow = (UserId, String, String, i64);
+type GroupRow = (GroupId, String, String, String, Vec<MemberRow>);
+
+fn group_from(row: GroupRow) -> Group {
+    let (id, name, desc, my_role, members) = row;
+    Group {
+        id,
+        name,
+        desc,
+        role: role(&my_role),
+        members: members
+            .into_iter()
+            .map(|(id, name, r, online)| Member { id, name, role: role(&r), online: online == 1 })
+            .collect(),
+    }
+}
+
+impl Store for RedisStore {
+    async fn register(&self, name: &str, password_hash: &str) -> Result<UserRef> {
+        let v: Value = self
+            .run(&self.scripts.register, &[&fold(name), &name, &password_hash])
+            .await?;
+        let mut rest = status(v, "register")
+            .map_err(|e| if e.code == Code::NameTaken { Error::new(Code::NameTaken, format!("name {name:?} is taken")) } else { e })?;
+        Ok(UserRef { id: conv(rest.remove(1), "register")?, name: name.to_string() })
+    }
+
+    async fn account(&self, who: Who<'_>) -> Result<Option<Account>> {
+        let row = self.account_row(who).await?;
+        Ok(row.map(|(id, name, password_hash, _)| Account { user: UserRef { id, name }, password_hash }))
+    }
+
+    async fn whois(&self, who: Who<'_>) -> Result<Option<Friend>> {
+        let row = self.account_row(who).await?;
+        Ok(row.map(|(id, name, _, online)| Friend { id, name, online: online == 1 }))
+    }
+
+    async fn token_issue(&self, digest: &str, user: UserId, ttl_secs: u64) -> Result<()> {
+        self.query::<()>(redis::cmd("SET").arg(format!("sb:token:{digest}")).arg(user).arg("EX").arg(ttl_secs))
+            .await
+    }
+
+    async fn token_user(&self, digest: &str) -> Result<Option<UserId>> {
+        self.query(redis::cmd("GET").arg(format!("sb:token:{digest}"))).await
+    }
+
+    async fn token_revoke(&self, digest: &str) -> Result<()> {
+        self.query::<()>(redis::cmd("DEL").arg(format!("sb:token:{digest}"))).await
+    }
+
+    async fn login_failures(&self, keys: &[String], window_ms: u64, now: u64) -> Result<u64> {
+        let mut pipe = redis::pipe();
+        for k in keys {
+            let key = format!("sb:loginfail:{k}");
+            pipe.cmd("ZREMRANGEBYSCORE").arg(&key).arg("-inf").arg(now.saturating_sub(window_ms)).ignore();
+            pipe.cmd("ZCARD").arg(&key);
+        }
+        let mut con = self.cmd.clone();
+        let counts: Vec<u64> = self.call(pipe.query_async(&mut con)).await?;
+        Ok(counts.into_iter().max().unwrap_or(0))
+    }
+
+    async fn login_failed(&self, keys: &[String], window_ms: u64, now: u64) -> Result<()> {
+        let mut pipe = redis::pipe();
+        let member = format!("{now}-{:08x}", rand::random::<u32>());
+        for k in keys {
+            let key = format!("sb:loginfail:{k}");
+            pipe.cmd("ZADD").arg(&key).arg(now).arg(&member).ignore();
+            pipe.cmd("PEXPIRE").arg(&key).arg(window_ms).ignore();
+        }
+        let mut con = self.cmd.clone();
+        self.call(pipe.query_async::<()>(&mut con)).await
+    }
+
+    async fn session_open(&self, user: UserId, session: &str, node: &str, max: u32) -> Result<bool> {
+        let v: Value = self
+            .run(&self.scripts.session_open, &[&user, &session, &node, &max])
+            .await?;
+        let mut rest = status(v, "login").map_err(|e| {
+            if e.code == Code::TooManySessions {
+                Error::new(Code::TooManySessions, format!("at most {max} sessions per user"))
+            } else {
+                e
+            }
+        })?;
+        Ok(conv::<i64>(rest.remove(1), "login")? == 1)
+    }
+
+    async fn session_close(&self, user: UserId, session: &str, node: &str) -> Result<bool> {
+        let last: i64 = self.run(&self.scripts.session_close, &[&user, &session, &node]).await?;
+        Ok(last == 1)
+    }
+
+    async fn audience(&self, user: UserId) -> Result<Vec<UserId>> {
+        self.run(&self.scripts.audience, &[&user]).await
+    }
+
+    async fn friends(&self, user: UserId) -> Result<Vec<Friend>> {
+        let rows: Vec<(UserId, String, i64)> = self.run(&self.scripts.friends, &[&user]).await?;
+        Ok(rows.into_iter().map(|(id, name, online)| Friend { id, name, online: online == 1 }).collect())
+    }
+
+    async fn friend_add(&self, user: UserId, other: UserId) -> Result<(Friend, bool)> {
+        let v: Value = self.run(&self.scripts.friend_add, &[&user, &other]).await?;
+        let rest = status(v, "friend.add")
+            .map_err(|e| if e.code == Code::NoSuchUser { Error::new(Code::NoSuchUser, format!("user {other} does not exist")) } else { e })?;
+        let (_, new, name, online): (String, i64, String, i64) = conv(Value::Array(rest), "friend.add")?;
+        Ok((Friend { id: other, name, online: online == 1 }, new == 1))
+    }
+
+    async fn friend_remove(&self, user: UserId, other: UserId) -> Result<UserRef> {
+        let v: Value = self.run(&self.scripts.friend_remove, &[&user, &other]).await?;
+        let rest = status(v, "friend.remove")
+            .map_err(|e| if e.code == Code::NoSuchUser { Error::new(Code::NoSuchUser, format!("user {other} is not your friend")) } else { e })?;
+        let (_, name): (String, String) = conv(Value::Array(rest), "friend.remove")?;
+        Ok(UserRef { id: other, name })
+    }
+
+    async fn groups(&self, user: UserId) -> Result<Vec<Group>> {
+        let rows: Vec<GroupRow> = self.run(&self.scripts.groups, &[&user]).await?;
+        Ok(rows.into_iter().map(group_from).collect())
+    }
+
+    async fn group_create(&self, user: UserId, name: &str, desc: &str) -> Result<Group> {
+        let v: Value = self
+            .run(&self.scripts.group_create, &[&user, &fold(name), &name, &desc])
+            .await?;
+        let rest = status(v, "group.create")
+            .map_err(|e| if e.code == Code::NameTaken { Error::new(Code::NameTaken, format!("group name {name:?} is taken")) } else { e })?;
+        let (_, row): (String, GroupRow) = conv(Value::Array(rest), "group.create")?;
+        Ok(group_from(row))
+    }
+
+    async fn group_join(&self, user: UserId, group: GroupId) -> Result<Group> {
+        let v: Value = self.run(&self.scripts.group_join, &[&user, &group]).await?;
+        let rest = status(v, "group.join").map_err(|e| group_error(e, group))?;
+        let (_, row): (String, GroupRow) = conv(Value::Array(rest), "group.join")?;
+        Ok(group_from(row))
+    }
+
+    async fn group_leave(&self, user: UserId, group: GroupId) -> Result<Membership> {
+        let v: Value = self.run(&self.scripts.group_leave, &[&user, &group]).await?;
+        let rest = status(v, "group.leave").map_err(|e| group_error(e, group))?;
+        let (_, name, members): (String, String, Vec<UserId>) = conv(Value::Array(rest), "group.leave")?;
+        Ok(Membership { group: GroupRef { id: group, name }, members })
+    }
+
+    async fn group_name(&self, group: GroupId) -> Result<Option<String>> {
+        self.query(redis::cmd("HGET").arg(format!("sb:{{g:{group}}}")).arg("name")).await
+    }
+
+    async fn send(&self, msg: Outgoing<'_>) -> Result<Sent> {
+        let (kind, target) = match msg.to {
+            Recipient::User(u) => ("u", u),
+            Recipient::Group(g) => ("g", g),
+        };
+        let cutoff = crate::clock::now_ms().saturating_sub(self.retention.max_age_ms);
+        let cutoff_id = format!("{}-{}", cutoff.saturating_sub(1), u64::MAX);
+        let v: Value = self
+            .run(
+                &self.scripts.send,
+                &[
+                    &msg.from,
+                    &kind,
+                    &target,
+                    &msg.json,
+                    &msg.origin,
+                    &msg.client_id.unwrap_or(""),
+                    &msg.id,
+                    &msg.ts,
+                    &self.retention.max_len,
+                    &cutoff_id,
+                    &CLIENT_ID_TTL_SECS,
+                ],
+            )
+            .await?;
+        let rest = status(v, "send").map_err(|e| match e.code {
+            Code::NoSuchUser => Error::new(Code::NoSuchUser, format!("user {target} does not exist")),
+            Code::NoSuchGroup | Code::NotAMember => group_error(e, target),
+            _ => e,
+        })?;
+        let (head, body): (String, String) = conv(Value::Array(rest), "send")?;
+        if head == "dup" {
+            // "id ts seq" of the first send with this client_id.
+            let mut parts = body.splitn(3, ' ');
+            let (Some(id), Some(ts), Some(seq)) = (parts.next(), parts.next(), parts.next()) else {
+                return Err(Error::internal("malformed client_id record"));
+            };
+            return Ok(Sent {
+                id: id.to_string(),
+                ts: ts.parse().map_err(Error::internal)?,
+                seq: seq.parse()?,
+            });
+        }
+        Ok(Sent { id: msg.id.to_string(), ts: msg.ts, seq: body.parse()? })
+    }
+
+    async fn inbox_after(&self, user: UserId, after: Seq, limit: usize) -> Result<Vec<Entry>> {
+        let start = if after == Seq::ZERO { "-".to_string() } else { format!("({after}") };
+        let rows: Vec<(String, Vec<String>)> = self
+            .query(
+                redis::cmd("XRANGE")
+                    .arg(format!("sb:{{u:{user}}}:inbox"))
+                    .arg(start)
+                    .arg("+")
+                    .arg("COUNT")
+                    .arg(limit),
+            )
+            .await?;
+        rows.into_iter()
+            .map(|(id, fields)| {
+                let mut from = 0;
+                let mut json = String::new();
+                for pair in fields.chunks_exact(2) {
+                    match pair[0].as_str() {
+                        "f" => from = pair[1].parse().unwrap_or(0),
+                        "m" => json = pair[1].clone(),
+                        _ => {}
+                    }
+                }
+                Ok(Entry { seq: id.parse()?, from, json })
+            })
+            .collect()
+    }
+
+    async fn acked(&self, user: UserId) -> Result<Seq> {
+        let v: Option<String> = self.query(redis::cmd("GET").arg(format!("sb:{{u:{user}}}:acked"))).await?;
+        match v {
+            Some(s) => s.parse(),
+            None => Ok(Seq::ZERO),
+        }
+    }
+
+    async fn ack(&self, user: UserId, seq: Seq) -> Result<()> {
+        if seq == Seq::ZERO {
+            return Ok(());
+        }
+        let r: String = self.run(&self.scripts.ack, &[&user, &seq.to_string()]).await?;
+        if r == "ok" {
+            Ok(())
+        } else {
+            Err(Error::bad_request(format!("seq {seq} is not a position in your inbox")))
+        }
+    }
+
+    async fn publish_event(&self, users: &[UserId], origin: &str, line: &str) -> Result<()> {
+        if users.is_empty() {
+            return Ok(());
+        }
+        let payload = event_payload(origin, line);
+        let mut pipe = redis::pipe();
+        for &u in users {
+            pipe.cmd("PUBLISH").arg(channel(u)).arg(&payload).ignore();
+        }
+        let mut con = self.cmd.clone();
+        self.call(pipe.query_async::<()>(&mut con)).await
+    }
+
+    async fn subscribe(&self, user: UserId) -> Result<()> {
+        let mut sub = self.sub.clone();
+        self.call(sub.subscribe(channel(user))).await
+    }
+
+    async fn unsubscribe(&self, user: UserId) -> Result<()> {
+        let mut sub = self.sub.clone();
+        self.call(sub.unsubscribe(channel(user))).await
+    }
+
+    async fn heartbeat(&self, node: &str, now: u64, ttl_ms: u64) -> Result<(bool, Vec<String>)> {
+        let mut v: Vec<Value> = self.run(&self.scripts.heartbeat, &[&node, &now, &ttl_ms]).await?;
+        if v.is_empty() {
+            return Err(Error::internal("heartbeat: empty reply"));
+        }
+        let was: i64 = conv(v.remove(0), "heartbeat")?;
+        let dead: Vec<String> = conv(Value::Array(v), "heartbeat")?;
+        Ok((was == 1, dead))
+    }
+
+    async fn reap(&self, node: &str) -> Result<Vec<UserRef>> {
+        let rows: Vec<(UserId, String)> = self.run(&self.scripts.reap, &[&node]).await?;
+        Ok(rows.into_iter().map(|(id, name)| UserRef { id, name }).collect())
+    }
+
+    fn healthy(&self) -> bool {
+        self.healthy.load(Ordering::Acquire)
+    }
+}
+
+fn group_error(e: Error, group: GroupId) -> Error {
+    match e.code {
+        Code::NoSuchGroup => Error::new(Code::NoSuchGroup, format!("group {group} does not exist")),
+        Code::NotAMember => Error::new(Code::NotAMember, format!("not a member of group {group}")),
+        Code::AlreadyMember => Error::new(Code::AlreadyMember, format!("already a member of group {group}")),
+        _ => e,
+    }
+}
