@@ -363,6 +363,12 @@ impl Client {
         &self.events
     }
 
+    /// This session's user name (asked with `whois`).
+    pub async fn login_name(&mut self) -> String {
+        let r = self.ok(json!({"op": "whois", "id": self.id})).await;
+        r["user"]["name"].as_str().unwrap().to_string()
+    }
+
     /// Logs in with a password; consumes the backlog. Returns the login reply.
     pub async fn login(&mut self, name: &str) -> Value {
         let r = self.ok(json!({"op": "login", "name": name, "password": PASSWORD})).await;
