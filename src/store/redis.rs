@@ -212,6 +212,13 @@ impl RedisStore {
             } else if !healthy && was {
                 tracing::warn!("redis live path down: not ready");
             }
+            if !healthy {
+                // Commands are what drive a ConnectionManager's reconnects; nothing else is sent on
+                // the subscriber connection, so poke it (PING is valid in RESP3 subscribed mode).
+                let mut sub = self.sub.clone();
+                let ping = redis::cmd("PING").clone();
+                let _ = tokio::time::timeout(self.timeout, ping.query_async::<String>(&mut sub)).await;
+            }
             sent += 1;
             let mut con = self.cmd.clone();
             let cmd = redis::cmd("PUBLISH").arg(&self.bus.canary_channel).arg(sent).clone();
