@@ -61,9 +61,13 @@ impl Passwords {
     pub async fn verify(&self, password: String, hash: String) -> Result<bool> {
         let _permit = self.permits.acquire().await.map_err(Error::internal)?;
         let argon = self.argon();
-        tokio::task::spawn_blocking(move || argon.verify_password(password.as_bytes(), hash.as_str()).is_ok())
-            .await
-            .map_err(Error::internal)
+        tokio::task::spawn_blocking(move || {
+            argon
+                .verify_password(password.as_bytes(), hash.as_str())
+                .is_ok()
+        })
+        .await
+        .map_err(Error::internal)
     }
 }
 
@@ -80,10 +84,12 @@ pub fn token_digest(token: &str) -> String {
 
 fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write;
-    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
 }
 
 #[cfg(test)]

@@ -155,10 +155,10 @@ impl Settings {
                 .try_parsing(true)
                 .source(Some(env)),
         );
-        let cfg = builder
-            .build()
-            .map_err(|e| ConfigError(e.to_string()))?;
-        let settings: Settings = cfg.try_deserialize().map_err(|e| ConfigError(name_env(e)))?;
+        let cfg = builder.build().map_err(|e| ConfigError(e.to_string()))?;
+        let settings: Settings = cfg
+            .try_deserialize()
+            .map_err(|e| ConfigError(name_env(e)))?;
         settings.validate()?;
         Ok(settings)
     }
@@ -177,12 +177,22 @@ impl Settings {
         }
         let n = &self.node_name;
         check(
-            !n.is_empty() && n.len() <= 253 && !n.chars().any(|c| c.is_whitespace() || c.is_control()),
+            !n.is_empty()
+                && n.len() <= 253
+                && !n.chars().any(|c| c.is_whitespace() || c.is_control()),
             "node_name",
             "must be 1 to 253 characters without white space",
         )?;
-        check(self.presence_ttl_secs >= 1, "presence_ttl_secs", "must be at least 1")?;
-        check(self.max_connections >= 1, "max_connections", "must be at least 1")?;
+        check(
+            self.presence_ttl_secs >= 1,
+            "presence_ttl_secs",
+            "must be at least 1",
+        )?;
+        check(
+            self.max_connections >= 1,
+            "max_connections",
+            "must be at least 1",
+        )?;
         check(
             (256..=16 << 20).contains(&self.max_frame_bytes),
             "max_frame_bytes",
@@ -198,20 +208,52 @@ impl Settings {
             "max_sessions_per_user",
             "must be at least 1",
         )?;
-        check(self.token_ttl_secs >= 1, "token_ttl_secs", "must be at least 1")?;
-        check(self.max_protocol_errors >= 1, "max_protocol_errors", "must be at least 1")?;
-        check(self.login_failures_max >= 1, "login_failures_max", "must be at least 1")?;
+        check(
+            self.token_ttl_secs >= 1,
+            "token_ttl_secs",
+            "must be at least 1",
+        )?;
+        check(
+            self.max_protocol_errors >= 1,
+            "max_protocol_errors",
+            "must be at least 1",
+        )?;
+        check(
+            self.login_failures_max >= 1,
+            "login_failures_max",
+            "must be at least 1",
+        )?;
         check(
             self.login_failure_window_secs >= 1,
             "login_failure_window_secs",
             "must be at least 1",
         )?;
-        check(self.send_rate_per_sec >= 1, "send_rate_per_sec", "must be at least 1")?;
+        check(
+            self.send_rate_per_sec >= 1,
+            "send_rate_per_sec",
+            "must be at least 1",
+        )?;
         check(self.send_burst >= 1, "send_burst", "must be at least 1")?;
-        check(self.inbox_max_len >= 1, "inbox_max_len", "must be at least 1")?;
-        check(self.outbound_queue >= 1, "outbound_queue", "must be at least 1")?;
-        check(self.write_timeout_secs >= 1, "write_timeout_secs", "must be at least 1")?;
-        check(self.redis_timeout_ms >= 10, "redis_timeout_ms", "must be at least 10")?;
+        check(
+            self.inbox_max_len >= 1,
+            "inbox_max_len",
+            "must be at least 1",
+        )?;
+        check(
+            self.outbound_queue >= 1,
+            "outbound_queue",
+            "must be at least 1",
+        )?;
+        check(
+            self.write_timeout_secs >= 1,
+            "write_timeout_secs",
+            "must be at least 1",
+        )?;
+        check(
+            self.redis_timeout_ms >= 10,
+            "redis_timeout_ms",
+            "must be at least 10",
+        )?;
         check(
             argon2::Params::new(
                 self.argon2_memory_kib,

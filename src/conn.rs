@@ -53,7 +53,11 @@ impl LineReader {
                 if line.last() == Some(&b'\r') {
                     line.truncate(end - 1);
                 }
-                Some(if line.len() > self.max { Frame::TooLarge } else { Frame::Line(line) })
+                Some(if line.len() > self.max {
+                    Frame::TooLarge
+                } else {
+                    Frame::Line(line)
+                })
             }
             None => {
                 self.scanned = self.buf.len();

@@ -16,7 +16,11 @@ use tokio_util::sync::CancellationToken;
 use crate::node::Node;
 use crate::store::Store;
 
-fn respond(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+fn respond(
+    status: StatusCode,
+    content_type: &str,
+    body: impl Into<Bytes>,
+) -> Response<Full<Bytes>> {
     Response::builder()
         .status(status)
         .header("content-type", content_type)
@@ -34,7 +38,11 @@ fn route<S: Store>(node: &Node<S>, req: &Request<Incoming>) -> Response<Full<Byt
         "/readyz" if node.draining.is_cancelled() => {
             respond(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "draining\n")
         }
-        "/readyz" => respond(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "backend unavailable\n"),
+        "/readyz" => respond(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "text/plain",
+            "backend unavailable\n",
+        ),
         "/metrics" => respond(
             StatusCode::OK,
             "text/plain; version=0.0.4; charset=utf-8",

@@ -46,25 +46,36 @@ impl Metrics {
         let registry = Registry::new();
         let counter = |name: &str, help: &str| {
             let c = IntCounter::new(name, help).expect("valid metric");
-            registry.register(Box::new(c.clone())).expect("unique metric");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("unique metric");
             c
         };
         let counter_vec = |name: &str, help: &str, labels: &[&str]| {
             let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
-            registry.register(Box::new(c.clone())).expect("unique metric");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("unique metric");
             c
         };
         let gauge = |name: &str, help: &str| {
             let g = IntGauge::new(name, help).expect("valid metric");
-            registry.register(Box::new(g.clone())).expect("unique metric");
+            registry
+                .register(Box::new(g.clone()))
+                .expect("unique metric");
             g
         };
         let build = IntGaugeVec::new(
-            Opts::new("switchboard_build_info", "Build information; the value is 1."),
+            Opts::new(
+                "switchboard_build_info",
+                "Build information; the value is 1.",
+            ),
             &["version", "node"],
         )
         .expect("valid metric");
-        registry.register(Box::new(build.clone())).expect("unique metric");
+        registry
+            .register(Box::new(build.clone()))
+            .expect("unique metric");
         build
             .with_label_values(&[env!("CARGO_PKG_VERSION"), node])
             .set(1);

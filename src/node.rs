@@ -37,7 +37,12 @@ pub struct Node<S> {
 
 impl<S: Store> Node<S> {
     /// A node context.
-    pub fn new(settings: Settings, store: Arc<S>, registry: Arc<Registry>, metrics: Arc<Metrics>) -> Node<S> {
+    pub fn new(
+        settings: Settings,
+        store: Arc<S>,
+        registry: Arc<Registry>,
+        metrics: Arc<Metrics>,
+    ) -> Node<S> {
         Node {
             passwords: Passwords::new(&settings),
             settings,
@@ -82,12 +87,19 @@ impl<S: Store> Node<S> {
     /// Removes a session from the store and announces the user offline if it was their last;
     /// when the store is down, remembers it for [`Node::retry_orphans`].
     pub async fn close_session(&self, user: &UserRef, session: Arc<str>) {
-        match self.store.session_close(user.id, &session, &self.settings.node_name).await {
+        match self
+            .store
+            .session_close(user.id, &session, &self.settings.node_name)
+            .await
+        {
             Ok(true) => self.announce_presence(user, false).await,
             Ok(false) => {}
             Err(e) => {
                 tracing::warn!(user = user.id, error = %e, "session removal deferred");
-                self.orphans.lock().unwrap_or_else(|e| e.into_inner()).push((user.clone(), session));
+                self.orphans
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push((user.clone(), session));
             }
         }
     }

@@ -120,7 +120,14 @@ mod tests {
 
     #[test]
     fn full_queue_marks_lagged_and_keeps_bound() {
-        let o = Outbox::new("s".into(), UserRef { id: 1, name: "a".into() }, 2);
+        let o = Outbox::new(
+            "s".into(),
+            UserRef {
+                id: 1,
+                name: "a".into(),
+            },
+            2,
+        );
         assert!(o.push(ev()));
         assert!(o.push(ev()));
         assert!(!o.take_lagged());

@@ -20,7 +20,11 @@ async fn reap<S: Store>(node: &Node<S>, dead: &str) {
     match node.store.reap(dead).await {
         Ok(users) => {
             if !users.is_empty() {
-                tracing::info!(node = dead, users = users.len(), "reaped sessions of a dead node");
+                tracing::info!(
+                    node = dead,
+                    users = users.len(),
+                    "reaped sessions of a dead node"
+                );
             }
             for user in users {
                 node.announce_presence(&user, false).await;
@@ -65,7 +69,11 @@ pub async fn heartbeat<S: Store>(node: Arc<Node<S>>) {
 async fn restore<S: Store>(node: &Node<S>) {
     let s = &node.settings;
     for (user, session) in node.local_sessions() {
-        match node.store.session_open(user.id, &session, &s.node_name, u32::MAX).await {
+        match node
+            .store
+            .session_open(user.id, &session, &s.node_name, u32::MAX)
+            .await
+        {
             Ok(true) => node.announce_presence(&user, true).await,
             Ok(false) => {}
             Err(e) => tracing::warn!(user = user.id, error = %e, "session not restored"),

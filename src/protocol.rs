@@ -165,7 +165,8 @@ impl FromStr for Seq {
     fn from_str(s: &str) -> Result<Seq> {
         let bad = || Error::bad_request(format!("malformed seq {s:?}"));
         let (ms, n) = s.split_once('-').ok_or_else(bad)?;
-        let digits = |p: &str| !p.is_empty() && p.len() <= 20 && p.bytes().all(|b| b.is_ascii_digit());
+        let digits =
+            |p: &str| !p.is_empty() && p.len() <= 20 && p.bytes().all(|b| b.is_ascii_digit());
         if !digits(ms) || !digits(n) {
             return Err(bad());
         }
@@ -338,7 +339,16 @@ mod tests {
         let b: Seq = "10-0".parse().unwrap();
         assert!(a < b);
         assert_eq!(a.to_string(), "5-1");
-        for bad in ["", "5", "-1", "5-", "a-1", "1-1-1", "+5-1", "123456789012345678901-0"] {
+        for bad in [
+            "",
+            "5",
+            "-1",
+            "5-",
+            "a-1",
+            "1-1-1",
+            "+5-1",
+            "123456789012345678901-0",
+        ] {
             assert!(bad.parse::<Seq>().is_err(), "{bad}");
         }
     }
@@ -348,8 +358,14 @@ mod tests {
         assert_eq!(parse_request(b"[1]").unwrap_err().code, Code::BadJson);
         assert_eq!(parse_request(b"{\"op\":").unwrap_err().code, Code::BadJson);
         assert_eq!(parse_request(b"\xff\xfe").unwrap_err().code, Code::BadJson);
-        assert_eq!(parse_request(b"{\"x\":1}").unwrap_err().code, Code::BadRequest);
-        assert_eq!(parse_request(b"{\"op\":5}").unwrap_err().code, Code::BadRequest);
+        assert_eq!(
+            parse_request(b"{\"x\":1}").unwrap_err().code,
+            Code::BadRequest
+        );
+        assert_eq!(
+            parse_request(b"{\"op\":5}").unwrap_err().code,
+            Code::BadRequest
+        );
         let r = parse_request(br#"{"op":"ping","ref":"a"}"#).unwrap();
         assert_eq!(r.op, "ping");
         assert_eq!(r.reference, Some(Value::String("a".into())));

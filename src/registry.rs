@@ -30,7 +30,9 @@ impl Registry {
         Registry {
             users: Mutex::new(HashMap::new()),
             subscribed: Mutex::new(HashSet::new()),
-            sub_locks: (0..SUB_LOCK_SHARDS).map(|_| tokio::sync::Mutex::new(())).collect(),
+            sub_locks: (0..SUB_LOCK_SHARDS)
+                .map(|_| tokio::sync::Mutex::new(()))
+                .collect(),
             metrics,
         }
     }
@@ -48,7 +50,12 @@ impl Registry {
     }
 
     /// Adds a session and makes sure the user's channel is subscribed (returns once it is live).
-    pub async fn attach<S: Store>(&self, store: &S, user: UserId, outbox: Arc<Outbox>) -> Result<()> {
+    pub async fn attach<S: Store>(
+        &self,
+        store: &S,
+        user: UserId,
+        outbox: Arc<Outbox>,
+    ) -> Result<()> {
         self.users().entry(user).or_default().push(outbox.clone());
         let _guard = self.sub_lock(user).lock().await;
         if self.subscribed().contains(&user) {
@@ -184,11 +191,17 @@ mod tests {
             Live::Message { seq, origin, line } => {
                 assert_eq!(seq, Seq { ms: 5, n: 1 });
                 assert_eq!(&*origin, "n-1-2");
-                assert_eq!(&*line, r#"{"event":"message","seq":"5-1","msg":{"id":"x"}}"#);
+                assert_eq!(
+                    &*line,
+                    r#"{"event":"message","seq":"5-1","msg":{"id":"x"}}"#
+                );
             }
             other => panic!("{other:?}"),
         }
-        assert!(matches!(parse_payload(b"E - {\"event\":\"x\"}"), Some(Live::Event { .. })));
+        assert!(matches!(
+            parse_payload(b"E - {\"event\":\"x\"}"),
+            Some(Live::Event { .. })
+        ));
         assert!(parse_payload(b"M x - {}").is_none());
         assert!(parse_payload(b"Q - {}").is_none());
     }

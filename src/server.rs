@@ -40,7 +40,11 @@ impl Server {
         let http = TcpListener::bind(settings.http_listen)
             .await
             .with_context(|| format!("binding HTTP listener {}", settings.http_listen))?;
-        Ok(Server { settings, chat, http })
+        Ok(Server {
+            settings,
+            chat,
+            http,
+        })
     }
 
     /// The bound chat address.
@@ -72,9 +76,16 @@ impl Server {
             }
             Some(url) => {
                 let timeout = Duration::from_millis(s.redis_timeout_ms);
-                let store = RedisStore::connect(&url, &s.node_name, registry.clone(), retention, timeout, metrics.clone())
-                    .await
-                    .context("connecting to redis")?;
+                let store = RedisStore::connect(
+                    &url,
+                    &s.node_name,
+                    registry.clone(),
+                    retention,
+                    timeout,
+                    metrics.clone(),
+                )
+                .await
+                .context("connecting to redis")?;
                 let health = tokio::spawn(store.clone().watch_health());
                 let result = self.run_with(store, registry, metrics, shutdown).await;
                 health.abort();
@@ -90,7 +101,11 @@ impl Server {
         metrics: Arc<Metrics>,
         shutdown: CancellationToken,
     ) -> anyhow::Result<()> {
-        let Server { settings, chat, http } = self;
+        let Server {
+            settings,
+            chat,
+            http,
+        } = self;
         let drain = Duration::from_secs(settings.drain_timeout_secs);
         let node = Arc::new(Node::new(settings, store, registry, metrics));
         presence::reap_own(&node).await;
@@ -110,8 +125,14 @@ impl Server {
         let started = std::time::Instant::now();
         node.draining.cancel();
         connections.close();
-        if tokio::time::timeout(drain, connections.wait()).await.is_err() {
-            tracing::info!(left = connections.len(), "drain timeout: closing remaining connections");
+        if tokio::time::timeout(drain, connections.wait())
+            .await
+            .is_err()
+        {
+            tracing::info!(
+                left = connections.len(),
+                "drain timeout: closing remaining connections"
+            );
             node.closing.cancel();
             let _ = tokio::time::timeout(CLOSE_GRACE, connections.wait()).await;
         }
@@ -146,7 +167,10 @@ async fn accept_loop<S: Store>(
         };
         if connections.len() >= max {
             // Refused before anything is read: one error event, then close.
-            node.metrics.connections_rejected.with_label_values(&["max_connections"]).inc();
+            node.metrics
+                .connections_rejected
+                .with_label_values(&["max_connections"])
+                .inc();
             tokio::spawn(async move {
                 let err = Error::new(Code::Unavailable, "server full; try another node");
                 let mut line = protocol::error_event(&err).into_bytes();

@@ -21,8 +21,8 @@ use crate::error::{Code, Error, Result};
 use crate::node::Node;
 use crate::outbox::{Live, Outbox};
 use crate::protocol::{
-    self, GroupId, Message, PROTOCOL_VERSION, Request, Seq, Target, UserId, UserRef, check_client_id,
-    check_text, valid_name, valid_password,
+    self, GroupId, Message, PROTOCOL_VERSION, Request, Seq, Target, UserId, UserRef,
+    check_client_id, check_text, valid_name, valid_password,
 };
 use crate::store::{Outgoing, Recipient, Store, Who};
 
@@ -257,7 +257,10 @@ impl<S: Store> Session<S> {
             let line = match frame {
                 Frame::TooLarge => {
                     let max = self.node.settings.max_frame_bytes;
-                    let err = Error::new(Code::FrameTooLarge, format!("frame longer than {max} bytes"));
+                    let err = Error::new(
+                        Code::FrameTooLarge,
+                        format!("frame longer than {max} bytes"),
+                    );
                     self.error_event(&err);
                     return Some(Close::Linger);
                 }
@@ -283,7 +286,11 @@ impl<S: Store> Session<S> {
 
     /// Writes an `error` event; true when the connection reached its protocol error limit.
     fn error_event(&mut self, err: &Error) -> bool {
-        self.node.metrics.errors.with_label_values(&[err.code.as_str()]).inc();
+        self.node
+            .metrics
+            .errors
+            .with_label_values(&[err.code.as_str()])
+            .inc();
         self.push_line(&protocol::error_event(err));
         self.errors += 1;
         self.errors >= self.node.settings.max_protocol_errors
@@ -294,7 +301,11 @@ impl<S: Store> Session<S> {
         match result {
             Ok(fields) => protocol::write_ok(&mut self.out, &req.op, &req.reference, fields),
             Err(err) => {
-                self.node.metrics.errors.with_label_values(&[err.code.as_str()]).inc();
+                self.node
+                    .metrics
+                    .errors
+                    .with_label_values(&[err.code.as_str()])
+                    .inc();
                 protocol::write_err(&mut self.out, &req.op, &req.reference, &err);
             }
         }
@@ -313,7 +324,10 @@ impl<S: Store> Session<S> {
             "logout" | "send" | "ack" | "friend.add" | "friend.remove" | "friend.list"
             | "group.create" | "group.join" | "group.leave" | "group.list" | "group.send" => {
                 if self.login.is_none() {
-                    return Err(Error::new(Code::NotLoggedIn, format!("{} needs a login", req.op)));
+                    return Err(Error::new(
+                        Code::NotLoggedIn,
+                        format!("{} needs a login", req.op),
+                    ));
                 }
                 match req.op.as_str() {
                     "logout" => self.logout().await,
@@ -351,7 +365,10 @@ impl<S: Store> Session<S> {
             ));
         }
         if !valid_password(&args.password) {
-            return Err(Error::new(Code::InvalidPassword, "a password is 8 to 128 bytes"));
+            return Err(Error::new(
+                Code::InvalidPassword,
+                "a password is 8 to 128 bytes",
+            ));
         }
         let hash = self.node.passwords.hash(args.password).await?;
         let user = self.node.store.register(&args.name, &hash).await?;
@@ -361,7 +378,10 @@ impl<S: Store> Session<S> {
 
     async fn login(&mut self, args: LoginArgs) -> Result<Value> {
         if self.login.is_some() {
-            return Err(Error::new(Code::AlreadyLoggedIn, "this connection is logged in already"));
+            return Err(Error::new(
+                Code::AlreadyLoggedIn,
+                "this connection is logged in already",
+            ));
         }
         let node = self.node.clone();
         let metrics = &node.metrics;
@@ -382,20 +402,35 @@ impl<S: Store> Session<S> {
         let node = self.node.clone();
         let s = &node.settings;
         let password = args.password.unwrap_or_default();
-        let (who, name_key) = match (&args.name, args.id) {
-            (Some(name), _) => (Who::Name(name), format!("name:{}", name.to_ascii_lowercase())),
-            (None, Some(id)) => (Who::Id(id), format!("id:{id}")),
+        let who = match (&args.name, args.id) {
+            (Some(name), _) => Who::Name(name),
+            (None, Some(id)) => Who::Id(id),
             (None, None) => return Err(Error::bad_request("login needs a name or an id")),
+        };
+        let account = node.store.account(who).await?;
+        // Failures count per (folded) name, also when the login names the user by id.
+        let name_key = match (&account, who) {
+            (Some(a), _) => format!("name:{}", a.user.name.to_ascii_lowercase()),
+            (None, Who::Name(name)) => format!("name:{}", name.to_ascii_lowercase()),
+            (None, Who::Id(id)) => format!("id:{id}"),
         };
         let keys = [name_key, format!("addr:{}", self.peer.ip())];
         let window_ms = s.login_failure_window_secs * 1000;
         let now = crate::clock::now_ms();
-        if node.store.login_failures(&keys, window_ms, now).await? >= u64::from(s.login_failures_max) {
-            return Err(Error::new(Code::RateLimited, "too many failed logins; try again later"));
+        if node.store.login_failures(&keys, window_ms, now).await?
+            >= u64::from(s.login_failures_max)
+        {
+            return Err(Error::new(
+                Code::RateLimited,
+                "too many failed logins; try again later",
+            ));
         }
-        let account = node.store.account(who).await?;
         let verified = match &account {
-            Some(a) => node.passwords.verify(password, a.password_hash.clone()).await?,
+            Some(a) => {
+                node.passwords
+                    .verify(password, a.password_hash.clone())
+                    .await?
+            }
             None => false,
         };
         let Some(account) = account.filter(|_| verified) else {
@@ -404,7 +439,9 @@ impl<S: Store> Session<S> {
         };
         let token = new_token();
         let digest = token_digest(&token);
-        node.store.token_issue(&digest, account.user.id, s.token_ttl_secs).await?;
+        node.store
+            .token_issue(&digest, account.user.id, s.token_ttl_secs)
+            .await?;
         self.establish(account.user, token, digest).await
     }
 
@@ -414,7 +451,8 @@ impl<S: Store> Session<S> {
         let bad = || Error::new(Code::BadCredentials, "unknown or expired token");
         let user = node.store.token_user(&digest).await?.ok_or_else(bad)?;
         let account = node.store.account(Who::Id(user)).await?.ok_or_else(bad)?;
-        self.establish(account.user, token.to_string(), digest).await
+        self.establish(account.user, token.to_string(), digest)
+            .await
     }
 
     /// Registers the session everywhere, then answers; the backlog follows the reply.
@@ -427,7 +465,9 @@ impl<S: Store> Session<S> {
             .await?;
         let outbox = Arc::new(Outbox::new(self.id.clone(), user.clone(), s.outbound_queue));
         let setup = async {
-            node.registry.attach(&*node.store, user.id, outbox.clone()).await?;
+            node.registry
+                .attach(&*node.store, user.id, outbox.clone())
+                .await?;
             let friends = node.store.friends(user.id).await?;
             let groups = node.store.groups(user.id).await?;
             let acked = node.store.acked(user.id).await?;
@@ -474,7 +514,9 @@ impl<S: Store> Session<S> {
             return;
         };
         let node = &self.node;
-        node.registry.detach(&*node.store, login.user.id, &login.outbox).await;
+        node.registry
+            .detach(&*node.store, login.user.id, &login.outbox)
+            .await;
         node.close_session(&login.user, self.id.clone()).await;
         node.metrics.sessions.dec();
         tracing::info!(user = login.user.id, "logged out");
@@ -496,8 +538,13 @@ impl<S: Store> Session<S> {
         if args.to == self.me().id {
             return Err(Error::bad_request("you cannot send to yourself"));
         }
-        self.store_message(Target::User { user: args.to }, Recipient::User(args.to), args.text, args.client_id)
-            .await
+        self.store_message(
+            Target::User { user: args.to },
+            Recipient::User(args.to),
+            args.text,
+            args.client_id,
+        )
+        .await
     }
 
     async fn group_send(&mut self, args: GroupSendArgs) -> Result<Value> {
@@ -507,9 +554,23 @@ impl<S: Store> Session<S> {
             .store
             .group_name(args.group)
             .await?
-            .ok_or_else(|| Error::new(Code::NoSuchGroup, format!("group {} does not exist", args.group)))?;
-        let target = Target::Group { group: args.group, name };
-        self.store_message(target, Recipient::Group(args.group), args.text, args.client_id).await
+            .ok_or_else(|| {
+                Error::new(
+                    Code::NoSuchGroup,
+                    format!("group {} does not exist", args.group),
+                )
+            })?;
+        let target = Target::Group {
+            group: args.group,
+            name,
+        };
+        self.store_message(
+            target,
+            Recipient::Group(args.group),
+            args.text,
+            args.client_id,
+        )
+        .await
     }
 
     async fn store_message(
@@ -547,7 +608,11 @@ impl<S: Store> Session<S> {
                 origin: &self.id,
             })
             .await?;
-        let kind = if matches!(to, Recipient::User(_)) { "direct" } else { "group" };
+        let kind = if matches!(to, Recipient::User(_)) {
+            "direct"
+        } else {
+            "group"
+        };
         let login = self.login.as_mut().expect("checked");
         if sent.id == msg.id {
             node.metrics.messages.with_label_values(&[kind]).inc();
@@ -606,26 +671,48 @@ impl<S: Store> Session<S> {
             return Err(Error::bad_request("desc is longer than 256 characters"));
         }
         let me = self.me().clone();
-        let group = self.node.store.group_create(me.id, &args.name, &desc).await?;
-        self.membership_event("member_joined", group.id, &group.name, &[me.id]).await;
+        let group = self
+            .node
+            .store
+            .group_create(me.id, &args.name, &desc)
+            .await?;
+        self.membership_event("member_joined", group.id, &group.name, &[me.id])
+            .await;
         Ok(json!({"group": group}))
     }
 
     async fn group_join(&mut self, args: GroupArg) -> Result<Value> {
         let group = self.node.store.group_join(self.me().id, args.group).await?;
         let members: Vec<UserId> = group.members.iter().map(|m| m.id).collect();
-        self.membership_event("member_joined", group.id, &group.name, &members).await;
+        self.membership_event("member_joined", group.id, &group.name, &members)
+            .await;
         Ok(json!({"group": group}))
     }
 
     async fn group_leave(&mut self, args: GroupArg) -> Result<Value> {
-        let left = self.node.store.group_leave(self.me().id, args.group).await?;
-        self.membership_event("member_left", left.group.id, &left.group.name, &left.members).await;
+        let left = self
+            .node
+            .store
+            .group_leave(self.me().id, args.group)
+            .await?;
+        self.membership_event(
+            "member_left",
+            left.group.id,
+            &left.group.name,
+            &left.members,
+        )
+        .await;
         Ok(json!({}))
     }
 
     /// Sends `member_joined` / `member_left` about this user to `members`, except this session.
-    async fn membership_event(&mut self, kind: &str, group: GroupId, name: &str, members: &[UserId]) {
+    async fn membership_event(
+        &mut self,
+        kind: &str,
+        group: GroupId,
+        name: &str,
+        members: &[UserId],
+    ) {
         let line = protocol::event(
             kind,
             json!({"group": {"id": group, "name": name}, "user": self.me()}),
@@ -680,7 +767,11 @@ impl<S: Store> Session<S> {
                 }
             }
         }
-        self.node.metrics.deliveries.with_label_values(&["live"]).inc_by(delivered);
+        self.node
+            .metrics
+            .deliveries
+            .with_label_values(&["live"])
+            .inc_by(delivered);
     }
 
     /// Writes every inbox entry after `last_seq`, page by page; ends a login backlog with `synced`.
@@ -706,7 +797,10 @@ impl<S: Store> Session<S> {
                     }
                 }
             }
-            node.metrics.deliveries.with_label_values(&["backlog"]).inc_by(delivered);
+            node.metrics
+                .deliveries
+                .with_label_values(&["backlog"])
+                .inc_by(delivered);
             if page.len() < INBOX_PAGE {
                 break;
             }
@@ -726,7 +820,11 @@ impl<S: Store> Session<S> {
         self.goaway_sent = true;
         // Spread reconnects over the first half of the drain window (no thundering herd).
         let window = self.node.settings.drain_timeout_secs * 1000 / 2;
-        let after = if window == 0 { 0 } else { rand::random::<u64>() % window };
+        let after = if window == 0 {
+            0
+        } else {
+            rand::random::<u64>() % window
+        };
         self.push_line(&protocol::event(
             "goaway",
             json!({"reason": "shutdown", "reconnect_after_ms": after}),

@@ -45,7 +45,15 @@ async fn split_frames_and_many_frames_per_read(c: Cluster) {
 
 async fn non_objects_and_bad_utf8_are_bad_json(c: Cluster) {
     let mut a = Client::connect(c.addr(0)).await;
-    for bad in [&b"[1,2]"[..], b"42", b"\"op\"", b"{\"op\":", b"not json", b"\xff\xfe{}", b"{\"op\":\"ping\"}x"] {
+    for bad in [
+        &b"[1,2]"[..],
+        b"42",
+        b"\"op\"",
+        b"{\"op\":",
+        b"not json",
+        b"\xff\xfe{}",
+        b"{\"op\":\"ping\"}x",
+    ] {
         let mut line = bad.to_vec();
         line.push(b'\n');
         a.raw(&line).await;
@@ -60,7 +68,13 @@ async fn non_objects_and_bad_utf8_are_bad_json(c: Cluster) {
 
 async fn missing_op_is_bad_request_event(c: Cluster) {
     let mut a = Client::connect(c.addr(0)).await;
-    for bad in [json!({}), json!({"ref": 1}), json!({"op": 5}), json!({"op": null}), json!({"op": ["x"]})] {
+    for bad in [
+        json!({}),
+        json!({"ref": 1}),
+        json!({"op": 5}),
+        json!({"op": null}),
+        json!({"op": ["x"]}),
+    ] {
         a.send(bad.clone()).await;
         let ev = a.frame().await.unwrap();
         assert_eq!(ev["event"], "error", "{bad}");

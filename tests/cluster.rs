@@ -34,7 +34,11 @@ impl Proc {
             cmd.env(k, v);
         }
         let child = cmd.spawn().unwrap();
-        let p = Proc { child, addr: ([127, 0, 0, 1], port).into(), http: ([127, 0, 0, 1], http).into() };
+        let p = Proc {
+            child,
+            addr: ([127, 0, 0, 1], port).into(),
+            http: ([127, 0, 0, 1], http).into(),
+        };
         for _ in 0..500 {
             if std::net::TcpStream::connect(p.addr).is_ok() {
                 return p;
@@ -45,7 +49,10 @@ impl Proc {
     }
 
     fn signal(&self, sig: &str) {
-        Command::new("kill").args([sig, &self.child.id().to_string()]).status().unwrap();
+        Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .unwrap();
     }
 }
 
@@ -88,7 +95,9 @@ async fn acknowledged_message_survives_sigkill_of_its_node() {
     a.login(&aname).await;
     let bname = uname("kb");
     let bid = register(observer.addr, &bname).await;
-    let sent = a.ok(json!({"op": "send", "to": bid, "text": "before the crash"})).await;
+    let sent = a
+        .ok(json!({"op": "send", "to": bid, "text": "before the crash"}))
+        .await;
     victim.signal("-KILL");
     let mut b = Client::connect(observer.addr).await;
     b.login(&bname).await;
@@ -119,8 +128,15 @@ async fn sessions_of_a_killed_node_go_offline_within_two_ttls() {
     victim.signal("-KILL");
     let ev = y.event("presence").await;
     let took = killed.elapsed();
-    assert_eq!(ev["user"], json!({"id": xid, "name": xname, "online": false}));
-    assert!(took <= Duration::from_secs(2 * ttl), "offline after {took:?}, limit {}s", 2 * ttl);
+    assert_eq!(
+        ev["user"],
+        json!({"id": xid, "name": xname, "online": false})
+    );
+    assert!(
+        took <= Duration::from_secs(2 * ttl),
+        "offline after {took:?}, limit {}s",
+        2 * ttl
+    );
     let who = y.ok(json!({"op": "whois", "id": xid})).await;
     assert_eq!(who["user"]["online"], false);
     // x can log in again elsewhere with its full session quota.
@@ -131,7 +147,11 @@ async fn sessions_of_a_killed_node_go_offline_within_two_ttls() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_with_goaway_and_exits() {
     let redis = Redis::start();
-    let node = Proc::start(&redis, "drainer", &[("SWITCHBOARD_DRAIN_TIMEOUT_SECS", "2")]);
+    let node = Proc::start(
+        &redis,
+        "drainer",
+        &[("SWITCHBOARD_DRAIN_TIMEOUT_SECS", "2")],
+    );
     let mut a = user(node.addr, "dr").await;
     let (status, _) = common::http_get(node.http, "/readyz").await;
     assert_eq!(status, 200);
@@ -140,15 +160,27 @@ async fn sigterm_drains_with_goaway_and_exits() {
     let ev = a.event("goaway").await;
     assert_eq!(ev["reason"], "shutdown");
     let after = ev["reconnect_after_ms"].as_u64().unwrap();
-    assert!(after <= 1000, "spread over the first half of the drain window: {after}");
+    assert!(
+        after <= 1000,
+        "spread over the first half of the drain window: {after}"
+    );
     let (status, _) = common::http_get(node.http, "/readyz").await;
-    assert!(status == 503 || status == 0, "not ready while draining: {status}");
+    assert!(
+        status == 503 || status == 0,
+        "not ready while draining: {status}"
+    );
     // The client stays connected; the node closes it when the drain time is up, then exits.
     assert!(a.closed().await);
     let mut node = node;
-    let code = tokio::task::spawn_blocking(move || node.child.wait().unwrap()).await.unwrap();
+    let code = tokio::task::spawn_blocking(move || node.child.wait().unwrap())
+        .await
+        .unwrap();
     assert!(code.success(), "{code:?}");
-    assert!(started.elapsed() < Duration::from_secs(6), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(6),
+        "{:?}",
+        started.elapsed()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -160,9 +192,15 @@ async fn redis_outage_answers_unavailable_then_recovers() {
     // Connected sessions stay connected; Redis-free requests still work.
     a.ok(json!({"op": "ping"})).await;
     let started = Instant::now();
-    let code = a.err(json!({"op": "send", "to": b.id, "text": "lost?", "client_id": "o1"})).await;
+    let code = a
+        .err(json!({"op": "send", "to": b.id, "text": "lost?", "client_id": "o1"}))
+        .await;
     assert_eq!(code, "unavailable");
-    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
     let mut not_ready = false;
     for _ in 0..100 {
         if c.nodes[0].get("/readyz").await.0 == 503 {
@@ -183,7 +221,9 @@ async fn redis_outage_answers_unavailable_then_recovers() {
     }
     assert!(ready, "/readyz must return to 200 when Redis is back");
     // The retried send (same client_id) is stored once and delivered live across nodes.
-    let r = a.ok(json!({"op": "send", "to": b.id, "text": "lost?", "client_id": "o1"})).await;
+    let r = a
+        .ok(json!({"op": "send", "to": b.id, "text": "lost?", "client_id": "o1"}))
+        .await;
     let ev = b.event("message").await;
     assert_eq!(ev["msg"]["id"], r["msg"]["id"]);
 }
@@ -199,7 +239,10 @@ async fn http_endpoints() {
     let (status, body) = n.get("/metrics").await;
     assert_eq!(status, 200);
     assert_eq!(common::metric(&body, "switchboard_sessions"), 1.0);
-    assert_eq!(common::metric(&body, "switchboard_pubsub_subscriptions"), 1.0);
+    assert_eq!(
+        common::metric(&body, "switchboard_pubsub_subscriptions"),
+        1.0
+    );
     assert!(common::metric(&body, "switchboard_connections_accepted_total") >= 2.0);
     assert!(body.contains("switchboard_build_info{"));
 }

@@ -32,13 +32,17 @@ async fn full_outbound_queue_loses_nothing_redis() {
 }
 
 fn texts(msgs: &[Value]) -> Vec<String> {
-    msgs.iter().map(|m| m["msg"]["text"].as_str().unwrap().to_string()).collect()
+    msgs.iter()
+        .map(|m| m["msg"]["text"].as_str().unwrap().to_string())
+        .collect()
 }
 
 async fn live_delivery_across_nodes(c: Cluster) {
     let mut a = user(c.addr(0), "la").await;
     let mut b = user(c.addr(1), "lb").await;
-    let r = a.ok(json!({"op": "send", "ref": 1, "to": b.id, "text": "hi", "client_id": "c-1"})).await;
+    let r = a
+        .ok(json!({"op": "send", "ref": 1, "to": b.id, "text": "hi", "client_id": "c-1"}))
+        .await;
     let sent = &r["msg"];
     let ev = b.event("message").await;
     let m = &ev["msg"];
@@ -54,7 +58,8 @@ async fn live_delivery_across_nodes(c: Cluster) {
     assert!(sent["seq"].as_str().is_some());
     a.no_event("message", Duration::from_millis(300)).await;
     // Without client_id the field is absent.
-    a.ok(json!({"op": "send", "to": b.id, "text": "plain"})).await;
+    a.ok(json!({"op": "send", "to": b.id, "text": "plain"}))
+        .await;
     let ev = b.event("message").await;
     assert!(ev["msg"].get("client_id").is_none());
 }
@@ -73,7 +78,8 @@ async fn backlog_then_synced_with_unread(c: Cluster) {
     assert_eq!(texts(&msgs), ["one", "two", "three"]);
     assert_eq!(unread, 3);
     // b replies; b's own message is in b's next backlog but not counted as unread.
-    b.ok(json!({"op": "send", "to": a.id, "text": "four"})).await;
+    b.ok(json!({"op": "send", "to": a.id, "text": "four"}))
+        .await;
     let mut b2 = Client::connect(c.addr(0)).await;
     b2.login(&bname).await;
     let (msgs, unread) = b2.backlog().await;
@@ -101,10 +107,15 @@ async fn own_messages_reach_other_sessions_only(c: Cluster) {
     a2.login(&name).await;
     a2.backlog().await;
     let b = user(c.addr(1), "ob").await;
-    let r = a1.ok(json!({"op": "send", "to": b.id, "text": "from a1"})).await;
+    let r = a1
+        .ok(json!({"op": "send", "to": b.id, "text": "from a1"}))
+        .await;
     let ev = a2.event("message").await;
     assert_eq!(ev["msg"]["text"], "from a1");
-    assert_eq!(ev["seq"], r["msg"]["seq"], "a2 sees a1's copy at the same inbox position");
+    assert_eq!(
+        ev["seq"], r["msg"]["seq"],
+        "a2 sees a1's copy at the same inbox position"
+    );
     a1.no_event("message", Duration::from_millis(300)).await;
     // Not acknowledged: it comes again in the next login's backlog.
     let mut a3 = Client::connect(c.addr(0)).await;
@@ -129,7 +140,10 @@ async fn ack_moves_forward_only(c: Cluster) {
     let mut b = Client::connect(c.addr(1)).await;
     b.login(&bname).await;
     let (msgs, _) = b.backlog().await;
-    let seqs: Vec<String> = msgs.iter().map(|m| m["seq"].as_str().unwrap().to_string()).collect();
+    let seqs: Vec<String> = msgs
+        .iter()
+        .map(|m| m["seq"].as_str().unwrap().to_string())
+        .collect();
     b.ok(json!({"op": "ack", "seq": seqs[1]})).await;
     // Older positions are accepted and change nothing.
     b.ok(json!({"op": "ack", "seq": seqs[0]})).await;
@@ -138,10 +152,19 @@ async fn ack_moves_forward_only(c: Cluster) {
     // Positions the inbox never held are bad requests.
     let (ms, n) = seqs[2].split_once('-').unwrap();
     let never = format!("{ms}-{}", n.parse::<u64>().unwrap() + 7);
-    assert_eq!(b.err(json!({"op": "ack", "seq": never})).await, "bad_request");
+    assert_eq!(
+        b.err(json!({"op": "ack", "seq": never})).await,
+        "bad_request"
+    );
     let future = format!("{}-0", ms.parse::<u64>().unwrap() + 1_000_000);
-    assert_eq!(b.err(json!({"op": "ack", "seq": future})).await, "bad_request");
-    assert_eq!(b.err(json!({"op": "ack", "seq": "12-x"})).await, "bad_request");
+    assert_eq!(
+        b.err(json!({"op": "ack", "seq": future})).await,
+        "bad_request"
+    );
+    assert_eq!(
+        b.err(json!({"op": "ack", "seq": "12-x"})).await,
+        "bad_request"
+    );
     // The acknowledgement is per user, seen by every later session.
     let mut b2 = Client::connect(c.addr(0)).await;
     b2.login(&bname).await;
@@ -150,7 +173,10 @@ async fn ack_moves_forward_only(c: Cluster) {
     assert_eq!(unread, 1);
     // A user with an empty inbox cannot ack anything but the start.
     let mut e = user(c.addr(0), "ae").await;
-    assert_eq!(e.err(json!({"op": "ack", "seq": seqs[0]})).await, "bad_request");
+    assert_eq!(
+        e.err(json!({"op": "ack", "seq": seqs[0]})).await,
+        "bad_request"
+    );
     e.ok(json!({"op": "ack", "seq": "0-0"})).await;
 }
 
@@ -158,19 +184,28 @@ async fn idempotent_send(c: Cluster) {
     let mut a = user(c.addr(0), "ia").await;
     let bname = uname("ib");
     let bid = register(c.addr(1), &bname).await;
-    let first = a.ok(json!({"op": "send", "to": bid, "text": "once", "client_id": "k1"})).await;
-    let again = a.ok(json!({"op": "send", "to": bid, "text": "once", "client_id": "k1"})).await;
+    let first = a
+        .ok(json!({"op": "send", "to": bid, "text": "once", "client_id": "k1"}))
+        .await;
+    let again = a
+        .ok(json!({"op": "send", "to": bid, "text": "once", "client_id": "k1"}))
+        .await;
     assert_eq!(first["msg"], again["msg"]);
     // From another session of the same user, on another node: still the same message.
     let mut a2 = Client::connect(c.addr(1)).await;
     let token = a.token.clone().unwrap();
     a2.ok(json!({"op": "login", "token": token})).await;
-    let third = a2.ok(json!({"op": "send", "to": bid, "text": "once", "client_id": "k1"})).await;
+    let third = a2
+        .ok(json!({"op": "send", "to": bid, "text": "once", "client_id": "k1"}))
+        .await;
     assert_eq!(first["msg"], third["msg"]);
     // A different key is a different message; another user's same key is independent.
-    a.ok(json!({"op": "send", "to": bid, "text": "twice", "client_id": "k2"})).await;
+    a.ok(json!({"op": "send", "to": bid, "text": "twice", "client_id": "k2"}))
+        .await;
     let mut d = user(c.addr(0), "id").await;
-    let other = d.ok(json!({"op": "send", "to": bid, "text": "d", "client_id": "k1"})).await;
+    let other = d
+        .ok(json!({"op": "send", "to": bid, "text": "d", "client_id": "k1"}))
+        .await;
     assert_ne!(other["msg"]["id"], first["msg"]["id"]);
     let mut b = Client::connect(c.addr(1)).await;
     b.login(&bname).await;
@@ -184,7 +219,9 @@ async fn order_is_preserved_live_and_in_backlog(c: Cluster) {
     let n = 200;
     let mut batch = Vec::new();
     for i in 0..n {
-        batch.extend(serde_json::to_vec(&json!({"op": "send", "to": b.id, "text": format!("{i}")})).unwrap());
+        batch.extend(
+            serde_json::to_vec(&json!({"op": "send", "to": b.id, "text": format!("{i}")})).unwrap(),
+        );
         batch.push(b'\n');
     }
     a.raw(&batch).await;
@@ -198,7 +235,8 @@ async fn order_is_preserved_live_and_in_backlog(c: Cluster) {
     let expected: Vec<String> = (0..n).map(|i| i.to_string()).collect();
     assert_eq!(texts(&live), expected);
     let mut b2 = Client::connect(c.addr(0)).await;
-    b2.ok(json!({"op": "login", "token": b.token.clone().unwrap()})).await;
+    b2.ok(json!({"op": "login", "token": b.token.clone().unwrap()}))
+        .await;
     let (backlog, unread) = b2.backlog().await;
     assert_eq!(texts(&backlog), expected);
     assert_eq!(unread, n as u64);
@@ -212,7 +250,9 @@ async fn no_gap_no_duplicate_while_backlog_is_read(c: Cluster) {
     let during = 400;
     let mut batch = Vec::new();
     for i in 0..before {
-        batch.extend(serde_json::to_vec(&json!({"op": "send", "to": bid, "text": format!("{i}")})).unwrap());
+        batch.extend(
+            serde_json::to_vec(&json!({"op": "send", "to": bid, "text": format!("{i}")})).unwrap(),
+        );
         batch.push(b'\n');
     }
     a.raw(&batch).await;
@@ -222,7 +262,8 @@ async fn no_gap_no_duplicate_while_backlog_is_read(c: Cluster) {
     // The recipient logs in while the sender keeps sending.
     let sender = tokio::spawn(async move {
         for i in before..before + during {
-            a.ok(json!({"op": "send", "to": bid, "text": format!("{i}")})).await;
+            a.ok(json!({"op": "send", "to": bid, "text": format!("{i}")}))
+                .await;
         }
         a
     });
@@ -235,8 +276,15 @@ async fn no_gap_no_duplicate_while_backlog_is_read(c: Cluster) {
     }
     b.no_event("message", Duration::from_millis(300)).await;
     let expected: Vec<String> = (0..before + during).map(|i| i.to_string()).collect();
-    assert_eq!(texts(&msgs), expected, "every message exactly once, in order");
-    let ids: HashSet<&str> = msgs.iter().map(|m| m["msg"]["id"].as_str().unwrap()).collect();
+    assert_eq!(
+        texts(&msgs),
+        expected,
+        "every message exactly once, in order"
+    );
+    let ids: HashSet<&str> = msgs
+        .iter()
+        .map(|m| m["msg"]["id"].as_str().unwrap())
+        .collect();
     assert_eq!(ids.len(), before + during);
 }
 
@@ -250,7 +298,8 @@ async fn logout_while_message_in_flight(c: Cluster) {
         b.backlog().await;
         // Logout and a send race; the message is either live before the logout or in the backlog.
         b.send(json!({"op": "logout"})).await;
-        a.ok(json!({"op": "send", "to": b.id, "text": format!("r{round}")})).await;
+        a.ok(json!({"op": "send", "to": b.id, "text": format!("r{round}")}))
+            .await;
         let mut live = Vec::new();
         loop {
             let f = b.frame().await.unwrap();
@@ -265,7 +314,11 @@ async fn logout_while_message_in_flight(c: Cluster) {
         let mut b2 = Client::connect(c.addr(round)).await;
         b2.login(&bname).await;
         let (backlog, _) = b2.backlog().await;
-        assert_eq!(texts(&backlog), [format!("r{round}")], "unacknowledged, so it comes again");
+        assert_eq!(
+            texts(&backlog),
+            [format!("r{round}")],
+            "unacknowledged, so it comes again"
+        );
         assert!(live.len() <= 1);
     }
 }
@@ -280,14 +333,17 @@ async fn same_user_on_two_nodes(c: Cluster) {
     s1.login(&name).await;
     s1.backlog().await;
     let mut a = user(c.addr(1), "ta").await;
-    let r = a.ok(json!({"op": "send", "to": s0.id, "text": "both"})).await;
+    let r = a
+        .ok(json!({"op": "send", "to": s0.id, "text": "both"}))
+        .await;
     let e0 = s0.event("message").await;
     let e1 = s1.event("message").await;
     assert_eq!(e0, e1);
     assert_eq!(e0["msg"]["id"], r["msg"]["id"]);
     // One session leaving does not stop delivery to the other.
     s0.ok(json!({"op": "logout"})).await;
-    a.ok(json!({"op": "send", "to": s1.id, "text": "still"})).await;
+    a.ok(json!({"op": "send", "to": s1.id, "text": "still"}))
+        .await;
     assert_eq!(s1.event("message").await["msg"]["text"], "still");
     s0.no_event("message", Duration::from_millis(200)).await;
 }
@@ -307,7 +363,10 @@ async fn full_outbound_queue_loses_nothing(c: Cluster) {
     let pad = "x".repeat(50_000);
     let mut batch = Vec::new();
     for i in 0..n {
-        batch.extend(serde_json::to_vec(&json!({"op": "send", "to": b.id, "text": format!("{i} {pad}")})).unwrap());
+        batch.extend(
+            serde_json::to_vec(&json!({"op": "send", "to": b.id, "text": format!("{i} {pad}")}))
+                .unwrap(),
+        );
         batch.push(b'\n');
     }
     a.raw(&batch).await;
@@ -320,8 +379,14 @@ async fn full_outbound_queue_loses_nothing(c: Cluster) {
     }
     b.no_event("message", Duration::from_millis(300)).await;
     let expected: Vec<String> = (0..n).map(|i| format!("{i} {pad}")).collect();
-    assert!(texts(&got) == expected, "lost, doubled or reordered deliveries");
+    assert!(
+        texts(&got) == expected,
+        "lost, doubled or reordered deliveries"
+    );
     let (_, body) = c.nodes[1 % c.nodes.len()].get("/metrics").await;
     let overflows = metric(&body, "switchboard_outbound_queue_overflows_total");
-    assert!(overflows > 0.0, "the queue bound was never hit, so this test proved nothing");
+    assert!(
+        overflows > 0.0,
+        "the queue bound was never hit, so this test proved nothing"
+    );
 }

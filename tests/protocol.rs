@@ -27,37 +27,57 @@ async fn hello_then_ping_with_ref(c: Cluster) {
         let reply = a.ok(json!({"op": "ping", "ref": r})).await;
         assert_eq!(reply, json!({"re": "ping", "ref": r, "ok": true}));
     }
-    assert_eq!(a.ok(json!({"op": "ping"})).await, json!({"re": "ping", "ok": true}));
+    assert_eq!(
+        a.ok(json!({"op": "ping"})).await,
+        json!({"re": "ping", "ok": true})
+    );
 }
 
 async fn register_validates_and_rejects_duplicates(c: Cluster) {
     let mut a = Client::connect(c.addr(0)).await;
     let name = uname("Reg");
-    let r = a.ok(json!({"op": "register", "name": name, "password": PASSWORD})).await;
+    let r = a
+        .ok(json!({"op": "register", "name": name, "password": PASSWORD}))
+        .await;
     assert_eq!(r["user"]["name"], name);
     assert!(r["user"]["id"].as_u64().unwrap() > 0);
     // Unique case-insensitively, across nodes.
     let mut b = Client::connect(c.addr(1)).await;
     let upper = name.to_uppercase();
-    assert_eq!(b.err(json!({"op": "register", "name": upper, "password": PASSWORD})).await, "name_taken");
+    assert_eq!(
+        b.err(json!({"op": "register", "name": upper, "password": PASSWORD}))
+            .await,
+        "name_taken"
+    );
     for bad in ["", "has space", "ümlaut", &"x".repeat(33), "semi;colon"] {
         assert_eq!(
-            a.err(json!({"op": "register", "name": bad, "password": PASSWORD})).await,
+            a.err(json!({"op": "register", "name": bad, "password": PASSWORD}))
+                .await,
             "invalid_name",
             "{bad:?}"
         );
     }
     let ok32 = format!("{}{}", uname("L"), "a".repeat(25));
-    a.ok(json!({"op": "register", "name": &ok32[..32], "password": PASSWORD})).await;
+    a.ok(json!({"op": "register", "name": &ok32[..32], "password": PASSWORD}))
+        .await;
     for bad in ["short", &"p".repeat(129)] {
         assert_eq!(
-            a.err(json!({"op": "register", "name": uname("p"), "password": bad})).await,
+            a.err(json!({"op": "register", "name": uname("p"), "password": bad}))
+                .await,
             "invalid_password"
         );
     }
-    a.ok(json!({"op": "register", "name": uname("p"), "password": "12345678"})).await;
-    assert_eq!(a.err(json!({"op": "register", "name": 5, "password": PASSWORD})).await, "bad_request");
-    assert_eq!(a.err(json!({"op": "register", "name": uname("p")})).await, "bad_request");
+    a.ok(json!({"op": "register", "name": uname("p"), "password": "12345678"}))
+        .await;
+    assert_eq!(
+        a.err(json!({"op": "register", "name": 5, "password": PASSWORD}))
+            .await,
+        "bad_request"
+    );
+    assert_eq!(
+        a.err(json!({"op": "register", "name": uname("p")})).await,
+        "bad_request"
+    );
     // Ids are never reused and grow.
     let id1 = register(c.addr(0), &uname("i")).await;
     let id2 = register(c.addr(1), &uname("i")).await;
@@ -68,25 +88,50 @@ async fn login_errors(c: Cluster) {
     let name = uname("le");
     let id = register(c.addr(0), &name).await;
     let mut a = Client::connect(c.addr(0)).await;
-    assert_eq!(a.err(json!({"op": "login", "name": name, "password": "wrong password"})).await, "bad_credentials");
-    assert_eq!(a.err(json!({"op": "login", "name": "nobody-here", "password": PASSWORD})).await, "bad_credentials");
-    assert_eq!(a.err(json!({"op": "login", "id": 999_999, "password": PASSWORD})).await, "bad_credentials");
-    assert_eq!(a.err(json!({"op": "login", "token": "not-a-token"})).await, "bad_credentials");
-    assert_eq!(a.err(json!({"op": "login", "name": name})).await, "bad_request");
-    assert_eq!(a.err(json!({"op": "login", "password": PASSWORD})).await, "bad_request");
+    assert_eq!(
+        a.err(json!({"op": "login", "name": name, "password": "wrong password"}))
+            .await,
+        "bad_credentials"
+    );
+    assert_eq!(
+        a.err(json!({"op": "login", "name": "nobody-here", "password": PASSWORD}))
+            .await,
+        "bad_credentials"
+    );
+    assert_eq!(
+        a.err(json!({"op": "login", "id": 999_999, "password": PASSWORD}))
+            .await,
+        "bad_credentials"
+    );
+    assert_eq!(
+        a.err(json!({"op": "login", "token": "not-a-token"})).await,
+        "bad_credentials"
+    );
+    assert_eq!(
+        a.err(json!({"op": "login", "name": name})).await,
+        "bad_request"
+    );
+    assert_eq!(
+        a.err(json!({"op": "login", "password": PASSWORD})).await,
+        "bad_request"
+    );
     // Login by id, case-insensitive name.
-    let r = a.ok(json!({"op": "login", "id": id, "password": PASSWORD})).await;
+    let r = a
+        .ok(json!({"op": "login", "id": id, "password": PASSWORD}))
+        .await;
     assert_eq!(r["user"], json!({"id": id, "name": name}));
     assert_eq!(r["friends"], json!([]));
     assert_eq!(r["groups"], json!([]));
     assert!(r["token"].as_str().unwrap().len() >= 32);
     assert_eq!(a.backlog().await, (vec![], 0));
     assert_eq!(
-        a.err(json!({"op": "login", "name": name, "password": PASSWORD})).await,
+        a.err(json!({"op": "login", "name": name, "password": PASSWORD}))
+            .await,
         "already_logged_in"
     );
     let mut b = Client::connect(c.addr(1)).await;
-    b.ok(json!({"op": "login", "name": name.to_uppercase(), "password": PASSWORD})).await;
+    b.ok(json!({"op": "login", "name": name.to_uppercase(), "password": PASSWORD}))
+        .await;
 }
 
 async fn ops_before_login(c: Cluster) {
@@ -117,14 +162,22 @@ async fn whois_by_name_and_id(c: Cluster) {
     let name = uname("Who");
     let id = register(c.addr(0), &name).await;
     let mut a = Client::connect(c.addr(1)).await;
-    let r = a.ok(json!({"op": "whois", "name": name.to_lowercase()})).await;
+    let r = a
+        .ok(json!({"op": "whois", "name": name.to_lowercase()}))
+        .await;
     assert_eq!(r["user"], json!({"id": id, "name": name, "online": false}));
     let mut s = Client::connect(c.addr(0)).await;
     s.login(&name).await;
     let r = a.ok(json!({"op": "whois", "id": id})).await;
     assert_eq!(r["user"]["online"], true);
-    assert_eq!(a.err(json!({"op": "whois", "name": "nobody-x"})).await, "no_such_user");
-    assert_eq!(a.err(json!({"op": "whois", "id": 123_456_789})).await, "no_such_user");
+    assert_eq!(
+        a.err(json!({"op": "whois", "name": "nobody-x"})).await,
+        "no_such_user"
+    );
+    assert_eq!(
+        a.err(json!({"op": "whois", "id": 123_456_789})).await,
+        "no_such_user"
+    );
     assert_eq!(a.err(json!({"op": "whois"})).await, "bad_request");
     s.ok(json!({"op": "logout"})).await;
     let r = a.ok(json!({"op": "whois", "id": id})).await;
@@ -147,10 +200,14 @@ async fn token_login_and_logout_revokes(c: Cluster) {
     assert_eq!(b.err(json!({"op": "friend.list"})).await, "not_logged_in");
     assert_eq!(b.err(json!({"op": "logout"})).await, "not_logged_in");
     let mut d = Client::connect(c.addr(0)).await;
-    assert_eq!(d.err(json!({"op": "login", "token": token})).await, "bad_credentials");
+    assert_eq!(
+        d.err(json!({"op": "login", "token": token})).await,
+        "bad_credentials"
+    );
     a.ok(json!({"op": "friend.list"})).await;
     // The connection can log in again after logout.
-    b.ok(json!({"op": "login", "name": name, "password": PASSWORD})).await;
+    b.ok(json!({"op": "login", "name": name, "password": PASSWORD}))
+        .await;
 }
 
 async fn replies_keep_request_order(c: Cluster) {
@@ -184,32 +241,70 @@ async fn too_many_sessions(c: Cluster) {
     }
     let mut ninth = Client::connect(c.addr(0)).await;
     assert_eq!(
-        ninth.err(json!({"op": "login", "name": name, "password": PASSWORD})).await,
+        ninth
+            .err(json!({"op": "login", "name": name, "password": PASSWORD}))
+            .await,
         "too_many_sessions"
     );
     // Closing one frees a slot.
     let mut gone = sessions.pop().unwrap();
     gone.ok(json!({"op": "logout"})).await;
-    ninth.ok(json!({"op": "login", "name": name, "password": PASSWORD})).await;
+    ninth
+        .ok(json!({"op": "login", "name": name, "password": PASSWORD}))
+        .await;
 }
 
 async fn send_validation(c: Cluster) {
     let mut a = user(c.addr(0), "sv").await;
     let b = user(c.addr(1), "sv").await;
-    assert_eq!(a.err(json!({"op": "send", "to": b.id, "text": ""})).await, "bad_request");
-    assert_eq!(a.err(json!({"op": "send", "to": a.id, "text": "me"})).await, "bad_request");
-    assert_eq!(a.err(json!({"op": "send", "to": 987_654_321, "text": "x"})).await, "no_such_user");
-    assert_eq!(a.err(json!({"op": "send", "to": "2", "text": "x"})).await, "bad_request");
-    assert_eq!(a.err(json!({"op": "send", "to": b.id})).await, "bad_request");
-    assert_eq!(a.err(json!({"op": "send", "to": b.id, "text": 5})).await, "bad_request");
+    assert_eq!(
+        a.err(json!({"op": "send", "to": b.id, "text": ""})).await,
+        "bad_request"
+    );
+    assert_eq!(
+        a.err(json!({"op": "send", "to": a.id, "text": "me"})).await,
+        "bad_request"
+    );
+    assert_eq!(
+        a.err(json!({"op": "send", "to": 987_654_321, "text": "x"}))
+            .await,
+        "no_such_user"
+    );
+    assert_eq!(
+        a.err(json!({"op": "send", "to": "2", "text": "x"})).await,
+        "bad_request"
+    );
+    assert_eq!(
+        a.err(json!({"op": "send", "to": b.id})).await,
+        "bad_request"
+    );
+    assert_eq!(
+        a.err(json!({"op": "send", "to": b.id, "text": 5})).await,
+        "bad_request"
+    );
     let long: String = "é".repeat(4097);
-    assert_eq!(a.err(json!({"op": "send", "to": b.id, "text": long})).await, "text_too_long");
+    assert_eq!(
+        a.err(json!({"op": "send", "to": b.id, "text": long})).await,
+        "text_too_long"
+    );
     let max: String = "é".repeat(4096);
     a.ok(json!({"op": "send", "to": b.id, "text": max})).await;
-    assert_eq!(a.err(json!({"op": "send", "to": b.id, "text": "x", "client_id": ""})).await, "bad_request");
-    assert_eq!(a.err(json!({"op": "send", "to": b.id, "text": "x", "client_id": 7})).await, "bad_request");
+    assert_eq!(
+        a.err(json!({"op": "send", "to": b.id, "text": "x", "client_id": ""}))
+            .await,
+        "bad_request"
+    );
+    assert_eq!(
+        a.err(json!({"op": "send", "to": b.id, "text": "x", "client_id": 7}))
+            .await,
+        "bad_request"
+    );
     // Unknown fields are ignored.
-    a.ok(json!({"op": "send", "to": b.id, "text": "x", "color": "red"})).await;
-    assert_eq!(a.err(json!({"op": "ack", "seq": "garbage"})).await, "bad_request");
+    a.ok(json!({"op": "send", "to": b.id, "text": "x", "color": "red"}))
+        .await;
+    assert_eq!(
+        a.err(json!({"op": "ack", "seq": "garbage"})).await,
+        "bad_request"
+    );
     assert_eq!(a.err(json!({"op": "ack", "seq": 5})).await, "bad_request");
 }

@@ -9,9 +9,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crate::error::{Code, Error, Result};
-use crate::protocol::{
-    Friend, Group, GroupId, GroupRef, Member, Role, Seq, Sent, UserId, UserRef,
-};
+use crate::protocol::{Friend, Group, GroupId, GroupRef, Member, Role, Sent, Seq, UserId, UserRef};
 use crate::registry::Registry;
 use crate::store::{
     Account, CLIENT_ID_TTL_SECS, Entry, Membership, Outgoing, Recipient, Retention, Store, Who,
@@ -86,15 +84,29 @@ impl State {
     }
 
     /// Appends to an inbox with Redis stream id semantics and the retention rule.
-    fn append(&mut self, user: UserId, from: UserId, json: &str, now_ms: u64, keep: Retention) -> Seq {
+    fn append(
+        &mut self,
+        user: UserId,
+        from: UserId,
+        json: &str,
+        now_ms: u64,
+        keep: Retention,
+    ) -> Seq {
         let inbox = self.inboxes.entry(user).or_default();
         let seq = if now_ms > inbox.last.ms {
             Seq { ms: now_ms, n: 0 }
         } else {
-            Seq { ms: inbox.last.ms, n: inbox.last.n + 1 }
+            Seq {
+                ms: inbox.last.ms,
+                n: inbox.last.n + 1,
+            }
         };
         inbox.last = seq;
-        inbox.entries.push_back(Entry { seq, from, json: json.to_string() });
+        inbox.entries.push_back(Entry {
+            seq,
+            from,
+            json: json.to_string(),
+        });
         let cutoff = now_ms.saturating_sub(keep.max_age_ms);
         while inbox.entries.len() as u64 > keep.max_len
             && inbox.entries.front().is_some_and(|e| e.seq.ms < cutoff)
@@ -136,14 +148,23 @@ impl Store for MemoryStore {
         let mut st = self.state();
         let key = fold(name);
         if st.by_name.contains_key(&key) {
-            return Err(Error::new(Code::NameTaken, format!("name {name:?} is taken")));
+            return Err(Error::new(
+                Code::NameTaken,
+                format!("name {name:?} is taken"),
+            ));
         }
         st.next_user += 1;
-        let user = UserRef { id: st.next_user, name: name.to_string() };
+        let user = UserRef {
+            id: st.next_user,
+            name: name.to_string(),
+        };
         st.by_name.insert(key, user.id);
         st.accounts.insert(
             user.id,
-            Account { user: user.clone(), password_hash: password_hash.to_string() },
+            Account {
+                user: user.clone(),
+                password_hash: password_hash.to_string(),
+            },
         );
         Ok(user)
     }
@@ -213,7 +234,13 @@ impl Store for MemoryStore {
         Ok(())
     }
 
-    async fn session_open(&self, user: UserId, session: &str, _node: &str, max: u32) -> Result<bool> {
+    async fn session_open(
+        &self,
+        user: UserId,
+        session: &str,
+        _node: &str,
+        max: u32,
+    ) -> Result<bool> {
         let mut st = self.state();
         let set = st.sessions.entry(user).or_default();
         if set.len() >= max as usize {
@@ -265,7 +292,10 @@ impl Store for MemoryStore {
     async fn friend_add(&self, user: UserId, other: UserId) -> Result<(Friend, bool)> {
         let mut st = self.state();
         let Some(friend) = st.friend(other) else {
-            return Err(Error::new(Code::NoSuchUser, format!("user {other} does not exist")));
+            return Err(Error::new(
+                Code::NoSuchUser,
+                format!("user {other} does not exist"),
+            ));
         };
         let new = st.friends.entry(user).or_default().insert(other);
         st.friends.entry(other).or_default().insert(user);
@@ -276,7 +306,10 @@ impl Store for MemoryStore {
         let mut st = self.state();
         let was = st.friends.get_mut(&user).is_some_and(|f| f.remove(&other));
         if !was {
-            return Err(Error::new(Code::NoSuchUser, format!("user {other} is not your friend")));
+            return Err(Error::new(
+                Code::NoSuchUser,
+                format!("user {other} is not your friend"),
+            ));
         }
         if let Some(f) = st.friends.get_mut(&other) {
             f.remove(&user);
@@ -300,7 +333,10 @@ impl Store for MemoryStore {
         let mut st = self.state();
         let key = fold(name);
         if st.group_by_name.contains_key(&key) {
-            return Err(Error::new(Code::NameTaken, format!("group name {name:?} is taken")));
+            return Err(Error::new(
+                Code::NameTaken,
+                format!("group name {name:?} is taken"),
+            ));
         }
         st.next_group += 1;
         let id = st.next_group;
@@ -314,7 +350,8 @@ impl Store for MemoryStore {
             },
         );
         st.user_groups.entry(user).or_default().insert(id);
-        st.group_view(user, id).ok_or_else(|| Error::internal("group vanished"))
+        st.group_view(user, id)
+            .ok_or_else(|| Error::internal("group vanished"))
     }
 
     async fn group_join(&self, user: UserId, group: GroupId) -> Result<Group> {
@@ -323,11 +360,15 @@ impl Store for MemoryStore {
             return Err(no_such_group(group));
         };
         if g.members.contains_key(&user) {
-            return Err(Error::new(Code::AlreadyMember, format!("already a member of group {group}")));
+            return Err(Error::new(
+                Code::AlreadyMember,
+                format!("already a member of group {group}"),
+            ));
         }
         g.members.insert(user, Role::Member);
         st.user_groups.entry(user).or_default().insert(group);
-        st.group_view(user, group).ok_or_else(|| Error::internal("group vanished"))
+        st.group_view(user, group)
+            .ok_or_else(|| Error::internal("group vanished"))
     }
 
     async fn group_leave(&self, user: UserId, group: GroupId) -> Result<Membership> {
@@ -336,11 +377,17 @@ impl Store for MemoryStore {
             return Err(no_such_group(group));
         };
         if !g.members.contains_key(&user) {
-            return Err(Error::new(Code::NotAMember, format!("not a member of group {group}")));
+            return Err(Error::new(
+                Code::NotAMember,
+                format!("not a member of group {group}"),
+            ));
         }
         let members: Vec<UserId> = g.members.keys().copied().collect();
         g.members.remove(&user);
-        let gref = GroupRef { id: group, name: g.name.clone() };
+        let gref = GroupRef {
+            id: group,
+            name: g.name.clone(),
+        };
         if g.members.is_empty() {
             st.groups.remove(&group);
             st.group_by_name.remove(&fold(&gref.name));
@@ -348,7 +395,10 @@ impl Store for MemoryStore {
         if let Some(set) = st.user_groups.get_mut(&user) {
             set.remove(&group);
         }
-        Ok(Membership { group: gref, members })
+        Ok(Membership {
+            group: gref,
+            members,
+        })
     }
 
     async fn group_name(&self, group: GroupId) -> Result<Option<String>> {
@@ -368,7 +418,10 @@ impl Store for MemoryStore {
         let recipients: Vec<UserId> = match msg.to {
             Recipient::User(to) => {
                 if !st.accounts.contains_key(&to) {
-                    return Err(Error::new(Code::NoSuchUser, format!("user {to} does not exist")));
+                    return Err(Error::new(
+                        Code::NoSuchUser,
+                        format!("user {to} does not exist"),
+                    ));
                 }
                 vec![to]
             }
@@ -377,19 +430,33 @@ impl Store for MemoryStore {
                     return Err(no_such_group(g));
                 };
                 if !data.members.contains_key(&msg.from) {
-                    return Err(Error::new(Code::NotAMember, format!("not a member of group {g}")));
+                    return Err(Error::new(
+                        Code::NotAMember,
+                        format!("not a member of group {g}"),
+                    ));
                 }
-                data.members.keys().copied().filter(|&m| m != msg.from).collect()
+                data.members
+                    .keys()
+                    .copied()
+                    .filter(|&m| m != msg.from)
+                    .collect()
             }
         };
         let own = st.append(msg.from, msg.from, msg.json, now, self.retention);
-        self.registry
-            .dispatch(msg.from, message_payload(own, msg.origin, msg.json).as_bytes());
+        self.registry.dispatch(
+            msg.from,
+            message_payload(own, msg.origin, msg.json).as_bytes(),
+        );
         for r in recipients {
             let seq = st.append(r, msg.from, msg.json, now, self.retention);
-            self.registry.dispatch(r, message_payload(seq, "-", msg.json).as_bytes());
+            self.registry
+                .dispatch(r, message_payload(seq, "-", msg.json).as_bytes());
         }
-        let sent = Sent { id: msg.id.to_string(), ts: msg.ts, seq: own };
+        let sent = Sent {
+            id: msg.id.to_string(),
+            ts: msg.ts,
+            seq: own,
+        };
         if let Some(key) = cid_key {
             let exp = Instant::now() + Duration::from_secs(CLIENT_ID_TTL_SECS);
             st.client_ids.insert(key, (sent.clone(), exp));
@@ -403,11 +470,22 @@ impl Store for MemoryStore {
             return Ok(Vec::new());
         };
         let start = inbox.entries.partition_point(|e| e.seq <= after);
-        Ok(inbox.entries.iter().skip(start).take(limit).cloned().collect())
+        Ok(inbox
+            .entries
+            .iter()
+            .skip(start)
+            .take(limit)
+            .cloned()
+            .collect())
     }
 
     async fn acked(&self, user: UserId) -> Result<Seq> {
-        Ok(self.state().inboxes.get(&user).map(|i| i.acked).unwrap_or(Seq::ZERO))
+        Ok(self
+            .state()
+            .inboxes
+            .get(&user)
+            .map(|i| i.acked)
+            .unwrap_or(Seq::ZERO))
     }
 
     async fn ack(&self, user: UserId, seq: Seq) -> Result<()> {
@@ -422,7 +500,9 @@ impl Store for MemoryStore {
             _ => {}
         }
         if seq > inbox.last || inbox.entries.binary_search_by(|e| e.seq.cmp(&seq)).is_err() {
-            return Err(Error::bad_request(format!("seq {seq} is not a position in your inbox")));
+            return Err(Error::bad_request(format!(
+                "seq {seq} is not a position in your inbox"
+            )));
         }
         inbox.acked = seq;
         Ok(())

@@ -10,7 +10,7 @@ pub mod redis;
 use std::future::Future;
 
 use crate::error::Result;
-use crate::protocol::{Friend, Group, GroupId, GroupRef, Seq, Sent, UserId, UserRef};
+use crate::protocol::{Friend, Group, GroupId, GroupRef, Sent, Seq, UserId, UserRef};
 
 pub use memory::MemoryStore;
 pub use redis::RedisStore;
@@ -96,57 +96,98 @@ pub struct Membership {
 /// The durable state of switchboard. Every method is one atomic step on the backend.
 pub trait Store: Send + Sync + 'static {
     /// Creates an account; `name_taken` when the name exists in any case.
-    fn register(&self, name: &str, password_hash: &str)
-    -> impl Future<Output = Result<UserRef>> + Send;
+    fn register(
+        &self,
+        name: &str,
+        password_hash: &str,
+    ) -> impl Future<Output = Result<UserRef>> + Send;
     /// Looks an account up by name or id.
     fn account(&self, who: Who<'_>) -> impl Future<Output = Result<Option<Account>>> + Send;
     /// Looks a user up by name or id, with presence.
     fn whois(&self, who: Who<'_>) -> impl Future<Output = Result<Option<Friend>>> + Send;
 
     /// Stores a token digest for `user`, expiring after `ttl_secs`.
-    fn token_issue(&self, digest: &str, user: UserId, ttl_secs: u64)
-    -> impl Future<Output = Result<()>> + Send;
+    fn token_issue(
+        &self,
+        digest: &str,
+        user: UserId,
+        ttl_secs: u64,
+    ) -> impl Future<Output = Result<()>> + Send;
     /// The user a token digest belongs to, if it is live.
     fn token_user(&self, digest: &str) -> impl Future<Output = Result<Option<UserId>>> + Send;
     /// Revokes a token digest.
     fn token_revoke(&self, digest: &str) -> impl Future<Output = Result<()>> + Send;
 
     /// The largest number of failed logins within the window among `keys`.
-    fn login_failures(&self, keys: &[String], window_ms: u64, now_ms: u64)
-    -> impl Future<Output = Result<u64>> + Send;
+    fn login_failures(
+        &self,
+        keys: &[String],
+        window_ms: u64,
+        now_ms: u64,
+    ) -> impl Future<Output = Result<u64>> + Send;
     /// Records one failed login against every key.
-    fn login_failed(&self, keys: &[String], window_ms: u64, now_ms: u64)
-    -> impl Future<Output = Result<()>> + Send;
+    fn login_failed(
+        &self,
+        keys: &[String],
+        window_ms: u64,
+        now_ms: u64,
+    ) -> impl Future<Output = Result<()>> + Send;
 
     /// Registers a session of `user` on `node`; `Ok(true)` when it is the user's first.
     /// `too_many_sessions` when the user holds `max` already.
-    fn session_open(&self, user: UserId, session: &str, node: &str, max: u32)
-    -> impl Future<Output = Result<bool>> + Send;
+    fn session_open(
+        &self,
+        user: UserId,
+        session: &str,
+        node: &str,
+        max: u32,
+    ) -> impl Future<Output = Result<bool>> + Send;
     /// Removes a session; `Ok(true)` when it was the user's last.
-    fn session_close(&self, user: UserId, session: &str, node: &str)
-    -> impl Future<Output = Result<bool>> + Send;
+    fn session_close(
+        &self,
+        user: UserId,
+        session: &str,
+        node: &str,
+    ) -> impl Future<Output = Result<bool>> + Send;
     /// Friends and fellow group members of `user` (who hear of its presence).
     fn audience(&self, user: UserId) -> impl Future<Output = Result<Vec<UserId>>> + Send;
 
     /// The friends of `user`, with presence.
     fn friends(&self, user: UserId) -> impl Future<Output = Result<Vec<Friend>>> + Send;
     /// Makes two users friends; the other user, and whether the friendship is new.
-    fn friend_add(&self, user: UserId, other: UserId)
-    -> impl Future<Output = Result<(Friend, bool)>> + Send;
+    fn friend_add(
+        &self,
+        user: UserId,
+        other: UserId,
+    ) -> impl Future<Output = Result<(Friend, bool)>> + Send;
     /// Ends a friendship both ways; the former friend. `no_such_user` if not friends.
-    fn friend_remove(&self, user: UserId, other: UserId)
-    -> impl Future<Output = Result<UserRef>> + Send;
+    fn friend_remove(
+        &self,
+        user: UserId,
+        other: UserId,
+    ) -> impl Future<Output = Result<UserRef>> + Send;
 
     /// The groups of `user`, as `user` sees them.
     fn groups(&self, user: UserId) -> impl Future<Output = Result<Vec<Group>>> + Send;
     /// Creates a group with `user` as creator.
-    fn group_create(&self, user: UserId, name: &str, desc: &str)
-    -> impl Future<Output = Result<Group>> + Send;
+    fn group_create(
+        &self,
+        user: UserId,
+        name: &str,
+        desc: &str,
+    ) -> impl Future<Output = Result<Group>> + Send;
     /// Adds `user` to a group.
-    fn group_join(&self, user: UserId, group: GroupId) -> impl Future<Output = Result<Group>> + Send;
+    fn group_join(
+        &self,
+        user: UserId,
+        group: GroupId,
+    ) -> impl Future<Output = Result<Group>> + Send;
     /// Removes `user` from a group (deleting it when it empties); who was a member before.
-    fn group_leave(&self, user: UserId, group: GroupId)
-    -> impl Future<Output = Result<Membership>> + Send;
+    fn group_leave(
+        &self,
+        user: UserId,
+        group: GroupId,
+    ) -> impl Future<Output = Result<Membership>> + Send;
     /// A group's name, if it exists.
     fn group_name(&self, group: GroupId) -> impl Future<Output = Result<Option<String>>> + Send;
 
@@ -154,16 +195,24 @@ pub trait Store: Send + Sync + 'static {
     /// in the same atomic step. A repeated `client_id` returns the first send's result.
     fn send(&self, msg: Outgoing<'_>) -> impl Future<Output = Result<Sent>> + Send;
     /// Up to `limit` inbox entries after `after`, oldest first.
-    fn inbox_after(&self, user: UserId, after: Seq, limit: usize)
-    -> impl Future<Output = Result<Vec<Entry>>> + Send;
+    fn inbox_after(
+        &self,
+        user: UserId,
+        after: Seq,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<Entry>>> + Send;
     /// The acknowledged position.
     fn acked(&self, user: UserId) -> impl Future<Output = Result<Seq>> + Send;
     /// Moves the acknowledged position forward to `seq`; `bad_request` if `seq` is not in the inbox.
     fn ack(&self, user: UserId, seq: Seq) -> impl Future<Output = Result<()>> + Send;
 
     /// Publishes a live-only event line to every session of `users` except `origin`.
-    fn publish_event(&self, users: &[UserId], origin: &str, line: &str)
-    -> impl Future<Output = Result<()>> + Send;
+    fn publish_event(
+        &self,
+        users: &[UserId],
+        origin: &str,
+        line: &str,
+    ) -> impl Future<Output = Result<()>> + Send;
     /// Starts receiving `user`'s channel on this node; returns once the subscription is live.
     fn subscribe(&self, user: UserId) -> impl Future<Output = Result<()>> + Send;
     /// Stops receiving `user`'s channel on this node.
@@ -171,8 +220,12 @@ pub trait Store: Send + Sync + 'static {
 
     /// Records this node's heartbeat; returns (whether the node was still registered, the
     /// names of nodes whose heartbeat is older than `ttl_ms`).
-    fn heartbeat(&self, node: &str, now_ms: u64, ttl_ms: u64)
-    -> impl Future<Output = Result<(bool, Vec<String>)>> + Send;
+    fn heartbeat(
+        &self,
+        node: &str,
+        now_ms: u64,
+        ttl_ms: u64,
+    ) -> impl Future<Output = Result<(bool, Vec<String>)>> + Send;
     /// Removes every session of `node`; the users who are offline now.
     fn reap(&self, node: &str) -> impl Future<Output = Result<Vec<UserRef>>> + Send;
     /// Whether the backend is reachable and the live path works.

@@ -13,9 +13,7 @@ use redis::{FromRedisValue, PushKind, Script, Value};
 
 use crate::error::{Code, Error, Result};
 use crate::metrics::Metrics;
-use crate::protocol::{
-    Friend, Group, GroupId, GroupRef, Member, Role, Seq, Sent, UserId, UserRef,
-};
+use crate::protocol::{Friend, Group, GroupId, GroupRef, Member, Role, Sent, Seq, UserId, UserRef};
 use crate::registry::Registry;
 use crate::store::{
     Account, CLIENT_ID_TTL_SECS, Entry, Membership, Outgoing, Recipient, Retention, Store, Who,
@@ -94,11 +92,15 @@ impl Bus {
     fn on_push(&self, push: redis::PushInfo) {
         match push.kind {
             PushKind::Message => {
-                let [Value::BulkString(channel), Value::BulkString(payload)] = &push.data[..] else {
+                let [Value::BulkString(channel), Value::BulkString(payload)] = &push.data[..]
+                else {
                     return;
                 };
                 if channel == self.canary_channel.as_bytes() {
-                    if let Some(n) = std::str::from_utf8(payload).ok().and_then(|s| s.parse().ok()) {
+                    if let Some(n) = std::str::from_utf8(payload)
+                        .ok()
+                        .and_then(|s| s.parse().ok())
+                    {
                         self.canary_seen.fetch_max(n, Ordering::AcqRel);
                     }
                 } else if let Some(user) = user_of_channel(channel) {
@@ -167,7 +169,9 @@ impl RedisStore {
             canary_channel: format!("sb:{{n:{node}}}:canary"),
             canary_seen: AtomicU64::new(0),
         });
-        let cmd = client.get_connection_manager_with_config(base.clone()).await?;
+        let cmd = client
+            .get_connection_manager_with_config(base.clone())
+            .await?;
         let push_bus = bus.clone();
         let mut sub = client
             .get_connection_manager_with_config(
@@ -217,11 +221,15 @@ impl RedisStore {
                 // the subscriber connection, so poke it (PING is valid in RESP3 subscribed mode).
                 let mut sub = self.sub.clone();
                 let ping = redis::cmd("PING").clone();
-                let _ = tokio::time::timeout(self.timeout, ping.query_async::<String>(&mut sub)).await;
+                let _ =
+                    tokio::time::timeout(self.timeout, ping.query_async::<String>(&mut sub)).await;
             }
             sent += 1;
             let mut con = self.cmd.clone();
-            let cmd = redis::cmd("PUBLISH").arg(&self.bus.canary_channel).arg(sent).clone();
+            let cmd = redis::cmd("PUBLISH")
+                .arg(&self.bus.canary_channel)
+                .arg(sent)
+                .clone();
             let publish = cmd.query_async::<i64>(&mut con);
             if !matches!(tokio::time::timeout(self.timeout, publish).await, Ok(Ok(_))) {
                 self.metrics.backend_errors.inc();
@@ -245,7 +253,11 @@ impl RedisStore {
         }
     }
 
-    async fn run<T: FromRedisValue>(&self, script: &Script, args: &[&(dyn ToString + Sync)]) -> Result<T> {
+    async fn run<T: FromRedisValue>(
+        &self,
+        script: &Script,
+        args: &[&(dyn ToString + Sync)],
+    ) -> Result<T> {
         let mut inv = script.prepare_invoke();
         for a in args {
             inv.arg(a.to_string());
@@ -280,7 +292,8 @@ impl ErrorKindStr for redis::RedisError {
     fn kind_str(&self) -> String {
         if self.is_timeout() {
             "timed out".into()
-        } else if self.is_io_error() || self.is_connection_dropped() || self.is_connection_refusal() {
+        } else if self.is_io_error() || self.is_connection_dropped() || self.is_connection_refusal()
+        {
             "connection lost".into()
         } else {
             self.to_string()
@@ -292,7 +305,11 @@ impl ErrorKindStr for redis::RedisError {
 fn status(v: Value, what: &str) -> Result<Vec<Value>> {
     let mut items = match v {
         Value::Array(items) => items,
-        other => return Err(Error::internal(format!("{what}: unexpected reply {other:?}"))),
+        other => {
+            return Err(Error::internal(format!(
+                "{what}: unexpected reply {other:?}"
+            )));
+        }
     };
     if items.is_empty() {
         return Err(Error::internal(format!("{what}: empty reply")));
@@ -305,7 +322,10 @@ fn status(v: Value, what: &str) -> Result<Vec<Value>> {
         return Ok(rest);
     }
     let code = Code::parse(&head).ok_or_else(|| Error::internal(format!("{what}: {head}")))?;
-    Err(Error::new(code, format!("{what}: {}", head.replace('_', " "))))
+    Err(Error::new(
+        code,
+        format!("{what}: {}", head.replace('_', " ")),
+    ))
 }
 
 fn conv<T: FromRedisValue>(v: Value, what: &str) -> Result<T> {
@@ -313,7 +333,11 @@ fn conv<T: FromRedisValue>(v: Value, what: &str) -> Result<T> {
 }
 
 fn role(s: &str) -> Role {
-    if s == "creator" { Role::Creator } else { Role::Member }
+    if s == "creator" {
+        Role::Creator
+    } else {
+        Role::Member
+    }
 }
 
 type MemberRow = (UserId, String, String, i64);
@@ -328,7 +352,12 @@ fn group_from(row: GroupRow) -> Group {
         role: role(&my_role),
         members: members
             .into_iter()
-            .map(|(id, name, r, online)| Member { id, name, role: role(&r), online: online == 1 })
+            .map(|(id, name, r, online)| Member {
+                id,
+                name,
+                role: role(&r),
+                online: online == 1,
+            })
             .collect(),
     }
 }
@@ -336,41 +365,71 @@ fn group_from(row: GroupRow) -> Group {
 impl Store for RedisStore {
     async fn register(&self, name: &str, password_hash: &str) -> Result<UserRef> {
         let v: Value = self
-            .run(&self.scripts.register, &[&fold(name), &name, &password_hash])
+            .run(
+                &self.scripts.register,
+                &[&fold(name), &name, &password_hash],
+            )
             .await?;
-        let mut rest = status(v, "register")
-            .map_err(|e| if e.code == Code::NameTaken { Error::new(Code::NameTaken, format!("name {name:?} is taken")) } else { e })?;
-        Ok(UserRef { id: conv(rest.remove(1), "register")?, name: name.to_string() })
+        let mut rest = status(v, "register").map_err(|e| {
+            if e.code == Code::NameTaken {
+                Error::new(Code::NameTaken, format!("name {name:?} is taken"))
+            } else {
+                e
+            }
+        })?;
+        Ok(UserRef {
+            id: conv(rest.remove(1), "register")?,
+            name: name.to_string(),
+        })
     }
 
     async fn account(&self, who: Who<'_>) -> Result<Option<Account>> {
         let row = self.account_row(who).await?;
-        Ok(row.map(|(id, name, password_hash, _)| Account { user: UserRef { id, name }, password_hash }))
+        Ok(row.map(|(id, name, password_hash, _)| Account {
+            user: UserRef { id, name },
+            password_hash,
+        }))
     }
 
     async fn whois(&self, who: Who<'_>) -> Result<Option<Friend>> {
         let row = self.account_row(who).await?;
-        Ok(row.map(|(id, name, _, online)| Friend { id, name, online: online == 1 }))
+        Ok(row.map(|(id, name, _, online)| Friend {
+            id,
+            name,
+            online: online == 1,
+        }))
     }
 
     async fn token_issue(&self, digest: &str, user: UserId, ttl_secs: u64) -> Result<()> {
-        self.query::<()>(redis::cmd("SET").arg(format!("sb:token:{digest}")).arg(user).arg("EX").arg(ttl_secs))
-            .await
+        self.query::<()>(
+            redis::cmd("SET")
+                .arg(format!("sb:token:{digest}"))
+                .arg(user)
+                .arg("EX")
+                .arg(ttl_secs),
+        )
+        .await
     }
 
     async fn token_user(&self, digest: &str) -> Result<Option<UserId>> {
-        self.query(redis::cmd("GET").arg(format!("sb:token:{digest}"))).await
+        self.query(redis::cmd("GET").arg(format!("sb:token:{digest}")))
+            .await
     }
 
     async fn token_revoke(&self, digest: &str) -> Result<()> {
-        self.query::<()>(redis::cmd("DEL").arg(format!("sb:token:{digest}"))).await
+        self.query::<()>(redis::cmd("DEL").arg(format!("sb:token:{digest}")))
+            .await
     }
 
     async fn login_failures(&self, keys: &[String], window_ms: u64, now: u64) -> Result<u64> {
         let mut pipe = redis::pipe();
         for k in keys {
             let key = format!("sb:loginfail:{k}");
-            pipe.cmd("ZREMRANGEBYSCORE").arg(&key).arg("-inf").arg(now.saturating_sub(window_ms)).ignore();
+            pipe.cmd("ZREMRANGEBYSCORE")
+                .arg(&key)
+                .arg("-inf")
+                .arg(now.saturating_sub(window_ms))
+                .ignore();
             pipe.cmd("ZCARD").arg(&key);
         }
         let mut con = self.cmd.clone();
@@ -390,13 +449,22 @@ impl Store for RedisStore {
         self.call(pipe.query_async::<()>(&mut con)).await
     }
 
-    async fn session_open(&self, user: UserId, session: &str, node: &str, max: u32) -> Result<bool> {
+    async fn session_open(
+        &self,
+        user: UserId,
+        session: &str,
+        node: &str,
+        max: u32,
+    ) -> Result<bool> {
         let v: Value = self
             .run(&self.scripts.session_open, &[&user, &session, &node, &max])
             .await?;
         let mut rest = status(v, "login").map_err(|e| {
             if e.code == Code::TooManySessions {
-                Error::new(Code::TooManySessions, format!("at most {max} sessions per user"))
+                Error::new(
+                    Code::TooManySessions,
+                    format!("at most {max} sessions per user"),
+                )
             } else {
                 e
             }
@@ -405,7 +473,9 @@ impl Store for RedisStore {
     }
 
     async fn session_close(&self, user: UserId, session: &str, node: &str) -> Result<bool> {
-        let last: i64 = self.run(&self.scripts.session_close, &[&user, &session, &node]).await?;
+        let last: i64 = self
+            .run(&self.scripts.session_close, &[&user, &session, &node])
+            .await?;
         Ok(last == 1)
     }
 
@@ -415,21 +485,48 @@ impl Store for RedisStore {
 
     async fn friends(&self, user: UserId) -> Result<Vec<Friend>> {
         let rows: Vec<(UserId, String, i64)> = self.run(&self.scripts.friends, &[&user]).await?;
-        Ok(rows.into_iter().map(|(id, name, online)| Friend { id, name, online: online == 1 }).collect())
+        Ok(rows
+            .into_iter()
+            .map(|(id, name, online)| Friend {
+                id,
+                name,
+                online: online == 1,
+            })
+            .collect())
     }
 
     async fn friend_add(&self, user: UserId, other: UserId) -> Result<(Friend, bool)> {
         let v: Value = self.run(&self.scripts.friend_add, &[&user, &other]).await?;
-        let rest = status(v, "friend.add")
-            .map_err(|e| if e.code == Code::NoSuchUser { Error::new(Code::NoSuchUser, format!("user {other} does not exist")) } else { e })?;
-        let (_, new, name, online): (String, i64, String, i64) = conv(Value::Array(rest), "friend.add")?;
-        Ok((Friend { id: other, name, online: online == 1 }, new == 1))
+        let rest = status(v, "friend.add").map_err(|e| {
+            if e.code == Code::NoSuchUser {
+                Error::new(Code::NoSuchUser, format!("user {other} does not exist"))
+            } else {
+                e
+            }
+        })?;
+        let (_, new, name, online): (String, i64, String, i64) =
+            conv(Value::Array(rest), "friend.add")?;
+        Ok((
+            Friend {
+                id: other,
+                name,
+                online: online == 1,
+            },
+            new == 1,
+        ))
     }
 
     async fn friend_remove(&self, user: UserId, other: UserId) -> Result<UserRef> {
-        let v: Value = self.run(&self.scripts.friend_remove, &[&user, &other]).await?;
-        let rest = status(v, "friend.remove")
-            .map_err(|e| if e.code == Code::NoSuchUser { Error::new(Code::NoSuchUser, format!("user {other} is not your friend")) } else { e })?;
+        let v: Value = self
+            .run(&self.scripts.friend_remove, &[&user, &other])
+            .await?;
+        let rest = status(v, "friend.remove").map_err(|e| {
+            if e.code == Code::NoSuchUser {
+                Error::new(Code::NoSuchUser, format!("user {other} is not your friend"))
+            } else {
+                e
+            }
+        })?;
         let (_, name): (String, String) = conv(Value::Array(rest), "friend.remove")?;
         Ok(UserRef { id: other, name })
     }
@@ -441,10 +538,18 @@ impl Store for RedisStore {
 
     async fn group_create(&self, user: UserId, name: &str, desc: &str) -> Result<Group> {
         let v: Value = self
-            .run(&self.scripts.group_create, &[&user, &fold(name), &name, &desc])
+            .run(
+                &self.scripts.group_create,
+                &[&user, &fold(name), &name, &desc],
+            )
             .await?;
-        let rest = status(v, "group.create")
-            .map_err(|e| if e.code == Code::NameTaken { Error::new(Code::NameTaken, format!("group name {name:?} is taken")) } else { e })?;
+        let rest = status(v, "group.create").map_err(|e| {
+            if e.code == Code::NameTaken {
+                Error::new(Code::NameTaken, format!("group name {name:?} is taken"))
+            } else {
+                e
+            }
+        })?;
         let (_, row): (String, GroupRow) = conv(Value::Array(rest), "group.create")?;
         Ok(group_from(row))
     }
@@ -457,14 +562,25 @@ impl Store for RedisStore {
     }
 
     async fn group_leave(&self, user: UserId, group: GroupId) -> Result<Membership> {
-        let v: Value = self.run(&self.scripts.group_leave, &[&user, &group]).await?;
+        let v: Value = self
+            .run(&self.scripts.group_leave, &[&user, &group])
+            .await?;
         let rest = status(v, "group.leave").map_err(|e| group_error(e, group))?;
-        let (_, name, members): (String, String, Vec<UserId>) = conv(Value::Array(rest), "group.leave")?;
-        Ok(Membership { group: GroupRef { id: group, name }, members })
+        let (_, name, members): (String, String, Vec<UserId>) =
+            conv(Value::Array(rest), "group.leave")?;
+        Ok(Membership {
+            group: GroupRef { id: group, name },
+            members,
+        })
     }
 
     async fn group_name(&self, group: GroupId) -> Result<Option<String>> {
-        self.query(redis::cmd("HGET").arg(format!("sb:{{g:{group}}}")).arg("name")).await
+        self.query(
+            redis::cmd("HGET")
+                .arg(format!("sb:{{g:{group}}}"))
+                .arg("name"),
+        )
+        .await
     }
 
     async fn send(&self, msg: Outgoing<'_>) -> Result<Sent> {
@@ -493,7 +609,9 @@ impl Store for RedisStore {
             )
             .await?;
         let rest = status(v, "send").map_err(|e| match e.code {
-            Code::NoSuchUser => Error::new(Code::NoSuchUser, format!("user {target} does not exist")),
+            Code::NoSuchUser => {
+                Error::new(Code::NoSuchUser, format!("user {target} does not exist"))
+            }
             Code::NoSuchGroup | Code::NotAMember => group_error(e, target),
             _ => e,
         })?;
@@ -510,11 +628,19 @@ impl Store for RedisStore {
                 seq: seq.parse()?,
             });
         }
-        Ok(Sent { id: msg.id.to_string(), ts: msg.ts, seq: body.parse()? })
+        Ok(Sent {
+            id: msg.id.to_string(),
+            ts: msg.ts,
+            seq: body.parse()?,
+        })
     }
 
     async fn inbox_after(&self, user: UserId, after: Seq, limit: usize) -> Result<Vec<Entry>> {
-        let start = if after == Seq::ZERO { "-".to_string() } else { format!("({after}") };
+        let start = if after == Seq::ZERO {
+            "-".to_string()
+        } else {
+            format!("({after}")
+        };
         let rows: Vec<(String, Vec<String>)> = self
             .query(
                 redis::cmd("XRANGE")
@@ -536,13 +662,19 @@ impl Store for RedisStore {
                         _ => {}
                     }
                 }
-                Ok(Entry { seq: id.parse()?, from, json })
+                Ok(Entry {
+                    seq: id.parse()?,
+                    from,
+                    json,
+                })
             })
             .collect()
     }
 
     async fn acked(&self, user: UserId) -> Result<Seq> {
-        let v: Option<String> = self.query(redis::cmd("GET").arg(format!("sb:{{u:{user}}}:acked"))).await?;
+        let v: Option<String> = self
+            .query(redis::cmd("GET").arg(format!("sb:{{u:{user}}}:acked")))
+            .await?;
         match v {
             Some(s) => s.parse(),
             None => Ok(Seq::ZERO),
@@ -553,11 +685,15 @@ impl Store for RedisStore {
         if seq == Seq::ZERO {
             return Ok(());
         }
-        let r: String = self.run(&self.scripts.ack, &[&user, &seq.to_string()]).await?;
+        let r: String = self
+            .run(&self.scripts.ack, &[&user, &seq.to_string()])
+            .await?;
         if r == "ok" {
             Ok(())
         } else {
-            Err(Error::bad_request(format!("seq {seq} is not a position in your inbox")))
+            Err(Error::bad_request(format!(
+                "seq {seq} is not a position in your inbox"
+            )))
         }
     }
 
@@ -585,7 +721,9 @@ impl Store for RedisStore {
     }
 
     async fn heartbeat(&self, node: &str, now: u64, ttl_ms: u64) -> Result<(bool, Vec<String>)> {
-        let mut v: Vec<Value> = self.run(&self.scripts.heartbeat, &[&node, &now, &ttl_ms]).await?;
+        let mut v: Vec<Value> = self
+            .run(&self.scripts.heartbeat, &[&node, &now, &ttl_ms])
+            .await?;
         if v.is_empty() {
             return Err(Error::internal("heartbeat: empty reply"));
         }
@@ -596,7 +734,10 @@ impl Store for RedisStore {
 
     async fn reap(&self, node: &str) -> Result<Vec<UserRef>> {
         let rows: Vec<(UserId, String)> = self.run(&self.scripts.reap, &[&node]).await?;
-        Ok(rows.into_iter().map(|(id, name)| UserRef { id, name }).collect())
+        Ok(rows
+            .into_iter()
+            .map(|(id, name)| UserRef { id, name })
+            .collect())
     }
 
     fn healthy(&self) -> bool {
@@ -608,7 +749,10 @@ fn group_error(e: Error, group: GroupId) -> Error {
     match e.code {
         Code::NoSuchGroup => Error::new(Code::NoSuchGroup, format!("group {group} does not exist")),
         Code::NotAMember => Error::new(Code::NotAMember, format!("not a member of group {group}")),
-        Code::AlreadyMember => Error::new(Code::AlreadyMember, format!("already a member of group {group}")),
+        Code::AlreadyMember => Error::new(
+            Code::AlreadyMember,
+            format!("already a member of group {group}"),
+        ),
         _ => e,
     }
 }

@@ -22,7 +22,11 @@ pub const PASSWORD: &str = "correct horse";
 
 /// A free TCP port on 127.0.0.1 (bound and released; the caller binds it right away).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A real `redis-server` on a free port, killed on drop.
@@ -46,7 +50,14 @@ impl Redis {
             d
         });
         let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", ""])
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+            ])
             .args(["--appendonly", "yes", "--appendfsync", "always"])
             .arg("--dir")
             .arg(&dir)
@@ -133,7 +144,13 @@ impl Node {
         let http = server.http_addr();
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(server.run(shutdown.clone()));
-        let node = Node { addr, http, name, shutdown, task: Some(task) };
+        let node = Node {
+            addr,
+            http,
+            name,
+            shutdown,
+            task: Some(task),
+        };
         // Ready when /readyz says so (the Redis canary has gone round once).
         for _ in 0..500 {
             if node.get("/readyz").await.0 == 200 {
@@ -191,17 +208,28 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
         return (0, String::new());
     }
     let mut buf = Vec::new();
-    let _ = tokio::time::timeout(WAIT, tokio::io::AsyncReadExt::read_to_end(&mut s, &mut buf)).await;
+    let _ =
+        tokio::time::timeout(WAIT, tokio::io::AsyncReadExt::read_to_end(&mut s, &mut buf)).await;
     let text = String::from_utf8_lossy(&buf).to_string();
-    let status = text.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     (status, body)
 }
 
 /// The value of an unlabelled (or fully labelled) series in a /metrics body.
 pub fn metric(body: &str, series: &str) -> f64 {
     body.lines()
-        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
+        .find_map(|l| {
+            l.strip_prefix(series)
+                .and_then(|rest| rest.strip_prefix(' '))
+        })
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(0.0)
 }
@@ -219,7 +247,10 @@ pub struct Client {
 impl Client {
     /// Connects and reads `hello`.
     pub async fn connect(addr: SocketAddr) -> Client {
-        let stream = tokio::time::timeout(WAIT, TcpStream::connect(addr)).await.unwrap().unwrap();
+        let stream = tokio::time::timeout(WAIT, TcpStream::connect(addr))
+            .await
+            .unwrap()
+            .unwrap();
         let (rd, wr) = stream.into_split();
         let mut c = Client {
             rd: BufReader::new(rd),
@@ -248,7 +279,9 @@ impl Client {
 
     /// Reads the next frame; `None` at end of stream. Panics after [`WAIT`].
     pub async fn frame(&mut self) -> Option<Value> {
-        self.frame_within(WAIT).await.expect("timed out waiting for a frame")
+        self.frame_within(WAIT)
+            .await
+            .expect("timed out waiting for a frame")
     }
 
     /// Reads the next frame within `limit`: `Err` on timeout, `Ok(None)` at end of stream.
@@ -257,7 +290,9 @@ impl Client {
         match tokio::time::timeout(limit, self.rd.read_line(&mut line)).await {
             Err(_) => Err(()),
             Ok(Err(_)) | Ok(Ok(0)) => Ok(None),
-            Ok(Ok(_)) => Ok(Some(serde_json::from_str(&line).unwrap_or_else(|e| panic!("bad frame {line:?}: {e}")))),
+            Ok(Ok(_)) => Ok(Some(
+                serde_json::from_str(&line).unwrap_or_else(|e| panic!("bad frame {line:?}: {e}")),
+            )),
         }
     }
 
@@ -270,7 +305,10 @@ impl Client {
     /// The next reply.
     pub async fn reply(&mut self) -> Value {
         loop {
-            let f = self.frame().await.expect("connection closed before the reply");
+            let f = self
+                .frame()
+                .await
+                .expect("connection closed before the reply");
             if f.get("re").is_some() {
                 return f;
             }
@@ -298,7 +336,10 @@ impl Client {
             return self.events.remove(i).unwrap();
         }
         loop {
-            let f = self.frame().await.unwrap_or_else(|| panic!("closed while waiting for {kind}"));
+            let f = self
+                .frame()
+                .await
+                .unwrap_or_else(|| panic!("closed while waiting for {kind}"));
             if f["event"] == kind {
                 return f;
             }
@@ -371,7 +412,9 @@ impl Client {
 
     /// Logs in with a password; consumes the backlog. Returns the login reply.
     pub async fn login(&mut self, name: &str) -> Value {
-        let r = self.ok(json!({"op": "login", "name": name, "password": PASSWORD})).await;
+        let r = self
+            .ok(json!({"op": "login", "name": name, "password": PASSWORD}))
+            .await;
         self.token = r["token"].as_str().map(String::from);
         self.id = r["user"]["id"].as_u64().unwrap();
         r
@@ -386,7 +429,9 @@ pub fn uname(prefix: &str) -> String {
 /// Registers `name` through `node`; returns the id.
 pub async fn register(addr: SocketAddr, name: &str) -> u64 {
     let mut c = Client::connect(addr).await;
-    let r = c.ok(json!({"op": "register", "name": name, "password": PASSWORD})).await;
+    let r = c
+        .ok(json!({"op": "register", "name": name, "password": PASSWORD}))
+        .await;
     r["user"]["id"].as_u64().unwrap()
 }
 
@@ -417,7 +462,10 @@ impl Cluster {
     pub async fn memory_with(f: impl Fn(&mut Settings)) -> Cluster {
         let mut s = settings("mem", None);
         f(&mut s);
-        Cluster { redis: None, nodes: vec![Node::start(s).await] }
+        Cluster {
+            redis: None,
+            nodes: vec![Node::start(s).await],
+        }
     }
 
     /// `n` nodes sharing one real Redis.
@@ -434,7 +482,10 @@ impl Cluster {
             f(&mut s);
             nodes.push(Node::start(s).await);
         }
-        Cluster { redis: Some(redis), nodes }
+        Cluster {
+            redis: Some(redis),
+            nodes,
+        }
     }
 
     /// The address of node `i` (wrapping, so single-node backends serve every index).
