@@ -18,6 +18,7 @@ pub mod registry;
 pub mod server;
 pub mod session;
 pub mod store;
+pub mod telemetry;
 
 pub use config::Settings;
 pub use server::Server;

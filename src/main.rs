@@ -4,9 +4,8 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use switchboard::config::{LogFormat, Settings};
+use switchboard::config::Settings;
 use tokio_util::sync::CancellationToken;
-use tracing_subscriber::EnvFilter;
 
 /// A horizontally scaled TCP chat server.
 #[derive(Parser)]
@@ -31,9 +30,13 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Serve { config } => {
             let settings = Settings::load(config.as_deref())?;
-            init_tracing(&settings);
             let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
-            runtime.block_on(serve(settings))
+            runtime.block_on(async {
+                let telemetry = switchboard::telemetry::init(&settings)?;
+                let result = serve(settings).await;
+                telemetry.shutdown();
+                result
+            })
         }
     }
 }
@@ -55,16 +58,4 @@ async fn signals(shutdown: CancellationToken) {
         _ = int.recv() => tracing::info!("SIGINT: draining"),
     }
     shutdown.cancel();
-}
-
-fn init_tracing(settings: &Settings) {
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&settings.log));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match settings.log_format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
-    }
 }

@@ -2,8 +2,14 @@
 //! several in-process test nodes do not share counters.
 
 use prometheus::{
-    Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
+
+/// Latency buckets (seconds): sub-millisecond Redis calls up to multi-second stalls.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+];
 
 /// Every series a node exports.
 pub struct Metrics {
@@ -16,12 +22,22 @@ pub struct Metrics {
     pub connections_rejected: IntCounterVec,
     /// Logged-in sessions on this node.
     pub sessions: IntGauge,
+    /// Users with at least one session on this node.
+    pub users: IntGauge,
     /// Login attempts by method and result.
     pub logins: IntCounterVec,
     /// Messages accepted by kind (direct, group).
     pub messages: IntCounterVec,
-    /// Messages written to clients by path (live, backlog).
+    /// Messages written to clients by path (live_local, live_remote, backlog).
     pub deliveries: IntCounterVec,
+    /// Time from storing a message to writing it to a recipient's socket (live path).
+    pub delivery_latency: Histogram,
+    /// Redis request latency by operation.
+    pub redis_latency: HistogramVec,
+    /// `goaway` events sent.
+    pub goaway: IntCounter,
+    /// How long the last drain took.
+    pub drain_seconds: Gauge,
     /// Acknowledgements accepted.
     pub acks: IntCounter,
     /// User channels subscribed on this node.
@@ -36,8 +52,8 @@ pub struct Metrics {
     pub slow_consumers: IntCounter,
     /// Errors sent to clients, by code (replies and events).
     pub errors: IntCounterVec,
-    /// Failed backend requests.
-    pub backend_errors: IntCounter,
+    /// Failed or timed-out Redis requests by operation.
+    pub redis_errors: IntCounterVec,
 }
 
 impl Metrics {
@@ -65,6 +81,16 @@ impl Metrics {
                 .expect("unique metric");
             g
         };
+        let histogram = |name: &str, help: &str| {
+            let h = Histogram::with_opts(
+                HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()),
+            )
+            .expect("valid metric");
+            registry
+                .register(Box::new(h.clone()))
+                .expect("unique metric");
+            h
+        };
         let build = IntGaugeVec::new(
             Opts::new(
                 "switchboard_build_info",
@@ -91,6 +117,10 @@ impl Metrics {
                 &["reason"],
             ),
             sessions: gauge("switchboard_sessions", "Logged-in sessions on this node."),
+            users: gauge(
+                "switchboard_users",
+                "Users with at least one session on this node.",
+            ),
             logins: counter_vec(
                 "switchboard_logins_total",
                 "Login attempts by method (password, token) and result.",
@@ -103,9 +133,43 @@ impl Metrics {
             ),
             deliveries: counter_vec(
                 "switchboard_deliveries_total",
-                "Messages written to client sockets, by path (live, backlog).",
+                "Messages written to client sockets, by path (live_local: sent on this node, live_remote: sent on another node, backlog: read from the inbox).",
                 &["path"],
             ),
+            delivery_latency: histogram(
+                "switchboard_delivery_latency_seconds",
+                "Time from storing a message to writing it to a recipient's socket (live deliveries).",
+            ),
+            redis_latency: {
+                let h = HistogramVec::new(
+                    HistogramOpts::new(
+                        "switchboard_redis_request_duration_seconds",
+                        "Redis request latency by operation.",
+                    )
+                    .buckets(LATENCY_BUCKETS.to_vec()),
+                    &["op"],
+                )
+                .expect("valid metric");
+                registry
+                    .register(Box::new(h.clone()))
+                    .expect("unique metric");
+                h
+            },
+            goaway: counter(
+                "switchboard_goaway_sent_total",
+                "goaway events sent to clients.",
+            ),
+            drain_seconds: {
+                let g = Gauge::new(
+                    "switchboard_drain_duration_seconds",
+                    "Duration of the last drain.",
+                )
+                .expect("valid metric");
+                registry
+                    .register(Box::new(g.clone()))
+                    .expect("unique metric");
+                g
+            },
             acks: counter("switchboard_acks_total", "Acknowledgements accepted."),
             subscriptions: gauge(
                 "switchboard_pubsub_subscriptions",
@@ -132,9 +196,10 @@ impl Metrics {
                 "Errors sent to clients, by code.",
                 &["code"],
             ),
-            backend_errors: counter(
-                "switchboard_backend_errors_total",
-                "Backend (Redis) requests that failed or timed out.",
+            redis_errors: counter_vec(
+                "switchboard_redis_errors_total",
+                "Redis requests that failed or timed out, by operation.",
+                &["op"],
             ),
             registry,
         }

@@ -19,8 +19,12 @@ pub enum Live {
     Message {
         /// Position in the recipient's inbox.
         seq: Seq,
-        /// Global id of the sending session (`-` when none).
+        /// Global id of the sending session.
         origin: Box<str>,
+        /// When it was stored (ms), for the delivery latency.
+        ts: u64,
+        /// W3C `traceparent` of the sending span, if traced.
+        trace: Option<Box<str>>,
         /// The complete `message` event, without newline.
         line: Box<str>,
     },

@@ -56,7 +56,11 @@ impl Registry {
         user: UserId,
         outbox: Arc<Outbox>,
     ) -> Result<()> {
-        self.users().entry(user).or_default().push(outbox.clone());
+        {
+            let mut users = self.users();
+            users.entry(user).or_default().push(outbox.clone());
+            self.metrics.users.set(users.len() as i64);
+        }
         let _guard = self.sub_lock(user).lock().await;
         if self.subscribed().contains(&user) {
             return Ok(());
@@ -101,6 +105,7 @@ impl Registry {
         list.retain(|o| !Arc::ptr_eq(o, outbox));
         if list.is_empty() {
             users.remove(&user);
+            self.metrics.users.set(users.len() as i64);
             true
         } else {
             false
@@ -155,18 +160,22 @@ impl Registry {
     }
 }
 
-/// Parses a channel payload (`M <seq> <origin> <json>` or `E <origin> <line>`).
+/// Parses a channel payload (`M <seq> <origin> <ts> <trace> <json>` or `E <origin> <line>`).
 pub fn parse_payload(payload: &[u8]) -> Option<Live> {
     let text = std::str::from_utf8(payload).ok()?;
     let (kind, rest) = text.split_once(' ')?;
     match kind {
         "M" => {
             let (seq, rest) = rest.split_once(' ')?;
-            let (origin, json) = rest.split_once(' ')?;
+            let (origin, rest) = rest.split_once(' ')?;
+            let (ts, rest) = rest.split_once(' ')?;
+            let (trace, json) = rest.split_once(' ')?;
             let parsed: Seq = seq.parse().ok()?;
             Some(Live::Message {
                 seq: parsed,
                 origin: origin.into(),
+                ts: ts.parse().ok()?,
+                trace: (trace != "-").then(|| trace.into()),
                 line: message_event(seq, json).into(),
             })
         }
@@ -187,8 +196,15 @@ mod tests {
 
     #[test]
     fn payloads_parse() {
-        match parse_payload(br#"M 5-1 n-1-2 {"id":"x"}"#).unwrap() {
-            Live::Message { seq, origin, line } => {
+        match parse_payload(br#"M 5-1 n-1-2 77 - {"id":"x"}"#).unwrap() {
+            Live::Message {
+                seq,
+                origin,
+                line,
+                ts,
+                trace,
+            } => {
+                assert_eq!((ts, trace), (77, None));
                 assert_eq!(seq, Seq { ms: 5, n: 1 });
                 assert_eq!(&*origin, "n-1-2");
                 assert_eq!(
@@ -202,7 +218,8 @@ mod tests {
             parse_payload(b"E - {\"event\":\"x\"}"),
             Some(Live::Event { .. })
         ));
-        assert!(parse_payload(b"M x - {}").is_none());
+        assert!(parse_payload(b"M x - 1 - {}").is_none());
+        assert!(parse_payload(b"M 1-0 - x - {}").is_none());
         assert!(parse_payload(b"Q - {}").is_none());
     }
 }

@@ -141,7 +141,9 @@ impl Server {
         presence::reap_own(&node).await;
         http_stop.cancel();
         let _ = http_task.await;
-        tracing::info!(seconds = started.elapsed().as_secs_f64(), "drained");
+        let took = started.elapsed().as_secs_f64();
+        node.metrics.drain_seconds.set(took);
+        tracing::info!(seconds = took, "drained");
         Ok(())
     }
 }

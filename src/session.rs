@@ -596,6 +596,13 @@ impl<S: Store> Session<S> {
         };
         let json = serde_json::to_string(&msg).map_err(Error::internal)?;
         let node = self.node.clone();
+        let kind = if matches!(to, Recipient::User(_)) {
+            "direct"
+        } else {
+            "group"
+        };
+        let span = tracing::info_span!("message.send", user = msg.from.id, kind, msg = %msg.id);
+        let trace = crate::telemetry::traceparent(&span);
         let sent = node
             .store
             .send(Outgoing {
@@ -606,13 +613,10 @@ impl<S: Store> Session<S> {
                 json: &json,
                 client_id: msg.client_id.as_deref(),
                 origin: &self.id,
+                trace: trace.as_deref(),
             })
+            .instrument(span)
             .await?;
-        let kind = if matches!(to, Recipient::User(_)) {
-            "direct"
-        } else {
-            "group"
-        };
         let login = self.login.as_mut().expect("checked");
         if sent.id == msg.id {
             node.metrics.messages.with_label_values(&[kind]).inc();
@@ -749,14 +753,31 @@ impl<S: Store> Session<S> {
         };
         let mut queued = Vec::new();
         login.outbox.drain_into(&mut queued);
-        let mut delivered = 0;
+        let metrics = &self.node.metrics;
+        let now = crate::clock::now_ms();
         for live in queued {
             match &*live {
-                Live::Message { seq, origin, line } => {
+                Live::Message {
+                    seq,
+                    origin,
+                    line,
+                    ts,
+                    trace,
+                } => {
                     if advance(login, *seq) && **origin != *self.id {
+                        if let Some(parent) = trace {
+                            // One trace per message: this span's parent is the sender's span.
+                            let span = tracing::info_span!("message.deliver", user = login.user.id, seq = %seq);
+                            crate::telemetry::set_remote_parent(&span, parent);
+                        }
                         self.out.extend_from_slice(line.as_bytes());
                         self.out.push(b'\n');
-                        delivered += 1;
+                        let local = origin_node(origin) == self.node.settings.node_name;
+                        let path = if local { "live_local" } else { "live_remote" };
+                        metrics.deliveries.with_label_values(&[path]).inc();
+                        metrics
+                            .delivery_latency
+                            .observe(now.saturating_sub(*ts) as f64 / 1000.0);
                     }
                 }
                 Live::Event { origin, line } => {
@@ -767,11 +788,6 @@ impl<S: Store> Session<S> {
                 }
             }
         }
-        self.node
-            .metrics
-            .deliveries
-            .with_label_values(&["live"])
-            .inc_by(delivered);
     }
 
     /// Writes every inbox entry after `last_seq`, page by page; ends a login backlog with `synced`.
@@ -818,6 +834,7 @@ impl<S: Store> Session<S> {
 
     fn goaway(&mut self) {
         self.goaway_sent = true;
+        self.node.metrics.goaway.inc();
         // Spread reconnects over the first half of the drain window (no thundering herd).
         let window = self.node.settings.drain_timeout_secs * 1000 / 2;
         let after = if window == 0 {
@@ -859,6 +876,11 @@ impl<S: Store> Session<S> {
 
 /// Moves `last_seq` to `seq` if it is new; true when the entry must be written (it is new and
 /// not one of this session's own sends).
+/// The node part of a global session id (`node-boot-n`).
+fn origin_node(origin: &str) -> &str {
+    origin.rsplitn(3, '-').nth(2).unwrap_or("")
+}
+
 fn advance(login: &mut LoggedIn, seq: Seq) -> bool {
     if seq <= login.last_seq {
         return false;

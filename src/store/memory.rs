@@ -443,14 +443,12 @@ impl Store for MemoryStore {
             }
         };
         let own = st.append(msg.from, msg.from, msg.json, now, self.retention);
-        self.registry.dispatch(
-            msg.from,
-            message_payload(own, msg.origin, msg.json).as_bytes(),
-        );
+        self.registry
+            .dispatch(msg.from, message_payload(own, &msg).as_bytes());
         for r in recipients {
             let seq = st.append(r, msg.from, msg.json, now, self.retention);
             self.registry
-                .dispatch(r, message_payload(seq, "-", msg.json).as_bytes());
+                .dispatch(r, message_payload(seq, &msg).as_bytes());
         }
         let sent = Sent {
             id: msg.id.to_string(),

@@ -62,6 +62,8 @@ pub struct Outgoing<'a> {
     pub client_id: Option<&'a str>,
     /// Global id of the sending session, so it does not get its own copy as an event.
     pub origin: &'a str,
+    /// W3C `traceparent` of the sending span, carried to the delivering node.
+    pub trace: Option<&'a str>,
 }
 
 /// One inbox entry.
@@ -232,9 +234,10 @@ pub trait Store: Send + Sync + 'static {
     fn healthy(&self) -> bool;
 }
 
-/// A channel payload for a message copy: `M <seq> <origin> <json>`.
-pub fn message_payload(seq: Seq, origin: &str, json: &str) -> String {
-    format!("M {seq} {origin} {json}")
+/// A channel payload for a message copy: `M <seq> <origin> <ts> <traceparent or -> <json>`.
+pub fn message_payload(seq: Seq, msg: &Outgoing<'_>) -> String {
+    let trace = msg.trace.unwrap_or("-");
+    format!("M {seq} {} {} {trace} {}", msg.origin, msg.ts, msg.json)
 }
 
 /// A channel payload for an event: `E <origin> <line>`.

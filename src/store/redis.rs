@@ -232,22 +232,36 @@ impl RedisStore {
                 .clone();
             let publish = cmd.query_async::<i64>(&mut con);
             if !matches!(tokio::time::timeout(self.timeout, publish).await, Ok(Ok(_))) {
-                self.metrics.backend_errors.inc();
+                self.metrics
+                    .redis_errors
+                    .with_label_values(&["canary"])
+                    .inc();
             }
         }
     }
 
     /// Bounds a backend call by the Redis timeout and maps failures to `unavailable`.
-    async fn call<T>(&self, fut: impl Future<Output = redis::RedisResult<T>>) -> Result<T> {
-        match tokio::time::timeout(self.timeout, fut).await {
+    async fn call<T>(
+        &self,
+        op: &'static str,
+        fut: impl Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T> {
+        let started = std::time::Instant::now();
+        let result = tokio::time::timeout(self.timeout, fut).await;
+        self.metrics
+            .redis_latency
+            .with_label_values(&[op])
+            .observe(started.elapsed().as_secs_f64());
+        match result {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => {
-                self.metrics.backend_errors.inc();
-                tracing::warn!(error = %e, "redis request failed");
+                self.metrics.redis_errors.with_label_values(&[op]).inc();
+                tracing::warn!(op, error = %e, "redis request failed");
                 Err(Error::unavailable(e.kind_str()))
             }
             Err(_) => {
-                self.metrics.backend_errors.inc();
+                self.metrics.redis_errors.with_label_values(&[op]).inc();
+                tracing::warn!(op, "redis request timed out");
                 Err(Error::unavailable("timed out"))
             }
         }
@@ -255,6 +269,7 @@ impl RedisStore {
 
     async fn run<T: FromRedisValue>(
         &self,
+        op: &'static str,
         script: &Script,
         args: &[&(dyn ToString + Sync)],
     ) -> Result<T> {
@@ -263,14 +278,20 @@ impl RedisStore {
             inv.arg(a.to_string());
         }
         let mut con = self.cmd.clone();
-        self.call(inv.invoke_async(&mut con)).await
+        self.call(op, inv.invoke_async(&mut con)).await
     }
 
     /// `(id, name, password hash, online)` of a user, if it exists.
     async fn account_row(&self, who: Who<'_>) -> Result<Option<(UserId, String, String, i64)>> {
         let v: Vec<Value> = match who {
-            Who::Name(n) => self.run(&self.scripts.account, &[&"n", &fold(n)]).await?,
-            Who::Id(id) => self.run(&self.scripts.account, &[&"i", &id]).await?,
+            Who::Name(n) => {
+                self.run("account", &self.scripts.account, &[&"n", &fold(n)])
+                    .await?
+            }
+            Who::Id(id) => {
+                self.run("account", &self.scripts.account, &[&"i", &id])
+                    .await?
+            }
         };
         if v.is_empty() {
             return Ok(None);
@@ -278,9 +299,9 @@ impl RedisStore {
         conv(Value::Array(v), "account").map(Some)
     }
 
-    async fn query<T: FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T> {
+    async fn query<T: FromRedisValue>(&self, op: &'static str, cmd: &redis::Cmd) -> Result<T> {
         let mut con = self.cmd.clone();
-        self.call(cmd.query_async(&mut con)).await
+        self.call(op, cmd.query_async(&mut con)).await
     }
 }
 
@@ -366,6 +387,7 @@ impl Store for RedisStore {
     async fn register(&self, name: &str, password_hash: &str) -> Result<UserRef> {
         let v: Value = self
             .run(
+                "register",
                 &self.scripts.register,
                 &[&fold(name), &name, &password_hash],
             )
@@ -402,6 +424,7 @@ impl Store for RedisStore {
 
     async fn token_issue(&self, digest: &str, user: UserId, ttl_secs: u64) -> Result<()> {
         self.query::<()>(
+            "token_issue",
             redis::cmd("SET")
                 .arg(format!("sb:token:{digest}"))
                 .arg(user)
@@ -412,13 +435,19 @@ impl Store for RedisStore {
     }
 
     async fn token_user(&self, digest: &str) -> Result<Option<UserId>> {
-        self.query(redis::cmd("GET").arg(format!("sb:token:{digest}")))
-            .await
+        self.query(
+            "token_user",
+            redis::cmd("GET").arg(format!("sb:token:{digest}")),
+        )
+        .await
     }
 
     async fn token_revoke(&self, digest: &str) -> Result<()> {
-        self.query::<()>(redis::cmd("DEL").arg(format!("sb:token:{digest}")))
-            .await
+        self.query::<()>(
+            "token_revoke",
+            redis::cmd("DEL").arg(format!("sb:token:{digest}")),
+        )
+        .await
     }
 
     async fn login_failures(&self, keys: &[String], window_ms: u64, now: u64) -> Result<u64> {
@@ -433,7 +462,9 @@ impl Store for RedisStore {
             pipe.cmd("ZCARD").arg(&key);
         }
         let mut con = self.cmd.clone();
-        let counts: Vec<u64> = self.call(pipe.query_async(&mut con)).await?;
+        let counts: Vec<u64> = self
+            .call("login_failures", pipe.query_async(&mut con))
+            .await?;
         Ok(counts.into_iter().max().unwrap_or(0))
     }
 
@@ -446,7 +477,8 @@ impl Store for RedisStore {
             pipe.cmd("PEXPIRE").arg(&key).arg(window_ms).ignore();
         }
         let mut con = self.cmd.clone();
-        self.call(pipe.query_async::<()>(&mut con)).await
+        self.call("login_failed", pipe.query_async::<()>(&mut con))
+            .await
     }
 
     async fn session_open(
@@ -457,7 +489,11 @@ impl Store for RedisStore {
         max: u32,
     ) -> Result<bool> {
         let v: Value = self
-            .run(&self.scripts.session_open, &[&user, &session, &node, &max])
+            .run(
+                "session_open",
+                &self.scripts.session_open,
+                &[&user, &session, &node, &max],
+            )
             .await?;
         let mut rest = status(v, "login").map_err(|e| {
             if e.code == Code::TooManySessions {
@@ -474,17 +510,22 @@ impl Store for RedisStore {
 
     async fn session_close(&self, user: UserId, session: &str, node: &str) -> Result<bool> {
         let last: i64 = self
-            .run(&self.scripts.session_close, &[&user, &session, &node])
+            .run(
+                "session_close",
+                &self.scripts.session_close,
+                &[&user, &session, &node],
+            )
             .await?;
         Ok(last == 1)
     }
 
     async fn audience(&self, user: UserId) -> Result<Vec<UserId>> {
-        self.run(&self.scripts.audience, &[&user]).await
+        self.run("audience", &self.scripts.audience, &[&user]).await
     }
 
     async fn friends(&self, user: UserId) -> Result<Vec<Friend>> {
-        let rows: Vec<(UserId, String, i64)> = self.run(&self.scripts.friends, &[&user]).await?;
+        let rows: Vec<(UserId, String, i64)> =
+            self.run("friends", &self.scripts.friends, &[&user]).await?;
         Ok(rows
             .into_iter()
             .map(|(id, name, online)| Friend {
@@ -496,7 +537,9 @@ impl Store for RedisStore {
     }
 
     async fn friend_add(&self, user: UserId, other: UserId) -> Result<(Friend, bool)> {
-        let v: Value = self.run(&self.scripts.friend_add, &[&user, &other]).await?;
+        let v: Value = self
+            .run("friend_add", &self.scripts.friend_add, &[&user, &other])
+            .await?;
         let rest = status(v, "friend.add").map_err(|e| {
             if e.code == Code::NoSuchUser {
                 Error::new(Code::NoSuchUser, format!("user {other} does not exist"))
@@ -518,7 +561,11 @@ impl Store for RedisStore {
 
     async fn friend_remove(&self, user: UserId, other: UserId) -> Result<UserRef> {
         let v: Value = self
-            .run(&self.scripts.friend_remove, &[&user, &other])
+            .run(
+                "friend_remove",
+                &self.scripts.friend_remove,
+                &[&user, &other],
+            )
             .await?;
         let rest = status(v, "friend.remove").map_err(|e| {
             if e.code == Code::NoSuchUser {
@@ -532,13 +579,14 @@ impl Store for RedisStore {
     }
 
     async fn groups(&self, user: UserId) -> Result<Vec<Group>> {
-        let rows: Vec<GroupRow> = self.run(&self.scripts.groups, &[&user]).await?;
+        let rows: Vec<GroupRow> = self.run("groups", &self.scripts.groups, &[&user]).await?;
         Ok(rows.into_iter().map(group_from).collect())
     }
 
     async fn group_create(&self, user: UserId, name: &str, desc: &str) -> Result<Group> {
         let v: Value = self
             .run(
+                "group_create",
                 &self.scripts.group_create,
                 &[&user, &fold(name), &name, &desc],
             )
@@ -555,7 +603,9 @@ impl Store for RedisStore {
     }
 
     async fn group_join(&self, user: UserId, group: GroupId) -> Result<Group> {
-        let v: Value = self.run(&self.scripts.group_join, &[&user, &group]).await?;
+        let v: Value = self
+            .run("group_join", &self.scripts.group_join, &[&user, &group])
+            .await?;
         let rest = status(v, "group.join").map_err(|e| group_error(e, group))?;
         let (_, row): (String, GroupRow) = conv(Value::Array(rest), "group.join")?;
         Ok(group_from(row))
@@ -563,7 +613,7 @@ impl Store for RedisStore {
 
     async fn group_leave(&self, user: UserId, group: GroupId) -> Result<Membership> {
         let v: Value = self
-            .run(&self.scripts.group_leave, &[&user, &group])
+            .run("group_leave", &self.scripts.group_leave, &[&user, &group])
             .await?;
         let rest = status(v, "group.leave").map_err(|e| group_error(e, group))?;
         let (_, name, members): (String, String, Vec<UserId>) =
@@ -576,6 +626,7 @@ impl Store for RedisStore {
 
     async fn group_name(&self, group: GroupId) -> Result<Option<String>> {
         self.query(
+            "group_name",
             redis::cmd("HGET")
                 .arg(format!("sb:{{g:{group}}}"))
                 .arg("name"),
@@ -592,6 +643,7 @@ impl Store for RedisStore {
         let cutoff_id = format!("{}-{}", cutoff.saturating_sub(1), u64::MAX);
         let v: Value = self
             .run(
+                "send",
                 &self.scripts.send,
                 &[
                     &msg.from,
@@ -605,6 +657,7 @@ impl Store for RedisStore {
                     &self.retention.max_len,
                     &cutoff_id,
                     &CLIENT_ID_TTL_SECS,
+                    &msg.trace.unwrap_or("-"),
                 ],
             )
             .await?;
@@ -643,6 +696,7 @@ impl Store for RedisStore {
         };
         let rows: Vec<(String, Vec<String>)> = self
             .query(
+                "inbox_read",
                 redis::cmd("XRANGE")
                     .arg(format!("sb:{{u:{user}}}:inbox"))
                     .arg(start)
@@ -673,7 +727,10 @@ impl Store for RedisStore {
 
     async fn acked(&self, user: UserId) -> Result<Seq> {
         let v: Option<String> = self
-            .query(redis::cmd("GET").arg(format!("sb:{{u:{user}}}:acked")))
+            .query(
+                "acked",
+                redis::cmd("GET").arg(format!("sb:{{u:{user}}}:acked")),
+            )
             .await?;
         match v {
             Some(s) => s.parse(),
@@ -686,7 +743,7 @@ impl Store for RedisStore {
             return Ok(());
         }
         let r: String = self
-            .run(&self.scripts.ack, &[&user, &seq.to_string()])
+            .run("ack", &self.scripts.ack, &[&user, &seq.to_string()])
             .await?;
         if r == "ok" {
             Ok(())
@@ -707,22 +764,27 @@ impl Store for RedisStore {
             pipe.cmd("PUBLISH").arg(channel(u)).arg(&payload).ignore();
         }
         let mut con = self.cmd.clone();
-        self.call(pipe.query_async::<()>(&mut con)).await
+        self.call("publish", pipe.query_async::<()>(&mut con)).await
     }
 
     async fn subscribe(&self, user: UserId) -> Result<()> {
         let mut sub = self.sub.clone();
-        self.call(sub.subscribe(channel(user))).await
+        self.call("subscribe", sub.subscribe(channel(user))).await
     }
 
     async fn unsubscribe(&self, user: UserId) -> Result<()> {
         let mut sub = self.sub.clone();
-        self.call(sub.unsubscribe(channel(user))).await
+        self.call("unsubscribe", sub.unsubscribe(channel(user)))
+            .await
     }
 
     async fn heartbeat(&self, node: &str, now: u64, ttl_ms: u64) -> Result<(bool, Vec<String>)> {
         let mut v: Vec<Value> = self
-            .run(&self.scripts.heartbeat, &[&node, &now, &ttl_ms])
+            .run(
+                "heartbeat",
+                &self.scripts.heartbeat,
+                &[&node, &now, &ttl_ms],
+            )
             .await?;
         if v.is_empty() {
             return Err(Error::internal("heartbeat: empty reply"));
@@ -733,7 +795,7 @@ impl Store for RedisStore {
     }
 
     async fn reap(&self, node: &str) -> Result<Vec<UserRef>> {
-        let rows: Vec<(UserId, String)> = self.run(&self.scripts.reap, &[&node]).await?;
+        let rows: Vec<(UserId, String)> = self.run("reap", &self.scripts.reap, &[&node]).await?;
         Ok(rows
             .into_iter()
             .map(|(id, name)| UserRef { id, name })
