@@ -74,6 +74,8 @@ pub struct Settings {
     pub argon2_iterations: u32,
     /// Argon2id lanes.
     pub argon2_parallelism: u32,
+    /// Expect a PROXY protocol v1/v2 header on every chat connection (behind nginx/HAProxy).
+    pub proxy_protocol: bool,
     /// Log format.
     pub log_format: LogFormat,
     /// Log filter (tracing `EnvFilter` syntax); `RUST_LOG` wins when set.
@@ -109,6 +111,7 @@ impl Default for Settings {
             argon2_memory_kib: 19 * 1024,
             argon2_iterations: 2,
             argon2_parallelism: 1,
+            proxy_protocol: false,
             log_format: LogFormat::Text,
             log: "info".into(),
         }

@@ -67,6 +67,15 @@ impl LineReader {
         }
     }
 
+    /// A reader that starts with bytes already read from the socket (after a PROXY header).
+    pub fn with_buffered(max: usize, buffered: BytesMut) -> LineReader {
+        LineReader {
+            buf: buffered,
+            scanned: 0,
+            max,
+        }
+    }
+
     /// Waits for and reads more bytes; `Ok(false)` at end of stream.
     ///
     /// Cancel-safe: bytes are only taken from the socket synchronously after readiness.

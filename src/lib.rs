@@ -14,6 +14,7 @@ pub mod node;
 pub mod outbox;
 pub mod presence;
 pub mod protocol;
+pub mod proxy;
 pub mod registry;
 pub mod server;
 pub mod session;

@@ -93,7 +93,23 @@ struct Session<S> {
 }
 
 /// Serves one accepted connection until it closes.
-pub async fn serve<S: Store>(node: Arc<Node<S>>, stream: TcpStream, peer: SocketAddr) {
+pub async fn serve<S: Store>(node: Arc<Node<S>>, mut stream: TcpStream, mut peer: SocketAddr) {
+    let mut buffered = bytes::BytesMut::new();
+    if node.settings.proxy_protocol {
+        match timeout(crate::proxy::HEADER_TIMEOUT, crate::proxy::read_header(&mut stream, peer)).await {
+            Ok(Ok((source, rest))) => (peer, buffered) = (source, rest),
+            Ok(Err(e)) => {
+                node.metrics.connections_rejected.with_label_values(&["proxy_header"]).inc();
+                tracing::info!(%peer, error = %e, "connection refused");
+                return;
+            }
+            Err(_) => {
+                node.metrics.connections_rejected.with_label_values(&["proxy_header"]).inc();
+                tracing::info!(%peer, "connection refused: no PROXY header in time");
+                return;
+            }
+        }
+    }
     let id = node.new_session_id();
     let span = tracing::info_span!("conn", %peer, node = %node.settings.node_name,
         session = %id, user = tracing::field::Empty);
@@ -120,7 +136,7 @@ pub async fn serve<S: Store>(node: Arc<Node<S>>, stream: TcpStream, peer: Socket
         node.metrics.connections_open.inc();
         node.metrics.connections_accepted.inc();
         tracing::debug!("connected");
-        let close = session.run(&rd).await;
+        let close = session.run(&rd, buffered).await;
         let flushed = session.flush().await;
         session.end().await;
         if let (Close::Linger, true) = (close, flushed) {
@@ -205,8 +221,8 @@ struct CreateArgs {
 }
 
 impl<S: Store> Session<S> {
-    async fn run(&mut self, rd: &OwnedReadHalf) -> Close {
-        let mut reader = LineReader::new(self.node.settings.max_frame_bytes);
+    async fn run(&mut self, rd: &OwnedReadHalf, buffered: bytes::BytesMut) -> Close {
+        let mut reader = LineReader::with_buffered(self.node.settings.max_frame_bytes, buffered);
         let hello = protocol::event(
             "hello",
             json!({"server": "switchboard", "version": env!("CARGO_PKG_VERSION"),
@@ -217,6 +233,10 @@ impl<S: Store> Session<S> {
             0 => Duration::from_secs(100 * 365 * 24 * 3600),
             n => Duration::from_secs(n),
         };
+        // Frames that arrived together with a PROXY header.
+        if let Some(close) = self.handle_frames(&mut reader).await {
+            return close;
+        }
         let mut deadline = Instant::now() + idle;
         loop {
             if !self.flush().await {
