@@ -102,6 +102,57 @@ impl LineReader {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    /// Cases per property (reported in docs/operations.md).
+    const CASES: u32 = 20_000;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(CASES))]
+
+        /// However the bytes are chunked, the frames come out whole, in order, within the bound.
+        #[test]
+        fn any_chunking_yields_the_same_frames(
+            frames in proptest::collection::vec(proptest::collection::vec(any::<u8>().prop_filter("no newline", |b| *b != b'\n'), 0..40), 0..12),
+            crlf in any::<bool>(),
+            cuts in proptest::collection::vec(1usize..17, 0..30),
+        ) {
+            let max = 24;
+            let mut input = Vec::new();
+            for f in &frames {
+                input.extend(f);
+                input.extend(if crlf { &b"\r\n"[..] } else { &b"\n"[..] });
+            }
+            let mut reader = LineReader::new(max);
+            let mut out = Vec::new();
+            let mut rest = &input[..];
+            let mut cuts = cuts.into_iter();
+            let mut too_large = false;
+            while !rest.is_empty() && !too_large {
+                let n = cuts.next().unwrap_or(rest.len()).min(rest.len());
+                reader.feed(&rest[..n]);
+                rest = &rest[n..];
+                while let Some(f) = reader.next_frame() {
+                    match f {
+                        Frame::Line(l) => out.push(l.to_vec()),
+                        Frame::TooLarge => { too_large = true; break; }
+                    }
+                }
+            }
+            let expected: Vec<Vec<u8>> = frames
+                .iter()
+                .map(|f| {
+                    let mut f = f.clone();
+                    if !crlf && f.last() == Some(&b'\r') { f.pop(); }
+                    f
+                })
+                .collect();
+            let fitting = expected.iter().take_while(|f| f.len() <= max).count();
+            prop_assert_eq!(&out[..], &expected[..fitting.min(out.len())]);
+            prop_assert_eq!(too_large, fitting < expected.len());
+            if !too_large { prop_assert_eq!(out.len(), expected.len()); }
+        }
+    }
 
     fn line(s: &str) -> Option<Frame> {
         Some(Frame::Line(Bytes::copy_from_slice(s.as_bytes())))

@@ -332,6 +332,46 @@ pub fn check_client_id(client_id: &Option<String>) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(20_000))]
+
+        /// Arbitrary bytes never panic the parser, and the outcome follows the protocol's rules.
+        #[test]
+        fn arbitrary_frames_classify(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
+            match parse_request(&bytes) {
+                Ok(r) => {
+                    let v: Value = serde_json::from_slice(&bytes).unwrap();
+                    prop_assert_eq!(v["op"].as_str(), Some(r.op.as_str()));
+                }
+                Err(e) => prop_assert!(e.code == Code::BadJson || e.code == Code::BadRequest),
+            }
+        }
+
+        /// Structured requests with arbitrary field values: never a panic, errors are bad_request.
+        #[test]
+        fn arbitrary_send_arguments(to in any::<i64>(), text in ".{0,8}", cid in proptest::option::of(".{0,4}"), r in any::<Option<i32>>()) {
+            let frame = json!({"op": "send", "to": to, "text": text, "client_id": cid, "ref": r}).to_string();
+            let req = parse_request(frame.as_bytes()).unwrap();
+            #[derive(serde::Deserialize)]
+            #[allow(dead_code)]
+            struct SendArgs { to: u64, text: String, client_id: Option<String> }
+            match req.args::<SendArgs>() {
+                Ok(a) => prop_assert_eq!(a.to as i64, to),
+                Err(e) => { prop_assert_eq!(e.code, Code::BadRequest); prop_assert!(to < 0); }
+            }
+        }
+
+        /// Any seq that parses prints back the same (so clients can compare strings).
+        #[test]
+        fn seq_round_trips(s in "[0-9]{1,20}-[0-9]{1,20}") {
+            if let Ok(seq) = s.parse::<Seq>() {
+                let again: Seq = seq.to_string().parse().unwrap();
+                prop_assert_eq!(again, seq);
+            }
+        }
+    }
 
     #[test]
     fn seq_parses_and_orders() {
