@@ -71,30 +71,32 @@ impl Code {
         }
     }
 
+    /// Every code.
+    pub const ALL: [Code; 19] = [
+        Code::BadJson,
+        Code::BadRequest,
+        Code::UnknownOp,
+        Code::NotLoggedIn,
+        Code::AlreadyLoggedIn,
+        Code::BadCredentials,
+        Code::InvalidName,
+        Code::InvalidPassword,
+        Code::NameTaken,
+        Code::NoSuchUser,
+        Code::NoSuchGroup,
+        Code::NotAMember,
+        Code::AlreadyMember,
+        Code::TextTooLong,
+        Code::FrameTooLarge,
+        Code::RateLimited,
+        Code::TooManySessions,
+        Code::Unavailable,
+        Code::Internal,
+    ];
+
     /// Parses a wire code (used by the Lua scripts' error replies and by clients).
     pub fn parse(s: &str) -> Option<Code> {
-        const ALL: [Code; 19] = [
-            Code::BadJson,
-            Code::BadRequest,
-            Code::UnknownOp,
-            Code::NotLoggedIn,
-            Code::AlreadyLoggedIn,
-            Code::BadCredentials,
-            Code::InvalidName,
-            Code::InvalidPassword,
-            Code::NameTaken,
-            Code::NoSuchUser,
-            Code::NoSuchGroup,
-            Code::NotAMember,
-            Code::AlreadyMember,
-            Code::TextTooLong,
-            Code::FrameTooLarge,
-            Code::RateLimited,
-            Code::TooManySessions,
-            Code::Unavailable,
-            Code::Internal,
-        ];
-        ALL.into_iter().find(|c| c.as_str() == s)
+        Code::ALL.into_iter().find(|c| c.as_str() == s)
     }
 }
 

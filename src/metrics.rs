@@ -105,7 +105,7 @@ impl Metrics {
         build
             .with_label_values(&[env!("CARGO_PKG_VERSION"), node])
             .set(1);
-        Metrics {
+        let metrics = Metrics {
             connections_open: gauge("switchboard_connections_open", "Open client connections."),
             connections_accepted: counter(
                 "switchboard_connections_accepted_total",
@@ -202,6 +202,34 @@ impl Metrics {
                 &["op"],
             ),
             registry,
+        };
+        metrics.zero_labels();
+        metrics
+    }
+
+    /// Creates the usual label sets at zero, so every series exists from the start (rates and
+    /// alerts work without waiting for a first event).
+    fn zero_labels(&self) {
+        for reason in ["max_connections", "proxy_header"] {
+            self.connections_rejected.with_label_values(&[reason]);
+        }
+        for method in ["password", "token"] {
+            for result in ["ok", "bad_credentials", "rate_limited", "unavailable"] {
+                self.logins.with_label_values(&[method, result]);
+            }
+        }
+        for kind in ["direct", "group"] {
+            self.messages.with_label_values(&[kind]);
+        }
+        for path in ["live_local", "live_remote", "backlog"] {
+            self.deliveries.with_label_values(&[path]);
+        }
+        for code in crate::error::Code::ALL {
+            self.errors.with_label_values(&[code.as_str()]);
+        }
+        for op in ["send", "inbox_read", "subscribe", "publish", "canary"] {
+            self.redis_latency.with_label_values(&[op]);
+            self.redis_errors.with_label_values(&[op]);
         }
     }
 

@@ -19,8 +19,12 @@ pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Reads a PROXY header from the start of `stream`. Returns the client's real address (the
 /// peer's own when the header says LOCAL/UNKNOWN) and the bytes read past the header.
-pub async fn read_header(stream: &mut TcpStream, peer: SocketAddr) -> io::Result<(SocketAddr, BytesMut)> {
-    let invalid = |why: &str| io::Error::new(io::ErrorKind::InvalidData, format!("PROXY header: {why}"));
+pub async fn read_header(
+    stream: &mut TcpStream,
+    peer: SocketAddr,
+) -> io::Result<(SocketAddr, BytesMut)> {
+    let invalid =
+        |why: &str| io::Error::new(io::ErrorKind::InvalidData, format!("PROXY header: {why}"));
     let mut buf = BytesMut::with_capacity(256);
     loop {
         if buf.len() >= MAX_HEADER_BYTES {
@@ -30,7 +34,9 @@ pub async fn read_header(stream: &mut TcpStream, peer: SocketAddr) -> io::Result
             return Err(invalid("connection closed before the header ended"));
         }
         // Both versions start with a fixed signature: "PROXY " or "\r\n\r\n\0\r\nQUIT\n".
-        if !(b"PROXY ".starts_with(&buf[..buf.len().min(6)]) || V2_SIGNATURE.starts_with(&buf[..buf.len().min(12)])) {
+        if !(b"PROXY ".starts_with(&buf[..buf.len().min(6)])
+            || V2_SIGNATURE.starts_with(&buf[..buf.len().min(12)]))
+        {
             return Err(invalid("missing"));
         }
         let parsed = HeaderResult::parse(&buf);

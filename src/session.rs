@@ -96,15 +96,26 @@ struct Session<S> {
 pub async fn serve<S: Store>(node: Arc<Node<S>>, mut stream: TcpStream, mut peer: SocketAddr) {
     let mut buffered = bytes::BytesMut::new();
     if node.settings.proxy_protocol {
-        match timeout(crate::proxy::HEADER_TIMEOUT, crate::proxy::read_header(&mut stream, peer)).await {
+        match timeout(
+            crate::proxy::HEADER_TIMEOUT,
+            crate::proxy::read_header(&mut stream, peer),
+        )
+        .await
+        {
             Ok(Ok((source, rest))) => (peer, buffered) = (source, rest),
             Ok(Err(e)) => {
-                node.metrics.connections_rejected.with_label_values(&["proxy_header"]).inc();
+                node.metrics
+                    .connections_rejected
+                    .with_label_values(&["proxy_header"])
+                    .inc();
                 tracing::info!(%peer, error = %e, "connection refused");
                 return;
             }
             Err(_) => {
-                node.metrics.connections_rejected.with_label_values(&["proxy_header"]).inc();
+                node.metrics
+                    .connections_rejected
+                    .with_label_values(&["proxy_header"])
+                    .inc();
                 tracing::info!(%peer, "connection refused: no PROXY header in time");
                 return;
             }

@@ -246,3 +246,22 @@ async fn http_endpoints() {
     assert!(common::metric(&body, "switchboard_connections_accepted_total") >= 2.0);
     assert!(body.contains("switchboard_build_info{"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_documented_match_metrics_served() {
+    let c = Cluster::redis(1).await;
+    let (_, body) = c.nodes[0].get("/metrics").await;
+    let served: std::collections::BTreeSet<String> = body
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .map(|l| l.split(' ').next().unwrap().to_string())
+        .collect();
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/operations.md"))
+        .unwrap();
+    let documented: std::collections::BTreeSet<String> = doc
+        .lines()
+        .filter_map(|l| l.strip_prefix("| `switchboard_"))
+        .map(|l| format!("switchboard_{}", l.split('`').next().unwrap()))
+        .collect();
+    assert_eq!(served, documented);
+}

@@ -37,7 +37,8 @@ async fn slow_consumer_is_disconnected_and_loses_nothing() {
     // b reads nothing more while ~10 MB are sent to it.
     let pad = "z".repeat(50_000);
     for i in 0..200 {
-        a.ok(json!({"op": "send", "to": b.id, "text": format!("{i} {pad}")})).await;
+        a.ok(json!({"op": "send", "to": b.id, "text": format!("{i} {pad}")}))
+            .await;
     }
     let mut gone = false;
     for _ in 0..100 {
@@ -55,7 +56,12 @@ async fn slow_consumer_is_disconnected_and_loses_nothing() {
     let (msgs, unread) = b2.backlog().await;
     assert_eq!(msgs.len(), 200);
     assert_eq!(unread, 200);
-    assert!(msgs.iter().enumerate().all(|(i, m)| m["msg"]["text"].as_str().unwrap().starts_with(&format!("{i} "))));
+    assert!(msgs.iter().enumerate().all(|(i, m)| {
+        m["msg"]["text"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("{i} "))
+    }));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -69,7 +75,8 @@ async fn drained_client_relogs_elsewhere_and_gets_everything_unacked() {
     b.backlog().await;
     let mut seqs = Vec::new();
     for i in 0..5 {
-        a.ok(json!({"op": "send", "to": b.id, "text": format!("{i}")})).await;
+        a.ok(json!({"op": "send", "to": b.id, "text": format!("{i}")}))
+            .await;
         seqs.push(b.event("message").await["seq"].clone());
     }
     b.ok(json!({"op": "ack", "seq": seqs[1]})).await;
@@ -84,7 +91,10 @@ async fn drained_client_relogs_elsewhere_and_gets_everything_unacked() {
     let mut b2 = Client::connect(c.addr(1)).await;
     b2.ok(json!({"op": "login", "token": token})).await;
     let (msgs, _) = b2.backlog().await;
-    let texts: Vec<&str> = msgs.iter().map(|m| m["msg"]["text"].as_str().unwrap()).collect();
+    let texts: Vec<&str> = msgs
+        .iter()
+        .map(|m| m["msg"]["text"].as_str().unwrap())
+        .collect();
     assert_eq!(texts, ["2", "3", "4", "5"]);
     // The drained node is not ready and stops accepting.
     assert_ne!(c.nodes[0].get("/readyz").await.0, 200);
@@ -112,9 +122,17 @@ async fn sessions_catch_up_after_a_redis_restart() {
     }
     let mut texts = Vec::new();
     for _ in 0..20 {
-        texts.push(b.event("message").await["msg"]["text"].as_str().unwrap().to_string());
+        texts.push(
+            b.event("message").await["msg"]["text"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
     }
     b.no_event("message", Duration::from_millis(500)).await;
     let expected: Vec<String> = (0..20).map(|i| i.to_string()).collect();
-    assert_eq!(texts, expected, "every message once, in order, on the same connection");
+    assert_eq!(
+        texts, expected,
+        "every message once, in order, on the same connection"
+    );
 }

@@ -23,14 +23,18 @@ fn v2(ip: [u8; 4]) -> Vec<u8> {
 /// Connects, sends `header` and a login in the same write, returns the login's error code.
 async fn login_via(c: &Cluster, header: Vec<u8>, name: &str, password: &str) -> Option<String> {
     let mut bytes = header;
-    bytes.extend(serde_json::to_vec(&json!({"op": "login", "name": name, "password": password})).unwrap());
+    bytes.extend(
+        serde_json::to_vec(&json!({"op": "login", "name": name, "password": password})).unwrap(),
+    );
     bytes.push(b'\n');
     let mut s = tokio::net::TcpStream::connect(c.addr(0)).await.unwrap();
     s.write_all(&bytes).await.unwrap();
     let mut lines = BufReader::new(s).lines();
-    let hello: serde_json::Value = serde_json::from_str(&lines.next_line().await.unwrap().unwrap()).unwrap();
+    let hello: serde_json::Value =
+        serde_json::from_str(&lines.next_line().await.unwrap().unwrap()).unwrap();
     assert_eq!(hello["event"], "hello");
-    let reply: serde_json::Value = serde_json::from_str(&lines.next_line().await.unwrap().unwrap()).unwrap();
+    let reply: serde_json::Value =
+        serde_json::from_str(&lines.next_line().await.unwrap().unwrap()).unwrap();
     reply["error"]["code"].as_str().map(String::from)
 }
 
@@ -38,19 +42,46 @@ async fn limits_follow_the_proxied_address(c: Cluster) {
     let name = uname("px");
     // Register through the proxy too (every connection must carry a header).
     let mut bytes = v1("192.0.2.9");
-    bytes.extend(serde_json::to_vec(&json!({"op": "register", "name": name, "password": PASSWORD})).unwrap());
+    bytes.extend(
+        serde_json::to_vec(&json!({"op": "register", "name": name, "password": PASSWORD})).unwrap(),
+    );
     bytes.push(b'\n');
     let mut s = tokio::net::TcpStream::connect(c.addr(0)).await.unwrap();
     s.write_all(&bytes).await.unwrap();
     let mut lines = BufReader::new(s).lines();
     lines.next_line().await.unwrap();
-    assert!(lines.next_line().await.unwrap().unwrap().contains("\"ok\":true"));
+    assert!(
+        lines
+            .next_line()
+            .await
+            .unwrap()
+            .unwrap()
+            .contains("\"ok\":true")
+    );
     // Two failures from 203.0.113.7 (one v1, one v2) block that address, for any name.
-    assert_eq!(login_via(&c, v1("203.0.113.7"), "nobody1", "wrong pass").await.as_deref(), Some("bad_credentials"));
-    assert_eq!(login_via(&c, v2([203, 0, 113, 7]), "nobody2", "wrong pass").await.as_deref(), Some("bad_credentials"));
-    assert_eq!(login_via(&c, v1("203.0.113.7"), &name, PASSWORD).await.as_deref(), Some("rate_limited"));
+    assert_eq!(
+        login_via(&c, v1("203.0.113.7"), "nobody1", "wrong pass")
+            .await
+            .as_deref(),
+        Some("bad_credentials")
+    );
+    assert_eq!(
+        login_via(&c, v2([203, 0, 113, 7]), "nobody2", "wrong pass")
+            .await
+            .as_deref(),
+        Some("bad_credentials")
+    );
+    assert_eq!(
+        login_via(&c, v1("203.0.113.7"), &name, PASSWORD)
+            .await
+            .as_deref(),
+        Some("rate_limited")
+    );
     // Another real address is not affected, though all come from 127.0.0.1.
-    assert_eq!(login_via(&c, v2([198, 51, 100, 1]), &name, PASSWORD).await, None);
+    assert_eq!(
+        login_via(&c, v2([198, 51, 100, 1]), &name, PASSWORD).await,
+        None
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -80,11 +111,22 @@ async fn missing_or_bad_header_is_refused() {
         let mut s = tokio::net::TcpStream::connect(c.addr(0)).await.unwrap();
         s.write_all(junk).await.unwrap();
         let mut lines = BufReader::new(s).lines();
-        let first = tokio::time::timeout(common::WAIT, lines.next_line()).await.unwrap();
-        assert!(matches!(first, Ok(None) | Err(_)), "no hello without a valid header: {first:?}");
+        let first = tokio::time::timeout(common::WAIT, lines.next_line())
+            .await
+            .unwrap();
+        assert!(
+            matches!(first, Ok(None) | Err(_)),
+            "no hello without a valid header: {first:?}"
+        );
     }
     let (_, body) = c.nodes[0].get("/metrics").await;
-    assert_eq!(common::metric(&body, "switchboard_connections_rejected_total{reason=\"proxy_header\"}"), 2.0);
+    assert_eq!(
+        common::metric(
+            &body,
+            "switchboard_connections_rejected_total{reason=\"proxy_header\"}"
+        ),
+        2.0
+    );
     // Without the setting, a client speaking plain protocol is served as usual.
     let plain = Cluster::memory().await;
     let mut a = Client::connect(plain.addr(0)).await;
