@@ -34,7 +34,7 @@ async fn reap<S: Store>(node: &Node<S>, dead: &str) {
     }
 }
 
-/// Beats until the node starts draining.
+/// Beats until the node has drained (a draining node's sessions are still live).
 pub async fn heartbeat<S: Store>(node: Arc<Node<S>>) {
     let ttl_ms = node.settings.presence_ttl_secs * 1000;
     let mut ticker = tokio::time::interval(Duration::from_millis((ttl_ms / 3).max(100)));
@@ -43,7 +43,7 @@ pub async fn heartbeat<S: Store>(node: Arc<Node<S>>) {
     let mut first = true;
     loop {
         tokio::select! {
-            _ = node.draining.cancelled() => return,
+            _ = node.closing.cancelled() => return,
             _ = ticker.tick() => {}
         }
         let now = crate::clock::now_ms();

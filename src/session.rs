@@ -768,9 +768,11 @@ impl<S: Store> Session<S> {
         let Some(login) = self.login.as_mut() else {
             return;
         };
-        login.retry_at = None;
+        // A failed catch-up stays owed (retry_at set) until one succeeds: the lagged flag was
+        // already taken, and writing queued deliveries first would skip the missed ones.
+        let owed = login.retry_at.take().is_some();
         let lagged = login.outbox.take_lagged();
-        if lagged || login.syncing {
+        if lagged || owed || login.syncing {
             if let Err(e) = self.catch_up().await {
                 tracing::warn!(error = %e, "inbox catch-up failed; retrying");
                 if let Some(login) = self.login.as_mut() {

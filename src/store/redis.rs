@@ -85,6 +85,8 @@ struct Bus {
     canary_channel: String,
     /// Last canary number seen on the subscriber connection.
     canary_seen: AtomicU64,
+    /// The subscriber connection dropped; channels are being re-subscribed.
+    resubscribing: AtomicBool,
 }
 
 impl Bus {
@@ -108,9 +110,10 @@ impl Bus {
                 }
             }
             PushKind::Disconnection => {
+                // Whatever is published until every channel is subscribed again reaches only
+                // the inboxes; the health check makes sessions catch up once it is.
                 tracing::warn!("redis subscriber connection lost");
-                // Whatever was published while the link was down is only in the inboxes.
-                self.registry.mark_all_lagged();
+                self.resubscribing.store(true, Ordering::Release);
             }
             _ => {}
         }
@@ -168,6 +171,7 @@ impl RedisStore {
             registry,
             canary_channel: format!("sb:{{n:{node}}}:canary"),
             canary_seen: AtomicU64::new(0),
+            resubscribing: AtomicBool::new(false),
         });
         let cmd = client
             .get_connection_manager_with_config(base.clone())
@@ -216,13 +220,20 @@ impl RedisStore {
             } else if !healthy && was {
                 tracing::warn!("redis live path down: not ready");
             }
-            if !healthy {
-                // Commands are what drive a ConnectionManager's reconnects; nothing else is sent on
-                // the subscriber connection, so poke it (PING is valid in RESP3 subscribed mode).
+            let resubscribing = self.bus.resubscribing.load(Ordering::Acquire);
+            if !healthy || resubscribing {
+                // Commands drive a ConnectionManager's reconnects, and nothing else is sent on the
+                // subscriber connection, so poke it (PING is valid in RESP3 subscribed mode). The
+                // manager hands out a new connection only after its re-subscription pipeline ran,
+                // so a PING answered means every channel is subscribed again.
                 let mut sub = self.sub.clone();
                 let ping = redis::cmd("PING").clone();
-                let _ =
-                    tokio::time::timeout(self.timeout, ping.query_async::<String>(&mut sub)).await;
+                let answered = tokio::time::timeout(self.timeout, ping.query_async::<String>(&mut sub)).await;
+                if matches!(answered, Ok(Ok(_))) && resubscribing {
+                    self.bus.resubscribing.store(false, Ordering::Release);
+                    tracing::info!("redis channels re-subscribed; sessions catch up from their inboxes");
+                    self.bus.registry.mark_all_lagged();
+                }
             }
             sent += 1;
             let mut con = self.cmd.clone();
