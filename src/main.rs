@@ -23,6 +23,8 @@ enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// Generate load against nodes or a load balancer and report throughput, latency, loss.
+    Bench(switchboard::bench::BenchArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -37,6 +39,10 @@ fn main() -> anyhow::Result<()> {
                 telemetry.shutdown();
                 result
             })
+        }
+        Command::Bench(args) => {
+            let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
+            runtime.block_on(switchboard::bench::run(args))
         }
     }
 }
