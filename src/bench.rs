@@ -133,14 +133,24 @@ struct Conn {
 
 impl Conn {
     async fn open(addr: SocketAddr, source: Option<IpAddr>) -> anyhow::Result<Conn> {
-        let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+        let socket = if addr.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
         if let Some(ip) = source {
             socket.bind(SocketAddr::new(ip, 0))?;
         }
-        let stream: TcpStream = socket.connect(addr).await.with_context(|| format!("connecting {addr}"))?;
+        let stream: TcpStream = socket
+            .connect(addr)
+            .await
+            .with_context(|| format!("connecting {addr}"))?;
         stream.set_nodelay(true)?;
         let (rd, wr) = stream.into_split();
-        let mut conn = Conn { rd: BufReader::new(rd), wr };
+        let mut conn = Conn {
+            rd: BufReader::new(rd),
+            wr,
+        };
         let hello = conn.frame().await?;
         if hello["event"] != "hello" {
             bail!("expected hello, got {hello}");
@@ -187,13 +197,18 @@ impl Conn {
 }
 
 fn source_ip(args: &BenchArgs, i: usize) -> Option<IpAddr> {
-    (args.source_ips > 1).then(|| IpAddr::from([127, 0, 0, 1 + (i % args.source_ips as usize) as u8]))
+    (args.source_ips > 1)
+        .then(|| IpAddr::from([127, 0, 0, 1 + (i % args.source_ips as usize) as u8]))
 }
 
 /// Loads the users file and registers more users until there are `n`.
 async fn users(args: &BenchArgs, n: usize) -> anyhow::Result<Vec<BenchUser>> {
     let mut users: Vec<BenchUser> = std::fs::read_to_string(&args.users_file)
-        .map(|s| s.lines().filter_map(|l| serde_json::from_str(l).ok()).collect())
+        .map(|s| {
+            s.lines()
+                .filter_map(|l| serde_json::from_str(l).ok())
+                .collect()
+        })
         .unwrap_or_default();
     users.retain(|u| u.name.starts_with(&format!("{}_", args.prefix)));
     if users.len() >= n {
@@ -208,7 +223,12 @@ async fn users(args: &BenchArgs, n: usize) -> anyhow::Result<Vec<BenchUser>> {
     let made = Arc::new(Mutex::new(Vec::new()));
     let mut tasks = Vec::new();
     for w in 0..SETUP_CONCURRENCY.min(n - start) {
-        let (next, made, addr, prefix) = (next.clone(), made.clone(), args.addrs[w % args.addrs.len()], args.prefix.clone());
+        let (next, made, addr, prefix) = (
+            next.clone(),
+            made.clone(),
+            args.addrs[w % args.addrs.len()],
+            args.prefix.clone(),
+        );
         tasks.push(tokio::spawn(async move {
             let mut conn = Conn::open(addr, None).await?;
             loop {
@@ -217,11 +237,15 @@ async fn users(args: &BenchArgs, n: usize) -> anyhow::Result<Vec<BenchUser>> {
                     return anyhow::Ok(());
                 }
                 let name = format!("{prefix}_{i}");
-                let r = conn.req(json!({"op": "register", "name": name, "password": BENCH_PASSWORD})).await?;
+                let r = conn
+                    .req(json!({"op": "register", "name": name, "password": BENCH_PASSWORD}))
+                    .await?;
                 if r["ok"] != true && r["error"]["code"] != "name_taken" {
                     bail!("register {name}: {r}");
                 }
-                let r = conn.req(json!({"op": "login", "name": name, "password": BENCH_PASSWORD})).await?;
+                let r = conn
+                    .req(json!({"op": "login", "name": name, "password": BENCH_PASSWORD}))
+                    .await?;
                 if r["ok"] != true {
                     bail!("login {name}: {r}");
                 }
@@ -247,7 +271,8 @@ async fn users(args: &BenchArgs, n: usize) -> anyhow::Result<Vec<BenchUser>> {
         file.push_str(&serde_json::to_string(u)?);
         file.push('\n');
     }
-    std::fs::write(&args.users_file, file).with_context(|| format!("writing {}", args.users_file.display()))?;
+    std::fs::write(&args.users_file, file)
+        .with_context(|| format!("writing {}", args.users_file.display()))?;
     Ok(users)
 }
 
@@ -256,7 +281,12 @@ async fn connect_all(args: &BenchArgs, users: &[BenchUser]) -> anyhow::Result<Ve
     let sem = Arc::new(Semaphore::new(64));
     let mut tasks = Vec::new();
     for (i, u) in users.iter().enumerate() {
-        let (sem, addr, source, token) = (sem.clone(), args.addrs[i % args.addrs.len()], source_ip(args, i), u.token.clone());
+        let (sem, addr, source, token) = (
+            sem.clone(),
+            args.addrs[i % args.addrs.len()],
+            source_ip(args, i),
+            u.token.clone(),
+        );
         tasks.push(tokio::spawn(async move {
             let _p = sem.acquire_owned().await?;
             let mut c = Conn::open(addr, source).await?;
@@ -290,7 +320,11 @@ async fn idle(args: &BenchArgs) -> anyhow::Result<Value> {
     let took = started.elapsed().as_secs_f64();
     tokio::time::sleep(Duration::from_secs_f64(args.duration.min(5.0))).await;
     let after: u64 = args.pids.iter().map(|&p| rss_bytes(p)).sum();
-    let per_conn = if args.pids.is_empty() { Value::Null } else { json!((after.saturating_sub(before)) as f64 / conns.len() as f64) };
+    let per_conn = if args.pids.is_empty() {
+        Value::Null
+    } else {
+        json!((after.saturating_sub(before)) as f64 / conns.len() as f64)
+    };
     let mut report = json!({
         "scenario": "idle",
         "connections": conns.len(),
@@ -335,7 +369,9 @@ impl Tally {
             duplicates: AtomicU64::new(0),
             received: (0..n).map(|_| Mutex::new(HashSet::new())).collect(),
             expected: (0..n).map(|_| Mutex::new(Vec::new())).collect(),
-            latency: Mutex::new(Histogram::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds")),
+            latency: Mutex::new(
+                Histogram::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds"),
+            ),
             stop: AtomicBool::new(false),
         })
     }
@@ -346,10 +382,16 @@ impl Tally {
 
     /// Records a received bench message line for recipient `me`.
     fn receive(&self, me: usize, line: &str) {
-        let Some(rest) = line.split_once("\"text\":\"bench ").map(|(_, r)| r) else { return };
+        let Some(rest) = line.split_once("\"text\":\"bench ").map(|(_, r)| r) else {
+            return;
+        };
         let mut parts = rest.split(|c| c == ' ' || c == '"');
-        let (Some(key), Some(sent)) = (parts.next(), parts.next()) else { return };
-        let (Ok(key), Ok(sent)) = (key.parse::<u64>(), sent.parse::<u64>()) else { return };
+        let (Some(key), Some(sent)) = (parts.next(), parts.next()) else {
+            return;
+        };
+        let (Ok(key), Ok(sent)) = (key.parse::<u64>(), sent.parse::<u64>()) else {
+            return;
+        };
         if self.received[me].lock().unwrap().insert(key) {
             self.delivered.fetch_add(1, Ordering::Relaxed);
             let us = self.now_us().saturating_sub(sent).max(1);
@@ -371,7 +413,12 @@ impl Tally {
         let mut lost = 0;
         for (exp, rec) in self.expected.iter().zip(&self.received) {
             let rec = rec.lock().unwrap();
-            lost += exp.lock().unwrap().iter().filter(|k| !rec.contains(k)).count() as u64;
+            lost += exp
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|k| !rec.contains(k))
+                .count() as u64;
         }
         lost
     }
@@ -401,8 +448,12 @@ fn spawn_client(
                 }
                 if line.starts_with("{\"event\":\"message\"") {
                     tally.receive(me, &line);
-                } else if line.starts_with("{\"re\":\"send\"") || line.starts_with("{\"re\":\"group.send\"") {
-                    let Some((to, key)) = pending.lock().unwrap().pop_front() else { continue };
+                } else if line.starts_with("{\"re\":\"send\"")
+                    || line.starts_with("{\"re\":\"group.send\"")
+                {
+                    let Some((to, key)) = pending.lock().unwrap().pop_front() else {
+                        continue;
+                    };
                     window.add_permits(1);
                     if line.contains("\"ok\":true") {
                         tally.acked.fetch_add(1, Ordering::Relaxed);
@@ -426,7 +477,10 @@ fn spawn_client(
         if let Some((make, rate, _)) = send {
             let mut n: u64 = 0;
             let mut ticker = (rate > 0.0).then(|| {
-                let mut t = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
+                // Random phase: clients ticking in lock-step would send in bursts.
+                let period = Duration::from_secs_f64(1.0 / rate);
+                let phase = period.mul_f64(rand::random::<f64>());
+                let mut t = tokio::time::interval_at(tokio::time::Instant::now() + phase, period);
                 t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
                 t
             });
@@ -463,14 +517,29 @@ fn spawn_client(
 }
 
 /// Waits `duration`, printing progress, then stops senders and waits for late deliveries.
-async fn drive(args: &BenchArgs, tally: &Arc<Tally>, handles: Vec<tokio::task::JoinHandle<()>>) -> f64 {
+async fn drive(
+    args: &BenchArgs,
+    tally: &Arc<Tally>,
+    handles: Vec<tokio::task::JoinHandle<()>>,
+) -> f64 {
     let started = Instant::now();
     let mut last = (0u64, 0u64);
     while started.elapsed().as_secs_f64() < args.duration {
-        tokio::time::sleep(Duration::from_secs(1).min(Duration::from_secs_f64(args.duration))).await;
+        tokio::time::sleep(Duration::from_secs(1).min(Duration::from_secs_f64(args.duration)))
+            .await;
         if !args.quiet {
-            let (s, d) = (tally.sent.load(Ordering::Relaxed), tally.delivered.load(Ordering::Relaxed));
-            eprint!("\r{:>5.1}s  sent {:>9} ({:>7}/s)  delivered {:>9} ({:>7}/s)   ", started.elapsed().as_secs_f64(), s, s - last.0, d, d - last.1);
+            let (s, d) = (
+                tally.sent.load(Ordering::Relaxed),
+                tally.delivered.load(Ordering::Relaxed),
+            );
+            eprint!(
+                "\r{:>5.1}s  sent {:>9} ({:>7}/s)  delivered {:>9} ({:>7}/s)   ",
+                started.elapsed().as_secs_f64(),
+                s,
+                s - last.0,
+                d,
+                d - last.1
+            );
             last = (s, d);
         }
     }
@@ -480,7 +549,11 @@ async fn drive(args: &BenchArgs, tally: &Arc<Tally>, handles: Vec<tokio::task::J
     let stop_sending = tally.clone();
     stop_sending.stop.store(true, Ordering::Relaxed);
     loop {
-        let expected: u64 = tally.expected.iter().map(|e| e.lock().unwrap().len() as u64).sum();
+        let expected: u64 = tally
+            .expected
+            .iter()
+            .map(|e| e.lock().unwrap().len() as u64)
+            .sum();
         if tally.delivered.load(Ordering::Relaxed) >= expected || Instant::now() > deadline {
             break;
         }
@@ -513,7 +586,11 @@ async fn chat(args: &BenchArgs) -> anyhow::Result<Value> {
     let conns = connect_all(args, &users).await?;
     let ids: Arc<Vec<u64>> = Arc::new(users.iter().map(|u| u.id).collect());
     let tally = Tally::new(users.len());
-    let per_client_rate = if args.rate > 0.0 { args.rate / users.len() as f64 } else { 0.0 };
+    let per_client_rate = if args.rate > 0.0 {
+        args.rate / users.len() as f64
+    } else {
+        0.0
+    };
     let mut handles = Vec::new();
     for (me, conn) in conns.into_iter().enumerate() {
         let ids = ids.clone();
@@ -526,7 +603,13 @@ async fn chat(args: &BenchArgs) -> anyhow::Result<Value> {
             }
             (to, json!({"op": "send", "to": ids[to], "text": ""}))
         });
-        handles.push(spawn_client(me, conn, tally.clone(), Some((make, per_client_rate, args.window)), 0));
+        handles.push(spawn_client(
+            me,
+            conn,
+            tally.clone(),
+            Some((make, per_client_rate, args.window)),
+            0,
+        ));
     }
     let secs = drive(args, &tally, handles).await;
     let mut report = json!({
@@ -552,7 +635,9 @@ async fn group(args: &BenchArgs) -> anyhow::Result<Value> {
     let users = users(args, args.clients).await?;
     let mut conns = connect_all(args, &users).await?;
     let gname = format!("{}_g{}", args.prefix, rand::random::<u32>() % 1_000_000);
-    let r = conns[0].req(json!({"op": "group.create", "name": gname})).await?;
+    let r = conns[0]
+        .req(json!({"op": "group.create", "name": gname}))
+        .await?;
     let gid = r["group"]["id"].as_u64().context("group.create failed")?;
     for c in conns.iter_mut().skip(1) {
         let r = c.req(json!({"op": "group.join", "group": gid})).await?;
@@ -562,7 +647,11 @@ async fn group(args: &BenchArgs) -> anyhow::Result<Value> {
     }
     let members = users.len();
     let tally = Tally::new(members);
-    let per_sender_rate = if args.rate > 0.0 { args.rate / args.senders as f64 } else { 0.0 };
+    let per_sender_rate = if args.rate > 0.0 {
+        args.rate / args.senders as f64
+    } else {
+        0.0
+    };
     let mut handles = Vec::new();
     for (me, conn) in conns.into_iter().enumerate() {
         let send = (me < args.senders).then(|| {
@@ -599,7 +688,8 @@ async fn logins(args: &BenchArgs) -> anyhow::Result<Value> {
         let started = Instant::now();
         let mut tasks = Vec::new();
         for w in 0..args.clients.max(1) {
-            let (users, done, failed, stop) = (users.clone(), done.clone(), failed.clone(), stop.clone());
+            let (users, done, failed, stop) =
+                (users.clone(), done.clone(), failed.clone(), stop.clone());
             let (addr, source) = (args.addrs[w % args.addrs.len()], source_ip(args, w));
             tasks.push(tokio::spawn(async move {
                 let u = &users[w % users.len()];
@@ -628,7 +718,8 @@ async fn logins(args: &BenchArgs) -> anyhow::Result<Value> {
         let secs = started.elapsed().as_secs_f64();
         report[format!("{method}_logins")] = json!(done.load(Ordering::Relaxed));
         report[format!("{method}_failed")] = json!(failed.load(Ordering::Relaxed));
-        report[format!("{method}_logins_per_sec")] = json!(done.load(Ordering::Relaxed) as f64 / secs);
+        report[format!("{method}_logins_per_sec")] =
+            json!(done.load(Ordering::Relaxed) as f64 / secs);
     }
     Ok(report)
 }

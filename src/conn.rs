@@ -82,10 +82,15 @@ impl LineReader {
     pub async fn fill(&mut self, rd: &OwnedReadHalf) -> io::Result<bool> {
         loop {
             rd.readable().await?;
-            self.buf.reserve(READ_CHUNK);
-            match rd.try_read_buf(&mut self.buf) {
+            // Read into a stack buffer and copy what arrived: readiness can be spurious, and a
+            // buffer reserved for a read that would block would stay allocated while idle.
+            let mut chunk = [0u8; READ_CHUNK];
+            match rd.try_read(&mut chunk) {
                 Ok(0) => return Ok(false),
-                Ok(_) => return Ok(true),
+                Ok(n) => {
+                    self.buf.extend_from_slice(&chunk[..n]);
+                    return Ok(true);
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 Err(e) => return Err(e),
             }

@@ -149,10 +149,10 @@ pub async fn serve<S: Store>(node: Arc<Node<S>>, mut stream: TcpStream, mut peer
         tracing::debug!("connected");
         let close = session.run(&rd, buffered).await;
         let flushed = session.flush().await;
-        session.end().await;
+        Box::pin(session.end()).await;
         if let (Close::Linger, true) = (close, flushed) {
             let _ = session.wr.shutdown().await;
-            linger(rd).await;
+            Box::pin(linger(rd)).await;
         }
         node.metrics.connections_open.dec();
         tracing::debug!("closed");
@@ -245,7 +245,7 @@ impl<S: Store> Session<S> {
             n => Duration::from_secs(n),
         };
         // Frames that arrived together with a PROXY header.
-        if let Some(close) = self.handle_frames(&mut reader).await {
+        if let Some(close) = Box::pin(self.handle_frames(&mut reader)).await {
             return close;
         }
         let mut deadline = Instant::now() + idle;
@@ -255,28 +255,47 @@ impl<S: Store> Session<S> {
             }
             let outbox = self.login.as_ref().map(|l| l.outbox.clone());
             let retry_at = self.login.as_ref().and_then(|l| l.retry_at);
+            // Few, small futures: this select is what an idle connection costs (one lifecycle
+            // wait, one read readiness, one outbox wait, one timer).
+            let goaway_sent = self.goaway_sent;
+            let node = self.node.clone();
+            let lifecycle = async move {
+                if goaway_sent {
+                    node.closing.cancelled().await
+                } else {
+                    node.draining.cancelled().await
+                }
+            };
+            let wake_at = retry_at.map_or(deadline, |r| r.min(deadline));
             tokio::select! {
                 biased;
-                _ = self.node.closing.cancelled() => return Close::Now,
-                _ = self.node.draining.cancelled(), if !self.goaway_sent => self.goaway(),
+                _ = lifecycle => {
+                    if self.goaway_sent {
+                        return Close::Now;
+                    }
+                    self.goaway();
+                }
                 filled = reader.fill(rd) => match filled {
                     Ok(true) => {
                         deadline = Instant::now() + idle;
-                        if let Some(close) = self.handle_frames(&mut reader).await {
+                        // Boxed (here and below): request handling is large and rare next to
+                        // idle waiting, so the idle task stays small.
+                        if let Some(close) = Box::pin(self.handle_frames(&mut reader)).await {
                             return close;
                         }
                     }
                     Ok(false) | Err(_) => return Close::Now,
                 },
                 _ = async { outbox.as_ref().expect("guarded").ready().await }, if outbox.is_some() => {
-                    self.deliver().await;
+                    Box::pin(self.deliver()).await;
                 }
-                _ = sleep_until(retry_at.unwrap_or(deadline)), if retry_at.is_some() => {
-                    self.deliver().await;
-                }
-                _ = sleep_until(deadline) => {
-                    tracing::info!("idle timeout");
-                    return Close::Now;
+                _ = sleep_until(wake_at) => {
+                    if retry_at.is_some_and(|r| r <= Instant::now()) {
+                        Box::pin(self.deliver()).await;
+                    } else if Instant::now() >= deadline {
+                        tracing::info!("idle timeout");
+                        return Close::Now;
+                    }
                 }
             }
         }
@@ -927,4 +946,36 @@ fn advance(login: &mut LoggedIn, seq: Seq) -> bool {
         return false;
     }
     true
+}
+
+#[cfg(test)]
+mod size_tests {
+    use super::*;
+
+    /// The connection task is most of what an idle connection costs (docs/benchmarks.md):
+    /// keep request handling boxed out of it.
+    #[tokio::test]
+    async fn idle_connection_task_stays_small() {
+        let metrics = Arc::new(crate::metrics::Metrics::new("t"));
+        let registry = Arc::new(crate::registry::Registry::new(metrics.clone()));
+        let retention = crate::store::Retention {
+            max_len: 1,
+            max_age_ms: 1,
+        };
+        let store = Arc::new(crate::store::MemoryStore::new(registry.clone(), retention));
+        let node = Arc::new(Node::new(
+            crate::config::Settings::default(),
+            store,
+            registry,
+            metrics,
+        ));
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let c = tokio::net::TcpStream::connect(l.local_addr().unwrap())
+            .await
+            .unwrap();
+        let peer = c.local_addr().unwrap();
+        let f = serve(node, c, peer);
+        let size = std::mem::size_of_val(&f);
+        assert!(size <= 1536, "connection future grew to {size} bytes");
+    }
 }

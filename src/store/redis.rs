@@ -228,10 +228,13 @@ impl RedisStore {
                 // so a PING answered means every channel is subscribed again.
                 let mut sub = self.sub.clone();
                 let ping = redis::cmd("PING").clone();
-                let answered = tokio::time::timeout(self.timeout, ping.query_async::<String>(&mut sub)).await;
+                let answered =
+                    tokio::time::timeout(self.timeout, ping.query_async::<String>(&mut sub)).await;
                 if matches!(answered, Ok(Ok(_))) && resubscribing {
                     self.bus.resubscribing.store(false, Ordering::Release);
-                    tracing::info!("redis channels re-subscribed; sessions catch up from their inboxes");
+                    tracing::info!(
+                        "redis channels re-subscribed; sessions catch up from their inboxes"
+                    );
                     self.bus.registry.mark_all_lagged();
                 }
             }
