@@ -257,7 +257,7 @@ class CheckFailed(Exception):
 @dataclass
 class Report:
     results: list[tuple[str, str, str]] = field(default_factory=list)  # name, status, detail
-    verbose: bool = False
+    started: float = field(default_factory=time.monotonic)
 
     def run(self, name: str, fn: Callable[[], str | None]) -> None:
         started = time.monotonic()
@@ -286,6 +286,7 @@ class Report:
         failed = [n for n, s, _ in self.results if s == "FAIL"]
         skipped = [n for n, s, _ in self.results if s == "SKIP"]
         print("=================================================")
+        print(f"took {time.monotonic() - self.started:.1f}s")
         if failed:
             print(f"FAILED: {len(failed)} of {len(self.results)} checks ({', '.join(failed)})")
             return 1
@@ -1086,7 +1087,7 @@ def check_nginx_loopback() -> str:
 
 
 def cmd_check(args) -> int:
-    report = Report(verbose=args.verbose)
+    report = Report()
     keep = Path(args.keep).resolve() if args.keep else None
     h = helm()
     print(f"helm SDK {h.helm_sdk_version()} (helm_python {h.__version__}); chart {CHART.relative_to(ROOT)}")
@@ -1108,6 +1109,12 @@ def cmd_check(args) -> int:
 
 def cmd_render_k8s(args) -> int:
     out = Path(args.out).resolve()
+    if args.check:
+        drift = k8s_drift(out)
+        for problem in drift:
+            print(problem)
+        print("k8s/base is out of step with the chart; run scripts/render-k8s.sh" if drift else "k8s/base is in step with the chart")
+        return 1 if drift else 0
     write_k8s(out)
     print(f"wrote {out.relative_to(ROOT) if out.is_relative_to(ROOT) else out}")
     return 0
@@ -1140,10 +1147,10 @@ def main() -> int:
     sub = parser.add_subparsers(dest="cmd", required=True)
     c = sub.add_parser("check", help="lint, render every mode, validate, hadolint, k8s/ drift, nginx -t")
     c.add_argument("--keep", metavar="DIR", help="write every scenario's rendered templates under DIR")
-    c.add_argument("-v", "--verbose", action="store_true")
     c.set_defaults(fn=cmd_check)
     k = sub.add_parser("render-k8s", help="write k8s/base from the chart's default values")
     k.add_argument("--out", default=str(K8S_BASE))
+    k.add_argument("--check", action="store_true", help="write nothing; exit 1 if the directory differs from a fresh rendering")
     k.set_defaults(fn=cmd_render_k8s)
     n = sub.add_parser("render-nginx", help="print only nginx.conf, e.g. for Debian's nginx on loopback")
     n.add_argument("--static", action="append", metavar="HOST:PORT[,HOST:PORT]", help="upstream servers instead of the headless Service (repeatable)")

