@@ -1,0 +1,212 @@
+{{/*
+Chart name, or nameOverride.
+*/}}
+{{- define "switchboard.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Full name: "<release>-<chart>", or the release name when it already contains the chart
+name, or fullnameOverride. The client-facing Service carries exactly this name.
+*/}}
+{{- define "switchboard.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+Name of one component's object: "<fullname>-<suffix>". The full name is cut to 40
+characters first so that suffixed names, StatefulSet pod names and their
+controller-revision-hash labels stay within 63.
+Usage: include "switchboard.componentName" (dict "root" $ "suffix" "chat")
+*/}}
+{{- define "switchboard.componentName" -}}
+{{- printf "%s-%s" (include "switchboard.fullname" .root | trunc 40 | trimSuffix "-") .suffix }}
+{{- end }}
+
+{{/*
+"name-version" for the helm.sh/chart label.
+*/}}
+{{- define "switchboard.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Selector labels of one component (chat, redis or lb). They never change for the life of
+a release, so Deployments and StatefulSets can select on them.
+Usage: include "switchboard.selectorLabels" (dict "root" $ "component" "chat")
+*/}}
+{{- define "switchboard.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "switchboard.name" .root }}
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end }}
+
+{{/*
+Every label of one component's objects. component "" leaves the component label out
+(for objects that belong to the release as a whole).
+Usage: include "switchboard.labels" (dict "root" $ "component" "chat")
+*/}}
+{{- define "switchboard.labels" -}}
+helm.sh/chart: {{ include "switchboard.chart" .root }}
+{{- if .component }}
+{{ include "switchboard.selectorLabels" . }}
+{{- else }}
+app.kubernetes.io/name: {{ include "switchboard.name" .root }}
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+{{- end }}
+app.kubernetes.io/version: {{ include "switchboard.imageTag" .root | trunc 63 | quote }}
+app.kubernetes.io/part-of: switchboard
+app.kubernetes.io/managed-by: {{ .root.Release.Service }}
+{{- with .root.Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/*
+Tag of the chat image.
+*/}}
+{{- define "switchboard.imageTag" -}}
+{{- .Values.image.tag | default .Chart.AppVersion }}
+{{- end }}
+
+{{/*
+An image reference from {repository, tag, digest}; the digest wins over the tag.
+Usage: include "switchboard.image" (dict "image" .Values.redis.image "defaultTag" "")
+*/}}
+{{- define "switchboard.image" -}}
+{{- if .image.digest }}
+{{- printf "%s@%s" .image.repository .image.digest }}
+{{- else }}
+{{- printf "%s:%s" .image.repository (.image.tag | default .defaultTag | toString) }}
+{{- end }}
+{{- end }}
+
+{{/*
+Service account of every pod.
+*/}}
+{{- define "switchboard.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "switchboard.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/*
+Port number of a "host:port" listen address ("0.0.0.0:6000", "[::]:6000").
+*/}}
+{{- define "switchboard.portOf" -}}
+{{- splitList ":" (toString .) | last | int }}
+{{- end }}
+
+{{/*
+Name of the Secret that holds the Redis password.
+*/}}
+{{- define "switchboard.redis.secretName" -}}
+{{- if .Values.redis.existingSecret }}
+{{- .Values.redis.existingSecret }}
+{{- else }}
+{{- include "switchboard.componentName" (dict "root" . "suffix" "redis") }}
+{{- end }}
+{{- end }}
+
+{{/*
+Host of the chart's Redis (its headless Service; the short name, so the manifests stay
+valid when kustomize moves them to another namespace).
+*/}}
+{{- define "switchboard.redis.host" -}}
+{{- include "switchboard.componentName" (dict "root" . "suffix" "redis") }}
+{{- end }}
+
+{{/*
+Environment variables that point a chat container at Redis: REDIS_PASSWORD from the
+Secret, then SWITCHBOARD_REDIS_URL built from it with Kubernetes' $(VAR) expansion, so
+the password never appears in the pod spec.
+*/}}
+{{- define "switchboard.redis.env" -}}
+{{- if .Values.redis.enabled }}
+- name: REDIS_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "switchboard.redis.secretName" . }}
+      key: {{ .Values.redis.existingSecretPasswordKey }}
+- name: SWITCHBOARD_REDIS_URL
+  value: {{ printf "redis://:$(REDIS_PASSWORD)@%s:%d" (include "switchboard.redis.host" .) (int .Values.redis.port) | quote }}
+{{- else if .Values.redis.externalUrlSecret.name }}
+- name: SWITCHBOARD_REDIS_URL
+  valueFrom:
+    secretKeyRef:
+      name: {{ .Values.redis.externalUrlSecret.name }}
+      key: {{ .Values.redis.externalUrlSecret.key }}
+{{- else if .Values.redis.externalUrl }}
+- name: SWITCHBOARD_REDIS_URL
+  value: {{ .Values.redis.externalUrl | quote }}
+{{- else }}
+{{- fail "redis.enabled is false: set redis.externalUrl or redis.externalUrlSecret.name (without Redis every chat pod would run its own in-memory backend and they would not see each other)" }}
+{{- end }}
+{{- end }}
+
+{{/*
+The chat settings as SWITCHBOARD_* environment variables, one per key of .Values.config.
+Numbers are printed as integers (Helm reads YAML numbers as floats, and "%v" of a large
+float is "2e+07").
+*/}}
+{{- define "switchboard.config.env" -}}
+{{- range $key, $value := .Values.config }}
+- name: {{ printf "SWITCHBOARD_%s" (snakecase $key | upper) }}
+{{- if or (kindIs "float64" $value) (kindIs "int" $value) (kindIs "int64" $value) }}
+  value: {{ printf "%d" (int64 $value) | quote }}
+{{- else }}
+  value: {{ toString $value | quote }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+Default topology spread of one component: best effort over nodes and zones.
+Usage: include "switchboard.topologySpread" (dict "root" $ "component" "chat")
+*/}}
+{{- define "switchboard.topologySpread" -}}
+{{- $root := .root }}
+{{- $component := .component }}
+{{- range list "kubernetes.io/hostname" "topology.kubernetes.io/zone" }}
+- maxSkew: 1
+  topologyKey: {{ . }}
+  whenUnsatisfiable: ScheduleAnyway
+  labelSelector:
+    matchLabels:
+      {{- include "switchboard.selectorLabels" (dict "root" $root "component" $component) | nindent 6 }}
+  matchLabelKeys:
+    - pod-template-hash
+{{- end }}
+{{- end }}
+
+{{/*
+Checks that hold across sections; called from the chat Deployment.
+*/}}
+{{- define "switchboard.validate" -}}
+{{- $grace := int .Values.chat.terminationGracePeriodSeconds }}
+{{- $needed := add (int .Values.chat.preStopSleepSeconds) (int .Values.config.drainTimeoutSecs) }}
+{{- if le $grace $needed }}
+{{- fail (printf "chat.terminationGracePeriodSeconds (%d) must be greater than chat.preStopSleepSeconds + config.drainTimeoutSecs (%d), or the kubelet kills draining pods" $grace $needed) }}
+{{- end }}
+{{- if eq .Values.loadBalancer.mode "nginx" }}
+{{- $idle := int .Values.config.idleTimeoutSecs }}
+{{- $proxy := int .Values.loadBalancer.nginx.proxyTimeoutSeconds }}
+{{- if and (gt $idle 0) (le $proxy (div $idle 2)) }}
+{{- fail (printf "loadBalancer.nginx.proxyTimeoutSeconds (%d) must be longer than the client ping interval, config.idleTimeoutSecs / 2 (%d)" $proxy (div $idle 2)) }}
+{{- end }}
+{{- if and (not .Values.loadBalancer.nginx.staticServers) (not .Values.loadBalancer.nginx.resolver) }}
+{{- fail "loadBalancer.nginx.resolver is empty: `server ... resolve` needs a resolver (only staticServers work without one)" }}
+{{- end }}
+{{- end }}
+{{- end }}
