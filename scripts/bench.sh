@@ -19,6 +19,7 @@ trap cleanup EXIT
 command -v redis-server >/dev/null && command -v nginx >/dev/null && [ -e /usr/lib/nginx/modules/ngx_stream_module.so ] || {
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server redis-tools nginx libnginx-mod-stream; }
 cargo build --release --locked -q
+[ -x "${SWITCHBOARD_CHART_VENV:-$HOME/.cache/switchboard/chart-venv}/bin/python" ] || bash scripts/check-chart.sh >/dev/null
 bin=target/release/switchboard
 ulimit -n "$(ulimit -Hn)"
 

@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # The whole test suite, from a bare Debian machine with only the Rust toolchain:
-# installs what the tests use (a real redis-server), then runs every test.
+# installs what the tests use (real redis-server and nginx with the stream module; the chart
+# tools come from PyPI into a private virtualenv), then runs every test and every chart check.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v redis-cli >/dev/null 2>&1 || missing+=(redis-tools)
+command -v nginx >/dev/null 2>&1 || missing+=(nginx)
+[ -e /usr/lib/nginx/modules/ngx_stream_module.so ] || missing+=(libnginx-mod-stream)
 if [ ${#missing[@]} -gt 0 ]; then
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"
@@ -15,3 +18,4 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 cargo test --locked --all-targets "$@"
+bash scripts/check-chart.sh
