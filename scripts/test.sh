@@ -17,5 +17,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
-cargo test --locked --all-targets "$@"
+# Chart checks first: they also set up the virtualenv whose Helm renders nginx.conf for the
+# loopback topology tests (tests/topology.rs).
 bash scripts/check-chart.sh
+cargo test --locked --all-targets "$@"

@@ -182,6 +182,30 @@ impl Conn {
         }
     }
 
+    /// Logs in with a token and reads through `synced`, handing each backlog line to `record`.
+    async fn token_login_recording(&mut self, token: &str, mut record: impl FnMut(&str)) -> anyhow::Result<()> {
+        let mut line = serde_json::to_vec(&json!({"op": "login", "token": token}))?;
+        line.push(b'\n');
+        self.wr.write_all(&line).await?;
+        let mut text = String::new();
+        loop {
+            text.clear();
+            let n = tokio::time::timeout(SETUP_TIMEOUT, self.rd.read_line(&mut text))
+                .await
+                .context("timed out waiting for the server")??;
+            if n == 0 {
+                bail!("connection closed");
+            }
+            if text.starts_with("{\"event\":\"message\"") {
+                record(&text);
+            } else if text.starts_with("{\"re\":\"login\"") && !text.contains("\"ok\":true") {
+                bail!("token login failed: {}", text.trim());
+            } else if text.starts_with("{\"event\":\"synced\"") {
+                return Ok(());
+            }
+        }
+    }
+
     /// Logs in with a token and reads through `synced`.
     async fn token_login(&mut self, token: &str) -> anyhow::Result<()> {
         let r = self.req(json!({"op": "login", "token": token})).await?;
@@ -356,6 +380,18 @@ struct Tally {
     expected: Vec<Mutex<Vec<u64>>>,
     latency: Mutex<Histogram<u64>>,
     stop: AtomicBool,
+    /// Random tag of this run: messages of earlier runs still in inboxes are ignored.
+    run: u32,
+    /// Keys a session received twice within one session (a protocol violation).
+    redelivered: AtomicU64,
+    /// Connections re-established after a `goaway` or a lost connection.
+    reconnects: AtomicU64,
+    /// Longest time from losing a connection to being logged in again (µs).
+    reconnect_max_us: AtomicU64,
+    /// Clients logged in right now.
+    connected: AtomicU64,
+    /// Clients logged in when the run ended.
+    connected_at_end: AtomicU64,
 }
 
 impl Tally {
@@ -373,29 +409,48 @@ impl Tally {
                 Histogram::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds"),
             ),
             stop: AtomicBool::new(false),
+            run: rand::random(),
+            redelivered: AtomicU64::new(0),
+            reconnects: AtomicU64::new(0),
+            reconnect_max_us: AtomicU64::new(0),
+            connected: AtomicU64::new(0),
+            connected_at_end: AtomicU64::new(0),
         })
+    }
+
+    /// The text of a bench message with `key`.
+    fn text(&self, key: u64) -> String {
+        format!("bench {} {key} {}", self.run, self.now_us())
     }
 
     fn now_us(&self) -> u64 {
         self.started.elapsed().as_micros() as u64
     }
 
-    /// Records a received bench message line for recipient `me`.
-    fn receive(&self, me: usize, line: &str) {
+    /// Records a received bench message line for recipient `me`; `session` holds the keys this
+    /// connection has seen (a repeat within one session is a duplicate, across sessions a
+    /// permitted redelivery).
+    fn receive(&self, me: usize, line: &str, session: &mut HashSet<u64>) {
         let Some(rest) = line.split_once("\"text\":\"bench ").map(|(_, r)| r) else {
             return;
         };
         let mut parts = rest.split(|c| c == ' ' || c == '"');
-        let (Some(key), Some(sent)) = (parts.next(), parts.next()) else {
+        let (Some(run), Some(key), Some(sent)) = (parts.next(), parts.next(), parts.next()) else {
             return;
         };
+        if run.parse::<u32>().ok() != Some(self.run) {
+            return;
+        }
         let (Ok(key), Ok(sent)) = (key.parse::<u64>(), sent.parse::<u64>()) else {
             return;
         };
+        let first_in_session = session.insert(key);
         if self.received[me].lock().unwrap().insert(key) {
             self.delivered.fetch_add(1, Ordering::Relaxed);
             let us = self.now_us().saturating_sub(sent).max(1);
             let _ = self.latency.lock().unwrap().record(us);
+        } else if first_in_session {
+            self.redelivered.fetch_add(1, Ordering::Relaxed);
         } else {
             self.duplicates.fetch_add(1, Ordering::Relaxed);
         }
@@ -407,6 +462,12 @@ impl Tally {
             .and_then(|v| v["error"]["code"].as_str().map(String::from))
             .unwrap_or_else(|| "unparsed".into());
         *self.errors.lock().unwrap().entry(code).or_default() += 1;
+    }
+
+    /// Every acknowledged message has arrived.
+    fn settled(&self) -> bool {
+        let expected: u64 = self.expected.iter().map(|e| e.lock().unwrap().len() as u64).sum();
+        self.delivered.load(Ordering::Relaxed) >= expected
     }
 
     fn lost(&self) -> u64 {
@@ -424,96 +485,200 @@ impl Tally {
     }
 }
 
-/// One sending/receiving bench client: `targets` picks recipients (indices into `ids`).
+/// What a bench client sends: a request builder (recipient index, request), the open-loop
+/// rate of this client (0 = closed loop) and the closed-loop window.
+type SendPlan = (Arc<dyn Fn(u64) -> (usize, Value) + Send + Sync>, f64, usize);
+
+/// From a connection's reader to its client task.
+enum Inbound {
+    /// A reply (replies come in request order); true when ok.
+    Reply(bool, String),
+    /// Acknowledge up to this seq.
+    Ack(String),
+    /// The server is draining: reconnect after this many ms.
+    Goaway(u64),
+    /// The connection is gone.
+    Closed,
+}
+
+/// Reads one connection: records messages, forwards replies and lifecycle events.
+fn spawn_reader(
+    me: usize,
+    mut rd: BufReader<OwnedReadHalf>,
+    tally: Arc<Tally>,
+    tx: tokio::sync::mpsc::UnboundedSender<Inbound>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut session = HashSet::new();
+        let mut line = String::new();
+        let mut unacked = 0;
+        loop {
+            line.clear();
+            match rd.read_line(&mut line).await {
+                Ok(0) | Err(_) => {
+                    let _ = tx.send(Inbound::Closed);
+                    return;
+                }
+                Ok(_) => {}
+            }
+            if line.starts_with("{\"event\":\"message\"") {
+                tally.receive(me, &line, &mut session);
+                unacked += 1;
+                // Acknowledge now and then, so a reconnect replays little.
+                if unacked >= 64 {
+                    if let Some(seq) = line.split_once("\"seq\":\"").and_then(|(_, r)| r.split('"').next()) {
+                        let _ = tx.send(Inbound::Ack(seq.to_string()));
+                        unacked = 0;
+                    }
+                }
+            } else if line.starts_with("{\"re\":") {
+                let _ = tx.send(Inbound::Reply(line.contains("\"ok\":true"), line.clone()));
+            } else if line.starts_with("{\"event\":\"goaway\"") {
+                let after = serde_json::from_str::<Value>(&line)
+                    .ok()
+                    .and_then(|v| v["reconnect_after_ms"].as_u64())
+                    .unwrap_or(0);
+                let _ = tx.send(Inbound::Goaway(after));
+            }
+        }
+    })
+}
+
+/// One bench client: sends per `plan`, receives, acknowledges, and on `goaway` or a lost
+/// connection logs in again with its token through `addr` (the load balancer).
+#[allow(clippy::too_many_arguments)]
 fn spawn_client(
     me: usize,
     conn: Conn,
+    addr: SocketAddr,
+    source: Option<IpAddr>,
+    token: String,
     tally: Arc<Tally>,
-    send: Option<(Arc<dyn Fn(u64) -> (usize, Value) + Send + Sync>, f64, usize)>,
+    plan: Option<SendPlan>,
     fanout: usize,
 ) -> tokio::task::JoinHandle<()> {
-    let Conn { mut rd, mut wr } = conn;
-    // Keys of sends awaiting replies, in order (replies come in request order).
-    let pending: Arc<Mutex<std::collections::VecDeque<(usize, u64)>>> = Default::default();
-    let window = Arc::new(Semaphore::new(send.as_ref().map_or(1, |s| s.2.max(1))));
-    let reader = {
-        let (tally, pending, window) = (tally.clone(), pending.clone(), window.clone());
-        tokio::spawn(async move {
-            let mut line = String::new();
+    tokio::spawn(async move {
+        let mut conn = Some(conn);
+        let mut n: u64 = 0;
+        let (rate, window) = plan.as_ref().map_or((0.0, 1), |p| (p.1, p.2.max(1)));
+        let mut ticker = (rate > 0.0).then(|| {
+            // Random phase: clients ticking in lock-step would send in bursts.
+            let period = Duration::from_secs_f64(1.0 / rate);
+            let phase = period.mul_f64(rand::random::<f64>());
+            let mut t = tokio::time::interval_at(tokio::time::Instant::now() + phase, period);
+            t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            t
+        });
+        let mut lost_at: Option<Instant> = None;
+        loop {
+            let c = match conn.take() {
+                Some(c) => c,
+                None => match relogin(addr, source, &token, me, &tally).await {
+                    Some(c) => c,
+                    None => return,
+                },
+            };
+            if let Some(at) = lost_at.take() {
+                tally.reconnects.fetch_add(1, Ordering::Relaxed);
+                tally.reconnect_max_us.fetch_max(at.elapsed().as_micros() as u64, Ordering::Relaxed);
+            }
+            tally.connected.fetch_add(1, Ordering::Relaxed);
+            let Conn { rd, mut wr } = c;
+            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+            let reader = spawn_reader(me, rd, tally.clone(), tx);
+            // Requests awaiting replies, in order: Some((recipient, key)) for sends, None for acks.
+            let mut inflight: std::collections::VecDeque<Option<(usize, u64)>> = Default::default();
+            let mut sends_in_flight = 0usize;
+            let mut wait = 0u64;
             loop {
-                line.clear();
-                match rd.read_line(&mut line).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(_) => {}
-                }
-                if line.starts_with("{\"event\":\"message\"") {
-                    tally.receive(me, &line);
-                } else if line.starts_with("{\"re\":\"send\"")
-                    || line.starts_with("{\"re\":\"group.send\"")
-                {
-                    let Some((to, key)) = pending.lock().unwrap().pop_front() else {
-                        continue;
-                    };
-                    window.add_permits(1);
-                    if line.contains("\"ok\":true") {
-                        tally.acked.fetch_add(1, Ordering::Relaxed);
-                        if fanout == 0 {
-                            tally.expected[to].lock().unwrap().push(key);
-                        } else {
-                            for (i, exp) in tally.expected.iter().enumerate() {
-                                if i != me && i < fanout {
-                                    exp.lock().unwrap().push(key);
+                let stopping = tally.stop.load(Ordering::Relaxed);
+                let can_send = plan.is_some() && !stopping && (rate > 0.0 || sends_in_flight < window);
+                let mut send_now = false;
+                tokio::select! {
+                    biased;
+                    ev = rx.recv() => match ev {
+                        Some(Inbound::Reply(ok, line)) => match inflight.pop_front() {
+                            Some(Some((to, key))) => {
+                                sends_in_flight -= 1;
+                                if ok {
+                                    tally.acked.fetch_add(1, Ordering::Relaxed);
+                                    if fanout == 0 {
+                                        tally.expected[to].lock().unwrap().push(key);
+                                    } else {
+                                        for (i, exp) in tally.expected.iter().enumerate().take(fanout) {
+                                            if i != me {
+                                                exp.lock().unwrap().push(key);
+                                            }
+                                        }
+                                    }
+                                } else {
+                                    tally.error(&line);
                                 }
                             }
+                            Some(None) | None => {}
+                        },
+                        Some(Inbound::Ack(seq)) => {
+                            let req = format!("{{\"op\":\"ack\",\"seq\":\"{seq}\"}}\n");
+                            inflight.push_back(None);
+                            if wr.write_all(req.as_bytes()).await.is_err() {
+                                break;
+                            }
                         }
-                    } else {
-                        tally.error(&line);
+                        Some(Inbound::Goaway(ms)) => {
+                            wait = ms;
+                            break;
+                        }
+                        Some(Inbound::Closed) | None => break,
+                    },
+                    _ = async { ticker.as_mut().expect("open loop").tick().await }, if can_send && ticker.is_some() => send_now = true,
+                    _ = std::future::ready(()), if can_send && ticker.is_none() => send_now = true,
+                    _ = tokio::time::sleep(Duration::from_millis(100)) => {
+                        if stopping && inflight.is_empty() && tally.settled() {
+                            reader.abort();
+                            tally.connected.fetch_sub(1, Ordering::Relaxed);
+                            return;
+                        }
+                    }
+                }
+                if send_now {
+                    let Some((make, _, _)) = plan.as_ref() else { continue };
+                    n += 1;
+                    let key = ((me as u64) << 32) | n;
+                    let (to, mut req) = make(key);
+                    req["text"] = json!(tally.text(key));
+                    let mut bytes = serde_json::to_vec(&req).unwrap_or_default();
+                    bytes.push(b'\n');
+                    inflight.push_back(Some((to, key)));
+                    sends_in_flight += 1;
+                    tally.sent.fetch_add(1, Ordering::Relaxed);
+                    if wr.write_all(&bytes).await.is_err() {
+                        break;
                     }
                 }
             }
-        })
-    };
-    tokio::spawn(async move {
-        if let Some((make, rate, _)) = send {
-            let mut n: u64 = 0;
-            let mut ticker = (rate > 0.0).then(|| {
-                // Random phase: clients ticking in lock-step would send in bursts.
-                let period = Duration::from_secs_f64(1.0 / rate);
-                let phase = period.mul_f64(rand::random::<f64>());
-                let mut t = tokio::time::interval_at(tokio::time::Instant::now() + phase, period);
-                t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-                t
-            });
-            while !tally.stop.load(Ordering::Relaxed) {
-                match ticker.as_mut() {
-                    Some(t) => {
-                        t.tick().await;
-                    }
-                    None => window.acquire().await.map(|p| p.forget()).unwrap_or(()),
-                }
-                if tally.stop.load(Ordering::Relaxed) {
-                    break;
-                }
-                n += 1;
-                let key = ((me as u64) << 32) | n;
-                let (to, mut req) = make(key);
-                req["text"] = json!(format!("bench {key} {}", tally.now_us()));
-                let mut bytes = serde_json::to_vec(&req).unwrap_or_default();
-                bytes.push(b'\n');
-                pending.lock().unwrap().push_back((to, key));
-                tally.sent.fetch_add(1, Ordering::Relaxed);
-                if wr.write_all(&bytes).await.is_err() {
-                    break;
-                }
-            }
+            // Unanswered sends may or may not be stored: they are simply not expected.
+            reader.abort();
+            tally.connected.fetch_sub(1, Ordering::Relaxed);
+            lost_at = Some(Instant::now());
+            tokio::time::sleep(Duration::from_millis(wait)).await;
         }
-        // Keep the writer (and so the connection) open until the run ends.
-        while !tally.stop.load(Ordering::Relaxed) {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        let _ = tokio::time::timeout(Duration::from_secs(60), reader).await;
-        drop(wr);
     })
+}
+
+/// Reconnects and logs in with the token (bounded retries); backlog messages are recorded.
+async fn relogin(addr: SocketAddr, source: Option<IpAddr>, token: &str, me: usize, tally: &Tally) -> Option<Conn> {
+    let mut delay = Duration::from_millis(50);
+    for _ in 0..60 {
+        if let Ok(Ok(mut c)) = tokio::time::timeout(Duration::from_secs(5), Conn::open(addr, source)).await {
+            let mut session = HashSet::new();
+            if c.token_login_recording(token, |line| tally.receive(me, line, &mut session)).await.is_ok() {
+                return Some(c);
+            }
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(1));
+    }
+    None
 }
 
 /// Waits `duration`, printing progress, then stops senders and waits for late deliveries.
@@ -546,19 +711,11 @@ async fn drive(
     let sending = started.elapsed().as_secs_f64();
     // Stop sending; wait until every acknowledged message arrived or the settle time ran out.
     let deadline = Instant::now() + Duration::from_secs_f64(args.settle);
-    let stop_sending = tally.clone();
-    stop_sending.stop.store(true, Ordering::Relaxed);
-    loop {
-        let expected: u64 = tally
-            .expected
-            .iter()
-            .map(|e| e.lock().unwrap().len() as u64)
-            .sum();
-        if tally.delivered.load(Ordering::Relaxed) >= expected || Instant::now() > deadline {
-            break;
-        }
+    tally.stop.store(true, Ordering::Relaxed);
+    while !tally.settled() && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    tally.connected_at_end.store(tally.connected.load(Ordering::Relaxed), Ordering::Relaxed);
     if !args.quiet {
         eprintln!();
     }
@@ -576,6 +733,10 @@ fn latency_report(tally: &Tally, report: &mut Value) {
     report["latency_p99_ms"] = json!(ms(0.99));
     report["latency_max_ms"] = json!(h.max() as f64 / 1000.0);
     report["errors"] = json!(*tally.errors.lock().unwrap());
+    report["redelivered_after_reconnect"] = json!(tally.redelivered.load(Ordering::Relaxed));
+    report["reconnects"] = json!(tally.reconnects.load(Ordering::Relaxed));
+    report["reconnect_max_ms"] = json!(tally.reconnect_max_us.load(Ordering::Relaxed) as f64 / 1000.0);
+    report["logged_in_at_end"] = json!(tally.connected_at_end.load(Ordering::Relaxed));
 }
 
 async fn chat(args: &BenchArgs) -> anyhow::Result<Value> {
@@ -603,13 +764,7 @@ async fn chat(args: &BenchArgs) -> anyhow::Result<Value> {
             }
             (to, json!({"op": "send", "to": ids[to], "text": ""}))
         });
-        handles.push(spawn_client(
-            me,
-            conn,
-            tally.clone(),
-            Some((make, per_client_rate, args.window)),
-            0,
-        ));
+        handles.push(spawn_client(me, conn, args.addrs[me % args.addrs.len()], source_ip(args, me), users[me].token.clone(), tally.clone(), Some((make, per_client_rate, args.window)), 0));
     }
     let secs = drive(args, &tally, handles).await;
     let mut report = json!({
@@ -659,7 +814,7 @@ async fn group(args: &BenchArgs) -> anyhow::Result<Value> {
                 Arc::new(move |_| (0, json!({"op": "group.send", "group": gid, "text": ""})));
             (make, per_sender_rate, args.window)
         });
-        handles.push(spawn_client(me, conn, tally.clone(), send, members));
+        handles.push(spawn_client(me, conn, args.addrs[me % args.addrs.len()], source_ip(args, me), users[me].token.clone(), tally.clone(), send, members));
     }
     let secs = drive(args, &tally, handles).await;
     let mut report = json!({

@@ -3,65 +3,10 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Client, Cluster, Node, Redis, register, settings, uname, user};
+use common::{Client, Cluster, Node, Proc, Redis, register, settings, uname, user};
 use serde_json::json;
-
-/// A node as a separate `switchboard serve` process.
-struct Proc {
-    child: Child,
-    addr: std::net::SocketAddr,
-    http: std::net::SocketAddr,
-}
-
-impl Proc {
-    fn start(redis: &Redis, name: &str, extra: &[(&str, &str)]) -> Proc {
-        let port = common::free_port();
-        let http = common::free_port();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_switchboard"));
-        cmd.arg("serve")
-            .env("SWITCHBOARD_LISTEN", format!("127.0.0.1:{port}"))
-            .env("SWITCHBOARD_HTTP_LISTEN", format!("127.0.0.1:{http}"))
-            .env("SWITCHBOARD_REDIS_URL", redis.url())
-            .env("SWITCHBOARD_NODE_NAME", name)
-            .env("SWITCHBOARD_ARGON2_MEMORY_KIB", "64")
-            .env("SWITCHBOARD_ARGON2_ITERATIONS", "1")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        for (k, v) in extra {
-            cmd.env(k, v);
-        }
-        let child = cmd.spawn().unwrap();
-        let p = Proc {
-            child,
-            addr: ([127, 0, 0, 1], port).into(),
-            http: ([127, 0, 0, 1], http).into(),
-        };
-        for _ in 0..500 {
-            if std::net::TcpStream::connect(p.addr).is_ok() {
-                return p;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        panic!("node process did not start");
-    }
-
-    fn signal(&self, sig: &str) {
-        Command::new("kill")
-            .args([sig, &self.child.id().to_string()])
-            .status()
-            .unwrap();
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_messages_survive_every_node_stopping() {

@@ -518,3 +518,63 @@ macro_rules! on_both_backends {
         }
     };
 }
+
+/// A node as a separate `switchboard serve` process.
+pub struct Proc {
+    pub child: Child,
+    pub addr: std::net::SocketAddr,
+    pub http: std::net::SocketAddr,
+}
+
+impl Proc {
+    /// Starts a node process on free ports.
+    pub fn start(redis: &Redis, name: &str, extra: &[(&str, &str)]) -> Proc {
+        Self::start_on(redis, name, free_port(), free_port(), extra)
+    }
+
+    /// Starts a node process on the given chat and HTTP ports.
+    pub fn start_on(redis: &Redis, name: &str, port: u16, http: u16, extra: &[(&str, &str)]) -> Proc {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_switchboard"));
+        cmd.arg("serve")
+            .env("SWITCHBOARD_LISTEN", format!("127.0.0.1:{port}"))
+            .env("SWITCHBOARD_HTTP_LISTEN", format!("127.0.0.1:{http}"))
+            .env("SWITCHBOARD_REDIS_URL", redis.url())
+            .env("SWITCHBOARD_NODE_NAME", name)
+            .env("SWITCHBOARD_ARGON2_MEMORY_KIB", "64")
+            .env("SWITCHBOARD_ARGON2_ITERATIONS", "1")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        for (k, v) in extra {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().unwrap();
+        let p = Proc {
+            child,
+            addr: ([127, 0, 0, 1], port).into(),
+            http: ([127, 0, 0, 1], http).into(),
+        };
+        for _ in 0..500 {
+            if std::net::TcpStream::connect(p.addr).is_ok() {
+                return p;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("node process did not start");
+    }
+
+    /// Sends a signal (`-TERM`, `-KILL`).
+    pub fn signal(&self, sig: &str) {
+        Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .unwrap();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
