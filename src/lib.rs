@@ -4,6 +4,7 @@
 #![warn(missing_docs)]
 
 pub mod auth;
+pub mod chat;
 pub mod clock;
 pub mod config;
 pub mod conn;

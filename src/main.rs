@@ -23,6 +23,8 @@ enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// Chat from the terminal (plain lines for scripts when stdin is not a terminal).
+    Chat(switchboard::chat::ChatArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -37,6 +39,18 @@ fn main() -> anyhow::Result<()> {
                 telemetry.shutdown();
                 result
             })
+        }
+        Command::Chat(args) => {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("starting the runtime")?;
+            // One clear line on stderr (no backtrace, whatever RUST_BACKTRACE says), exit 1.
+            if let Err(e) = runtime.block_on(switchboard::chat::run(args)) {
+                eprintln!("switchboard chat: {e:#}");
+                std::process::exit(1);
+            }
+            Ok(())
         }
     }
 }
