@@ -183,7 +183,11 @@ impl Conn {
     }
 
     /// Logs in with a token and reads through `synced`, handing each backlog line to `record`.
-    async fn token_login_recording(&mut self, token: &str, mut record: impl FnMut(&str)) -> anyhow::Result<()> {
+    async fn token_login_recording(
+        &mut self,
+        token: &str,
+        mut record: impl FnMut(&str),
+    ) -> anyhow::Result<()> {
         let mut line = serde_json::to_vec(&json!({"op": "login", "token": token}))?;
         line.push(b'\n');
         self.wr.write_all(&line).await?;
@@ -466,7 +470,11 @@ impl Tally {
 
     /// Every acknowledged message has arrived.
     fn settled(&self) -> bool {
-        let expected: u64 = self.expected.iter().map(|e| e.lock().unwrap().len() as u64).sum();
+        let expected: u64 = self
+            .expected
+            .iter()
+            .map(|e| e.lock().unwrap().len() as u64)
+            .sum();
         self.delivered.load(Ordering::Relaxed) >= expected
     }
 
@@ -526,7 +534,10 @@ fn spawn_reader(
                 unacked += 1;
                 // Acknowledge now and then, so a reconnect replays little.
                 if unacked >= 64 {
-                    if let Some(seq) = line.split_once("\"seq\":\"").and_then(|(_, r)| r.split('"').next()) {
+                    if let Some(seq) = line
+                        .split_once("\"seq\":\"")
+                        .and_then(|(_, r)| r.split('"').next())
+                    {
                         let _ = tx.send(Inbound::Ack(seq.to_string()));
                         unacked = 0;
                     }
@@ -580,7 +591,9 @@ fn spawn_client(
             };
             if let Some(at) = lost_at.take() {
                 tally.reconnects.fetch_add(1, Ordering::Relaxed);
-                tally.reconnect_max_us.fetch_max(at.elapsed().as_micros() as u64, Ordering::Relaxed);
+                tally
+                    .reconnect_max_us
+                    .fetch_max(at.elapsed().as_micros() as u64, Ordering::Relaxed);
             }
             tally.connected.fetch_add(1, Ordering::Relaxed);
             let Conn { rd, mut wr } = c;
@@ -592,7 +605,8 @@ fn spawn_client(
             let mut wait = 0u64;
             loop {
                 let stopping = tally.stop.load(Ordering::Relaxed);
-                let can_send = plan.is_some() && !stopping && (rate > 0.0 || sends_in_flight < window);
+                let can_send =
+                    plan.is_some() && !stopping && (rate > 0.0 || sends_in_flight < window);
                 let mut send_now = false;
                 tokio::select! {
                     biased;
@@ -641,7 +655,9 @@ fn spawn_client(
                     }
                 }
                 if send_now {
-                    let Some((make, _, _)) = plan.as_ref() else { continue };
+                    let Some((make, _, _)) = plan.as_ref() else {
+                        continue;
+                    };
                     n += 1;
                     let key = ((me as u64) << 32) | n;
                     let (to, mut req) = make(key);
@@ -666,12 +682,23 @@ fn spawn_client(
 }
 
 /// Reconnects and logs in with the token (bounded retries); backlog messages are recorded.
-async fn relogin(addr: SocketAddr, source: Option<IpAddr>, token: &str, me: usize, tally: &Tally) -> Option<Conn> {
+async fn relogin(
+    addr: SocketAddr,
+    source: Option<IpAddr>,
+    token: &str,
+    me: usize,
+    tally: &Tally,
+) -> Option<Conn> {
     let mut delay = Duration::from_millis(50);
     for _ in 0..60 {
-        if let Ok(Ok(mut c)) = tokio::time::timeout(Duration::from_secs(5), Conn::open(addr, source)).await {
+        if let Ok(Ok(mut c)) =
+            tokio::time::timeout(Duration::from_secs(5), Conn::open(addr, source)).await
+        {
             let mut session = HashSet::new();
-            if c.token_login_recording(token, |line| tally.receive(me, line, &mut session)).await.is_ok() {
+            if c.token_login_recording(token, |line| tally.receive(me, line, &mut session))
+                .await
+                .is_ok()
+            {
                 return Some(c);
             }
         }
@@ -715,7 +742,9 @@ async fn drive(
     while !tally.settled() && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    tally.connected_at_end.store(tally.connected.load(Ordering::Relaxed), Ordering::Relaxed);
+    tally
+        .connected_at_end
+        .store(tally.connected.load(Ordering::Relaxed), Ordering::Relaxed);
     if !args.quiet {
         eprintln!();
     }
@@ -735,7 +764,8 @@ fn latency_report(tally: &Tally, report: &mut Value) {
     report["errors"] = json!(*tally.errors.lock().unwrap());
     report["redelivered_after_reconnect"] = json!(tally.redelivered.load(Ordering::Relaxed));
     report["reconnects"] = json!(tally.reconnects.load(Ordering::Relaxed));
-    report["reconnect_max_ms"] = json!(tally.reconnect_max_us.load(Ordering::Relaxed) as f64 / 1000.0);
+    report["reconnect_max_ms"] =
+        json!(tally.reconnect_max_us.load(Ordering::Relaxed) as f64 / 1000.0);
     report["logged_in_at_end"] = json!(tally.connected_at_end.load(Ordering::Relaxed));
 }
 
@@ -764,7 +794,16 @@ async fn chat(args: &BenchArgs) -> anyhow::Result<Value> {
             }
             (to, json!({"op": "send", "to": ids[to], "text": ""}))
         });
-        handles.push(spawn_client(me, conn, args.addrs[me % args.addrs.len()], source_ip(args, me), users[me].token.clone(), tally.clone(), Some((make, per_client_rate, args.window)), 0));
+        handles.push(spawn_client(
+            me,
+            conn,
+            args.addrs[me % args.addrs.len()],
+            source_ip(args, me),
+            users[me].token.clone(),
+            tally.clone(),
+            Some((make, per_client_rate, args.window)),
+            0,
+        ));
     }
     let secs = drive(args, &tally, handles).await;
     let mut report = json!({
@@ -814,7 +853,16 @@ async fn group(args: &BenchArgs) -> anyhow::Result<Value> {
                 Arc::new(move |_| (0, json!({"op": "group.send", "group": gid, "text": ""})));
             (make, per_sender_rate, args.window)
         });
-        handles.push(spawn_client(me, conn, args.addrs[me % args.addrs.len()], source_ip(args, me), users[me].token.clone(), tally.clone(), send, members));
+        handles.push(spawn_client(
+            me,
+            conn,
+            args.addrs[me % args.addrs.len()],
+            source_ip(args, me),
+            users[me].token.clone(),
+            tally.clone(),
+            send,
+            members,
+        ));
     }
     let secs = drive(args, &tally, handles).await;
     let mut report = json!({

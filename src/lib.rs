@@ -5,6 +5,7 @@
 
 pub mod auth;
 pub mod bench;
+pub mod chat;
 pub mod clock;
 pub mod config;
 pub mod conn;

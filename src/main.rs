@@ -25,6 +25,8 @@ enum Command {
     },
     /// Generate load against nodes or a load balancer and report throughput, latency, loss.
     Bench(switchboard::bench::BenchArgs),
+    /// Chat from the terminal (plain lines for scripts when stdin is not a terminal).
+    Chat(switchboard::chat::ChatArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -43,6 +45,18 @@ fn main() -> anyhow::Result<()> {
         Command::Bench(args) => {
             let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
             runtime.block_on(switchboard::bench::run(args))
+        }
+        Command::Chat(args) => {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("starting the runtime")?;
+            // One clear line on stderr (no backtrace, whatever RUST_BACKTRACE says), exit 1.
+            if let Err(e) = runtime.block_on(switchboard::chat::run(args)) {
+                eprintln!("switchboard chat: {e:#}");
+                std::process::exit(1);
+            }
+            Ok(())
         }
     }
 }

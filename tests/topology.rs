@@ -34,7 +34,8 @@ struct Topology {
 impl Topology {
     fn start(n: usize) -> Topology {
         let redis = Redis::start();
-        let dir = std::env::temp_dir().join(format!("sb-topo-{}-{}", std::process::id(), free_port()));
+        let dir =
+            std::env::temp_dir().join(format!("sb-topo-{}-{}", std::process::id(), free_port()));
         std::fs::create_dir_all(&dir).unwrap();
         let mut nodes = Vec::new();
         for i in 0..n {
@@ -43,11 +44,27 @@ impl Topology {
             nodes.push((port, http, Some(p)));
         }
         let lb_port = free_port();
-        let mut t = Topology { redis, dir, nodes, upstream: (0..n).collect(), lb_port, nginx: dummy_child() };
+        let mut t = Topology {
+            redis,
+            dir,
+            nodes,
+            upstream: (0..n).collect(),
+            lb_port,
+            nginx: dummy_child(),
+        };
         t.render_nginx();
         let conf = t.dir.join("nginx.conf");
-        let out = Command::new("nginx").arg("-t").arg("-c").arg(&conf).output().expect("nginx installed");
-        assert!(out.status.success(), "nginx -t: {}", String::from_utf8_lossy(&out.stderr));
+        let out = Command::new("nginx")
+            .arg("-t")
+            .arg("-c")
+            .arg(&conf)
+            .output()
+            .expect("nginx installed");
+        assert!(
+            out.status.success(),
+            "nginx -t: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         t.nginx = Command::new("nginx")
             .arg("-c")
             .arg(&conf)
@@ -62,11 +79,21 @@ impl Topology {
 
     /// Renders nginx.conf from the chart with the current upstream slots.
     fn render_nginx(&self) {
-        let servers: Vec<String> = self.upstream.iter().map(|&i| format!("127.0.0.1:{}", self.nodes[i].0)).collect();
+        let servers: Vec<String> = self
+            .upstream
+            .iter()
+            .map(|&i| format!("127.0.0.1:{}", self.nodes[i].0))
+            .collect();
         let out = Command::new("bash")
-            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/render-nginx.sh"))
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/scripts/render-nginx.sh"
+            ))
             .args(["--static", &servers.join(",")])
-            .args(["--load-module", "/usr/lib/nginx/modules/ngx_stream_module.so"])
+            .args([
+                "--load-module",
+                "/usr/lib/nginx/modules/ngx_stream_module.so",
+            ])
             .args(["--listen", &format!("127.0.0.1:{}", self.lb_port)])
             .arg("--pid")
             .arg(self.dir.join("nginx.pid"))
@@ -75,14 +102,23 @@ impl Topology {
             .args(["--access-log", "off"])
             .output()
             .unwrap();
-        assert!(out.status.success(), "render-nginx: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "render-nginx: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         std::fs::write(self.dir.join("nginx.conf"), out.stdout).unwrap();
     }
 
     /// Re-renders the config and reloads nginx (what a Deployment change does in a cluster).
     fn reload_nginx(&self) {
         self.render_nginx();
-        let st = Command::new("nginx").arg("-c").arg(self.dir.join("nginx.conf")).args(["-s", "reload"]).status().unwrap();
+        let st = Command::new("nginx")
+            .arg("-c")
+            .arg(self.dir.join("nginx.conf"))
+            .args(["-s", "reload"])
+            .status()
+            .unwrap();
         assert!(st.success());
         std::thread::sleep(Duration::from_millis(300));
     }
@@ -119,7 +155,10 @@ impl Topology {
                 assert!(status.success(), "node {i} exited with {status}");
                 break;
             }
-            assert!(Instant::now() < deadline, "node {i} did not exit after SIGTERM");
+            assert!(
+                Instant::now() < deadline,
+                "node {i} did not exit after SIGTERM"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -144,7 +183,14 @@ impl Topology {
     fn bench(&self, clients: usize, seconds: f64, rate: f64) -> Child {
         Command::new(env!("CARGO_BIN_EXE_switchboard"))
             .args(["bench", "chat", "--json", "--quiet", "--addr", &self.lb()])
-            .args(["-c", &clients.to_string(), "-d", &seconds.to_string(), "--rate", &rate.to_string()])
+            .args([
+                "-c",
+                &clients.to_string(),
+                "-d",
+                &seconds.to_string(),
+                "--rate",
+                &rate.to_string(),
+            ])
             .args(["--settle", "20"])
             .arg("--users-file")
             .arg(self.dir.join("users.jsonl"))
@@ -180,7 +226,10 @@ fn start_node(redis: &Redis, i: usize, port: u16, http: u16) -> Proc {
             ("SWITCHBOARD_LOG", "warn"),
         ],
     );
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async {
         for _ in 0..300 {
             if http_get(p.http, "/readyz").await.0 == 200 {
@@ -206,19 +255,38 @@ fn wait_port(port: u16) {
 /// Waits for the bench and checks the loss accounting.
 fn finish(bench: Child, clients: usize) -> Value {
     let out = bench.wait_with_output().unwrap();
-    assert!(out.status.success(), "bench failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "bench failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
     eprintln!("{report}");
-    assert!(report["acknowledged"].as_u64().unwrap() > 0, "nothing was sent: {report}");
+    assert!(
+        report["acknowledged"].as_u64().unwrap() > 0,
+        "nothing was sent: {report}"
+    );
     assert_eq!(report["lost"], 0, "acknowledged messages lost: {report}");
-    assert_eq!(report["duplicated"], 0, "duplicates within a session: {report}");
-    assert_eq!(report["logged_in_at_end"], clients, "every client logged in again: {report}");
+    assert_eq!(
+        report["duplicated"], 0,
+        "duplicates within a session: {report}"
+    );
+    assert_eq!(
+        report["logged_in_at_end"], clients,
+        "every client logged in again: {report}"
+    );
     report
 }
 
 fn open_connections(t: &Topology, i: usize) -> f64 {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    let (_, body) = rt.block_on(http_get(([127, 0, 0, 1], t.http_port(i)).into(), "/metrics"));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (_, body) = rt.block_on(http_get(
+        ([127, 0, 0, 1], t.http_port(i)).into(),
+        "/metrics",
+    ));
     metric(&body, "switchboard_connections_open")
 }
 
@@ -243,9 +311,14 @@ fn scale_up_then_down_under_load() {
     std::thread::sleep(Duration::from_secs(3));
     let fresh = t.scale_up();
     // New connections reach the new node (it has the fewest).
-    let extra: Vec<_> = (0..20).map(|_| std::net::TcpStream::connect(t.lb()).unwrap()).collect();
+    let extra: Vec<_> = (0..20)
+        .map(|_| std::net::TcpStream::connect(t.lb()).unwrap())
+        .collect();
     std::thread::sleep(Duration::from_millis(300));
-    assert!(open_connections(&t, fresh) >= 10.0, "the new node takes new connections");
+    assert!(
+        open_connections(&t, fresh) >= 10.0,
+        "the new node takes new connections"
+    );
     drop(extra);
     // Scale down: node 0 leaves nginx and drains; its clients move on through nginx.
     t.scale_down(0);
@@ -265,7 +338,10 @@ fn rolling_restart_under_load() {
         std::thread::sleep(Duration::from_millis(500));
     }
     let r = finish(bench, 150);
-    assert!(r["reconnects"].as_u64().unwrap() >= 100, "every node's clients reconnected: {r}");
+    assert!(
+        r["reconnects"].as_u64().unwrap() >= 100,
+        "every node's clients reconnected: {r}"
+    );
 }
 
 #[test]

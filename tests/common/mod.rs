@@ -533,7 +533,13 @@ impl Proc {
     }
 
     /// Starts a node process on the given chat and HTTP ports.
-    pub fn start_on(redis: &Redis, name: &str, port: u16, http: u16, extra: &[(&str, &str)]) -> Proc {
+    pub fn start_on(
+        redis: &Redis,
+        name: &str,
+        port: u16,
+        http: u16,
+        extra: &[(&str, &str)],
+    ) -> Proc {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_switchboard"));
         cmd.arg("serve")
             .env("SWITCHBOARD_LISTEN", format!("127.0.0.1:{port}"))
@@ -577,4 +583,3 @@ impl Drop for Proc {
         let _ = self.child.wait();
     }
 }
-

@@ -1,0 +1,1404 @@
+//! `switchboard chat`: the terminal client. On a terminal it is a line-editing prompt with
+//! history that prints incoming events above the line being typed; when standard input is not
+//! a terminal it reads one command per line and prints one plain line per event (for scripts
+//! and tests). The output format is listed in README.md, "Chat from the terminal".
+//!
+//! One task owns the connection and all state. Commands run one at a time (a command that
+//! needs a name resolved first sends `whois`, then its own request), so a script's commands
+//! see the effects of the ones before them. Replies are matched to requests by `ref`.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::io::{BufRead, IsTerminal, Write};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, anyhow, bail};
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio::time::{Instant, sleep_until, timeout, timeout_at};
+
+use crate::protocol::{Friend, Group, Message, Target, UserRef, valid_name};
+
+/// Environment variable the password is read from when there is no terminal to prompt on.
+pub const PASSWORD_ENV: &str = "SWITCHBOARD_PASSWORD";
+
+/// Longest frame accepted from the server; a longer one counts as a broken connection.
+const MAX_FRAME_BYTES: usize = 1 << 20;
+/// Frames read ahead of the client task.
+const FRAME_QUEUE: usize = 256;
+/// Input lines read ahead of the client task.
+const INPUT_QUEUE: usize = 64;
+/// Limit for connecting, for `hello`, and for each reply during login.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Limit for writing one request.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a closing client waits for the reply to its last `ack`.
+const ACK_WAIT: Duration = Duration::from_secs(1);
+/// Ping interval: well under the server's default idle timeout (300 s) halved.
+const PING_EVERY: Duration = Duration::from_secs(60);
+/// First delay after a lost connection; it doubles per failed attempt up to [`BACKOFF_MAX`].
+const BACKOFF_START: Duration = Duration::from_millis(250);
+/// Longest delay between reconnect attempts.
+const BACKOFF_MAX: Duration = Duration::from_secs(8);
+/// Upper bound on a server's `goaway.reconnect_after_ms`.
+const GOAWAY_MAX: Duration = Duration::from_secs(60);
+/// Message ids remembered for dropping duplicates.
+const SEEN_CAPACITY: usize = 4096;
+
+/// Arguments of `switchboard chat`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ChatArgs {
+    /// Server to connect to (the load balancer). A comma-separated list is tried in turn when
+    /// reconnecting, starting after the address that was lost.
+    #[arg(
+        value_name = "HOST:PORT",
+        default_value = "127.0.0.1:6000",
+        value_delimiter = ','
+    )]
+    pub servers: Vec<String>,
+    /// User name to log in as.
+    #[arg(long, short)]
+    pub name: String,
+    /// Register the name first (fails if it is taken).
+    #[arg(long)]
+    pub register: bool,
+    /// Read the password from the first line of standard input (otherwise from
+    /// $SWITCHBOARD_PASSWORD, otherwise from a prompt on the terminal).
+    #[arg(long)]
+    pub password_stdin: bool,
+    /// Without a terminal: how long to wait for events after standard input ends, in ms.
+    #[arg(long, default_value_t = 500, value_name = "MS")]
+    pub linger_ms: u64,
+    /// Reconnect attempts after a lost connection or a goaway before giving up.
+    #[arg(long, default_value_t = 8, value_name = "N")]
+    pub reconnect_attempts: u32,
+}
+
+/// Runs the client until `/quit`, `/logout` or the end of a script; fatal errors are returned.
+pub async fn run(args: ChatArgs) -> anyhow::Result<()> {
+    if args.servers.is_empty() {
+        bail!("no server address given");
+    }
+    if !valid_name(&args.name) {
+        bail!(
+            "{:?} is not a valid user name (1 to 32 of A-Z a-z 0-9 _ . -)",
+            args.name
+        );
+    }
+    let interactive = std::io::stdin().is_terminal() && std::io::stdout().is_terminal();
+    let _restore = interactive.then(TermRestore::save);
+    let password = {
+        let args = args.clone();
+        tokio::task::spawn_blocking(move || read_password(&args)).await??
+    };
+    let mut client = Client::new(args, password);
+    let result = client.run(interactive).await;
+    client.out.finish();
+    result
+}
+
+/// Password: first stdin line with `--password-stdin`, else the environment, else a prompt.
+fn read_password(args: &ChatArgs) -> anyhow::Result<String> {
+    if args.password_stdin {
+        let mut line = String::new();
+        std::io::stdin()
+            .lock()
+            .read_line(&mut line)
+            .context("reading the password from standard input")?;
+        let password = line.trim_end_matches(['\r', '\n']);
+        if password.is_empty() {
+            bail!("--password-stdin: the first line of standard input is empty");
+        }
+        return Ok(password.to_string());
+    }
+    if let Ok(password) = std::env::var(PASSWORD_ENV)
+        && !password.is_empty()
+    {
+        return Ok(password);
+    }
+    if !std::io::stdin().is_terminal() {
+        bail!(
+            "no password: standard input is not a terminal, so set {PASSWORD_ENV} or pass \
+             --password-stdin"
+        );
+    }
+    let password = rpassword::prompt_password(format!("password for {}: ", args.name))
+        .context("reading the password")?;
+    if args.register {
+        let again =
+            rpassword::prompt_password("repeat the password: ").context("reading the password")?;
+        if again != password {
+            bail!("the passwords differ");
+        }
+    }
+    Ok(password)
+}
+
+/// Puts the terminal back as it was at start (the line editor may still be in raw mode when
+/// the client exits on an error).
+struct TermRestore(Option<nix::sys::termios::Termios>);
+
+impl TermRestore {
+    fn save() -> TermRestore {
+        TermRestore(nix::sys::termios::tcgetattr(std::io::stdin()).ok())
+    }
+}
+
+impl Drop for TermRestore {
+    fn drop(&mut self) {
+        if let Some(mode) = &self.0 {
+            use nix::sys::termios::{SetArg, tcsetattr};
+            let _ = tcsetattr(std::io::stdin(), SetArg::TCSANOW, mode);
+        }
+    }
+}
+
+/// Where lines go: stdout, or above the prompt of the line editor.
+enum Out {
+    Plain,
+    Editor {
+        tx: std::sync::mpsc::Sender<String>,
+        printer: std::thread::JoinHandle<()>,
+    },
+}
+
+impl Out {
+    fn line(&self, line: String) {
+        match self {
+            Out::Plain => {
+                // A closed stdout is not worth dying for; stderr still reports errors.
+                let _ = writeln!(std::io::stdout().lock(), "{line}");
+            }
+            Out::Editor { tx, .. } => {
+                let _ = tx.send(line);
+            }
+        }
+    }
+
+    /// Waits until every line is out.
+    fn finish(&mut self) {
+        if let Out::Editor { tx, printer } = std::mem::replace(self, Out::Plain) {
+            drop(tx);
+            let _ = printer.join();
+        }
+    }
+}
+
+/// Starts the line editor on its own thread; typed lines come out of the returned receiver.
+fn start_editor() -> anyhow::Result<(Out, mpsc::Receiver<String>)> {
+    use rustyline::ExternalPrinter as _;
+    use rustyline::error::ReadlineError;
+
+    let mut editor = rustyline::DefaultEditor::new()?;
+    let mut printer = editor.create_external_printer()?;
+    let (line_tx, printer_rx) = std::sync::mpsc::channel::<String>();
+    let printer = std::thread::spawn(move || {
+        for line in printer_rx {
+            if printer.print(format!("{line}\n")).is_err() {
+                let _ = writeln!(std::io::stdout().lock(), "{line}");
+            }
+        }
+    });
+    let (tx, rx) = mpsc::channel(INPUT_QUEUE);
+    std::thread::spawn(move || {
+        loop {
+            let line = match editor.readline("> ") {
+                Ok(line) => line,
+                Err(ReadlineError::Interrupted | ReadlineError::Eof) => "/quit".to_string(),
+                Err(e) => {
+                    eprintln!("line editor: {e}");
+                    "/quit".to_string()
+                }
+            };
+            if !line.trim().is_empty() {
+                let _ = editor.add_history_entry(line.as_str());
+            }
+            // Stop reading after the commands that end the client, so that the editor leaves
+            // raw mode before the process exits.
+            let last = matches!(line.split_whitespace().next(), Some("/quit" | "/logout"));
+            if tx.blocking_send(line).is_err() || last {
+                break;
+            }
+        }
+    });
+    Ok((
+        Out::Editor {
+            tx: line_tx,
+            printer,
+        },
+        rx,
+    ))
+}
+
+/// Reads standard input line by line on its own thread (script mode).
+fn start_stdin() -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel(INPUT_QUEUE);
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lock().lines() {
+            let Ok(line) = line else { break };
+            if tx.blocking_send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// One connection to a node: the write half, frames from a reader task, requests awaiting
+/// their replies.
+struct Link {
+    addr: String,
+    index: usize,
+    node: String,
+    wr: OwnedWriteHalf,
+    frames: mpsc::Receiver<Value>,
+    reader: JoinHandle<()>,
+    pending: HashMap<u64, Pending>,
+}
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+
+impl Link {
+    /// Connects to `servers[index]` and reads `hello`.
+    async fn open(addr: &str, index: usize) -> anyhow::Result<Link> {
+        let stream = timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
+            .await
+            .map_err(|_| anyhow!("connecting to {addr} timed out"))?
+            .with_context(|| format!("connecting to {addr}"))?;
+        let _ = stream.set_nodelay(true);
+        let (rd, wr) = stream.into_split();
+        let (tx, frames) = mpsc::channel(FRAME_QUEUE);
+        let mut link = Link {
+            addr: addr.to_string(),
+            index,
+            node: String::new(),
+            wr,
+            frames,
+            reader: tokio::spawn(read_frames(rd, tx)),
+            pending: HashMap::new(),
+        };
+        let hello = timeout(CONNECT_TIMEOUT, link.frames.recv())
+            .await
+            .map_err(|_| anyhow!("{addr} sent no hello"))?
+            .ok_or_else(|| anyhow!("{addr} closed the connection"))?;
+        if hello["event"] != "hello" {
+            bail!("{addr} does not speak the switchboard protocol");
+        }
+        link.node = hello["node"].as_str().unwrap_or("?").to_string();
+        Ok(link)
+    }
+
+    /// Writes one request with `ref` set; an error means the connection is gone.
+    async fn request(&mut self, reference: u64, op: &str, args: Value) -> anyhow::Result<()> {
+        let mut frame = json!({"op": op, "ref": reference});
+        if let (Value::Object(frame), Value::Object(args)) = (&mut frame, args) {
+            frame.extend(args);
+        }
+        let mut line = frame.to_string().into_bytes();
+        line.push(b'\n');
+        timeout(WRITE_TIMEOUT, self.wr.write_all(&line))
+            .await
+            .map_err(|_| anyhow!("writing to {} timed out", self.addr))??;
+        Ok(())
+    }
+
+    /// Sends a request and waits for its reply (used before the client loop runs: login).
+    async fn call(&mut self, reference: u64, op: &str, args: Value) -> anyhow::Result<Value> {
+        self.request(reference, op, args).await?;
+        let deadline = Instant::now() + CONNECT_TIMEOUT;
+        loop {
+            let frame = timeout_at(deadline, self.frames.recv())
+                .await
+                .map_err(|_| anyhow!("no reply to {op} from {}", self.addr))?
+                .ok_or_else(|| anyhow!("{} closed the connection", self.addr))?;
+            if frame.get("re").is_some() && frame["ref"] == reference {
+                return Ok(frame);
+            }
+        }
+    }
+}
+
+/// Reads lines from the server into `tx` until the connection ends (then `tx` is dropped).
+async fn read_frames(rd: OwnedReadHalf, tx: mpsc::Sender<Value>) {
+    let mut rd = BufReader::new(rd);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        let limit = MAX_FRAME_BYTES as u64 + 2;
+        match (&mut rd).take(limit).read_until(b'\n', &mut line).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+        if !line.ends_with(b"\n") && line.len() as u64 >= limit {
+            return;
+        }
+        let text = line.trim_ascii();
+        if text.is_empty() {
+            continue;
+        }
+        // Unknown or malformed frames are skipped, as the protocol asks of clients.
+        if let Ok(frame @ Value::Object(_)) = serde_json::from_slice::<Value>(text)
+            && tx.send(frame).await.is_err()
+        {
+            return;
+        }
+    }
+}
+
+/// Why a reconnect attempt failed.
+enum Attempt {
+    /// Worth trying again (network, server busy).
+    Later(anyhow::Error),
+    /// Not worth trying again (the credentials are refused).
+    Never(anyhow::Error),
+}
+
+/// What a request's reply is for.
+enum Pending {
+    Ack,
+    Ping,
+    Step(Step),
+}
+
+/// The part of a command a reply completes.
+enum Step {
+    /// `whois` to learn a user's id, then the command again.
+    Resolve(Cmd),
+    /// `group.list` to learn group ids, then the command again.
+    RefreshGroups(Cmd),
+    Whois,
+    Send {
+        to: String,
+        text: String,
+    },
+    GroupSend {
+        group: u64,
+        text: String,
+    },
+    FriendAdd,
+    Friends,
+    Create,
+    Join,
+    Leave(u64),
+    Groups,
+    Logout,
+}
+
+/// A parsed input line.
+#[derive(Debug, Clone)]
+enum Cmd {
+    Msg {
+        to: String,
+        text: String,
+        client_id: String,
+    },
+    Add(String),
+    Friends,
+    Create {
+        name: String,
+        desc: Option<String>,
+    },
+    Join(String),
+    Leave(String),
+    Groups,
+    Group {
+        group: String,
+        text: String,
+        client_id: String,
+    },
+    Whois(String),
+    Logout,
+    Quit,
+    Help,
+}
+
+const HELP: &str = "\
+commands:
+  /msg NAME text        send a message to a user
+  /add NAME             become friends with a user
+  /friends              list friends
+  /create NAME [desc]   create a group
+  /join GROUP           join a group (by name if known, else by id)
+  /leave GROUP          leave a group
+  /groups               list your groups
+  /g GROUP text         send a message to a group
+  /whois NAME           look a user up
+  /logout               log out (ends the token) and quit
+  /quit                 quit
+  /help                 this list";
+
+/// What the client loop does next.
+enum Flow {
+    Go,
+    Quit,
+    Lost,
+    GoAway { after: Duration, reason: String },
+}
+
+/// Bounded set of message ids already shown.
+#[derive(Default)]
+struct Seen {
+    order: VecDeque<String>,
+    set: HashSet<String>,
+}
+
+impl Seen {
+    /// True if `id` is new.
+    fn insert(&mut self, id: &str) -> bool {
+        if self.set.contains(id) {
+            return false;
+        }
+        if self.order.len() == SEEN_CAPACITY
+            && let Some(old) = self.order.pop_front()
+        {
+            self.set.remove(&old);
+        }
+        self.order.push_back(id.to_string());
+        self.set.insert(id.to_string());
+        true
+    }
+}
+
+struct Client {
+    args: ChatArgs,
+    password: String,
+    out: Out,
+    me: UserRef,
+    token: Option<String>,
+    /// Lower-case user name to id (names are unique case-insensitively and never change).
+    users: HashMap<String, u64>,
+    /// User id to name as registered.
+    names: HashMap<u64, String>,
+    /// Every group seen, id to name.
+    groups: HashMap<u64, String>,
+    /// Groups the user is a member of.
+    mine: HashSet<u64>,
+    seen: Seen,
+    /// Position of the last message shown (or sent) and not acknowledged yet.
+    unacked: Option<String>,
+    /// The login backlog has ended on this connection (acks wait for it).
+    synced: bool,
+    logins: u32,
+    next_ref: u64,
+    client_ids: (u64, u64),
+    /// The command being worked on, and how many of its replies are outstanding.
+    current: Option<Cmd>,
+    outstanding: usize,
+}
+
+impl Client {
+    fn new(args: ChatArgs, password: String) -> Client {
+        Client {
+            me: UserRef {
+                id: 0,
+                name: args.name.clone(),
+            },
+            args,
+            password,
+            out: Out::Plain,
+            token: None,
+            users: HashMap::new(),
+            names: HashMap::new(),
+            groups: HashMap::new(),
+            mine: HashSet::new(),
+            seen: Seen::default(),
+            unacked: None,
+            synced: false,
+            logins: 0,
+            next_ref: 0,
+            client_ids: (rand::random(), 0),
+            current: None,
+            outstanding: 0,
+        }
+    }
+
+    async fn run(&mut self, interactive: bool) -> anyhow::Result<()> {
+        let mut link = self.connect_first().await?;
+        let mut input = match interactive.then(start_editor) {
+            Some(Ok((out, rx))) => {
+                self.out = out;
+                self.status("type /help for the commands".into());
+                rx
+            }
+            Some(Err(e)) => {
+                eprintln!("no line editor ({e}); reading plain lines");
+                start_stdin()
+            }
+            None => start_stdin(),
+        };
+        let mut input_open = true;
+        let mut linger: Option<Instant> = None;
+        let mut ping = tokio::time::interval_at(Instant::now() + PING_EVERY, PING_EVERY);
+        loop {
+            if self.outstanding == 0 {
+                self.current = None;
+            }
+            if !input_open && self.current.is_none() && linger.is_none() {
+                linger = Some(Instant::now() + Duration::from_millis(self.args.linger_ms));
+            }
+            let mut flow = tokio::select! {
+                frame = link.frames.recv() => match frame {
+                    Some(frame) => self.on_frame(&mut link, frame).await,
+                    None => Flow::Lost,
+                },
+                line = input.recv(), if input_open && self.current.is_none() => match line {
+                    Some(line) => self.on_input(&mut link, &line).await,
+                    None => {
+                        input_open = false;
+                        Flow::Go
+                    }
+                },
+                _ = ping.tick() => self.send(&mut link, "ping", json!({}), Pending::Ping).await,
+                _ = sleep_until(linger.unwrap_or_else(Instant::now)), if linger.is_some() => {
+                    Flow::Quit
+                }
+            };
+            // Acknowledge once the frames that were ready have been shown (one ack per batch).
+            if matches!(flow, Flow::Go) && self.synced && link.frames.is_empty() {
+                flow = self.ack(&mut link).await;
+            }
+            match flow {
+                Flow::Go => {}
+                Flow::Quit => {
+                    self.settle(&mut link).await;
+                    return Ok(());
+                }
+                Flow::Lost => {
+                    self.status(format!("connection to {} lost; reconnecting", link.addr));
+                    let from = link.index;
+                    drop(link);
+                    match self.reconnect(from, BACKOFF_START, linger).await? {
+                        Some(new) => link = new,
+                        None => return Ok(()),
+                    }
+                    self.resume(&mut link).await;
+                }
+                Flow::GoAway { after, reason } => {
+                    self.status(format!(
+                        "{} is going away ({reason}); reconnecting in {} ms",
+                        link.node,
+                        after.as_millis()
+                    ));
+                    self.settle(&mut link).await;
+                    let from = link.index;
+                    drop(link);
+                    match self.reconnect(from, after, linger).await? {
+                        Some(new) => link = new,
+                        None => return Ok(()),
+                    }
+                    self.resume(&mut link).await;
+                }
+            }
+        }
+    }
+
+    fn reference(&mut self) -> u64 {
+        self.next_ref += 1;
+        self.next_ref
+    }
+
+    fn client_id(&mut self) -> String {
+        self.client_ids.1 += 1;
+        format!("{:016x}-{}", self.client_ids.0, self.client_ids.1)
+    }
+
+    /// Sends a request whose reply the loop handles later.
+    async fn send(&mut self, link: &mut Link, op: &str, args: Value, pending: Pending) -> Flow {
+        let reference = self.reference();
+        if link.request(reference, op, args).await.is_err() {
+            return Flow::Lost;
+        }
+        if matches!(pending, Pending::Step(_)) {
+            self.outstanding += 1;
+        }
+        link.pending.insert(reference, pending);
+        Flow::Go
+    }
+
+    /// Acknowledges what has been shown, if anything is new.
+    async fn ack(&mut self, link: &mut Link) -> Flow {
+        match self.unacked.take() {
+            Some(seq) => {
+                self.send(link, "ack", json!({"seq": seq}), Pending::Ack)
+                    .await
+            }
+            None => Flow::Go,
+        }
+    }
+
+    /// Before leaving a connection: acknowledge and wait (briefly) until the server has it.
+    async fn settle(&mut self, link: &mut Link) {
+        let deadline = Instant::now() + ACK_WAIT;
+        let mut waiting = None;
+        loop {
+            if waiting.is_none() {
+                let Some(seq) = self.unacked.take() else {
+                    return;
+                };
+                let reference = self.reference();
+                if link
+                    .request(reference, "ack", json!({"seq": seq}))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                waiting = Some(reference);
+            }
+            let Ok(Some(frame)) = timeout_at(deadline, link.frames.recv()).await else {
+                return;
+            };
+            if frame.get("re").is_some() && frame["ref"].as_u64() == waiting {
+                waiting = None;
+            } else {
+                // Goaway or a lost connection make no difference now.
+                let _ = self.on_frame(link, frame).await;
+            }
+        }
+    }
+
+    /// The first connection: register if asked, log in with the password. Errors are fatal.
+    async fn connect_first(&mut self) -> anyhow::Result<Link> {
+        let addr = self.args.servers[0].clone();
+        let mut link = Link::open(&addr, 0).await?;
+        let name = self.args.name.clone();
+        if self.args.register {
+            let reference = self.reference();
+            let reply = link
+                .call(
+                    reference,
+                    "register",
+                    json!({"name": name, "password": self.password}),
+                )
+                .await?;
+            if reply["ok"] != true {
+                bail!("registering {name} failed: {}", error_text(&reply));
+            }
+            self.status(format!(
+                "registered {name} (id {})",
+                reply["user"]["id"].as_u64().unwrap_or(0)
+            ));
+        }
+        let reference = self.reference();
+        let reply = link
+            .call(
+                reference,
+                "login",
+                json!({"name": name, "password": self.password}),
+            )
+            .await?;
+        if reply["ok"] != true {
+            bail!("login as {name} failed: {}", error_text(&reply));
+        }
+        self.logged_in(&reply);
+        self.status(format!(
+            "logged in as {} (id {}) at {} (node {})",
+            self.me.name, self.me.id, link.addr, link.node
+        ));
+        Ok(link)
+    }
+
+    /// Reconnects after `first` (then with growing delays), rotating through the addresses
+    /// from the one after `from`. `Ok(None)`: the linger time of a finished script ran out.
+    async fn reconnect(
+        &mut self,
+        from: usize,
+        first: Duration,
+        linger: Option<Instant>,
+    ) -> anyhow::Result<Option<Link>> {
+        let n = self.args.servers.len();
+        let mut delay = first;
+        let mut last = anyhow!("no attempt made (--reconnect-attempts is 0)");
+        for attempt in 0..self.args.reconnect_attempts as usize {
+            let at = Instant::now() + delay;
+            if let Some(end) = linger
+                && end <= at
+            {
+                sleep_until(end).await;
+                return Ok(None);
+            }
+            sleep_until(at).await;
+            let index = (from + 1 + attempt) % n;
+            match self.relogin(index).await {
+                Ok(link) => {
+                    self.status(format!("reconnected to {} (node {})", link.addr, link.node));
+                    return Ok(Some(link));
+                }
+                Err(Attempt::Never(e)) => return Err(e),
+                Err(Attempt::Later(e)) => last = e,
+            }
+            delay = if attempt == 0 {
+                BACKOFF_START
+            } else {
+                (delay * 2).min(BACKOFF_MAX)
+            };
+        }
+        Err(last.context(format!(
+            "gave up reconnecting after {} attempts",
+            self.args.reconnect_attempts
+        )))
+    }
+
+    /// One reconnect attempt: log in with the token, or with the password if it is refused.
+    async fn relogin(&mut self, index: usize) -> Result<Link, Attempt> {
+        let addr = self.args.servers[index].clone();
+        let mut link = Link::open(&addr, index).await.map_err(Attempt::Later)?;
+        let mut reply = Value::Null;
+        if let Some(token) = self.token.clone() {
+            let reference = self.reference();
+            reply = link
+                .call(reference, "login", json!({"token": token}))
+                .await
+                .map_err(Attempt::Later)?;
+        }
+        if reply["ok"] != true && (reply.is_null() || reply["error"]["code"] == "bad_credentials") {
+            let reference = self.reference();
+            let args = json!({"name": self.args.name, "password": self.password});
+            reply = link
+                .call(reference, "login", args)
+                .await
+                .map_err(Attempt::Later)?;
+        }
+        if reply["ok"] != true {
+            let e = anyhow!("login as {} failed: {}", self.args.name, error_text(&reply));
+            let code = reply["error"]["code"].as_str().unwrap_or("");
+            return Err(match code {
+                "unavailable" | "internal" | "rate_limited" | "too_many_sessions" => {
+                    Attempt::Later(e)
+                }
+                _ => Attempt::Never(e),
+            });
+        }
+        self.logged_in(&reply);
+        Ok(link)
+    }
+
+    /// State from an ok login reply (the friend and group lists are the truth again).
+    fn logged_in(&mut self, reply: &Value) {
+        self.logins += 1;
+        self.synced = false;
+        if let Ok(me) = serde_json::from_value::<UserRef>(reply["user"].clone()) {
+            self.learn(me.id, &me.name);
+            self.me = me;
+        }
+        if let Some(token) = reply["token"].as_str() {
+            self.token = Some(token.to_string());
+        }
+        let friends: Vec<Friend> =
+            serde_json::from_value(reply["friends"].clone()).unwrap_or_default();
+        for f in &friends {
+            self.learn(f.id, &f.name);
+        }
+        self.set_groups(&reply["groups"]);
+    }
+
+    /// After a reconnect: a send in flight is repeated (its `client_id` makes that safe);
+    /// other commands in flight are reported as interrupted.
+    async fn resume(&mut self, link: &mut Link) {
+        self.outstanding = 0;
+        let Some(cmd) = self.current.take() else {
+            return;
+        };
+        if matches!(cmd, Cmd::Msg { .. } | Cmd::Group { .. }) {
+            self.current = Some(cmd.clone());
+            // A failure here shows up as a lost connection on the next read.
+            let _ = self.exec(link, cmd, true).await;
+        } else {
+            self.error("interrupted", "the connection was lost; try again");
+        }
+    }
+
+    fn set_groups(&mut self, groups: &Value) {
+        let groups: Vec<Group> = serde_json::from_value(groups.clone()).unwrap_or_default();
+        self.mine.clear();
+        for g in &groups {
+            self.learn_group(g);
+        }
+    }
+
+    fn learn_group(&mut self, g: &Group) {
+        self.groups.insert(g.id, g.name.clone());
+        self.mine.insert(g.id);
+        for m in &g.members {
+            self.learn(m.id, &m.name);
+        }
+    }
+
+    fn learn(&mut self, id: u64, name: &str) {
+        self.users.insert(name.to_ascii_lowercase(), id);
+        self.names.insert(id, name.to_string());
+    }
+
+    fn user_name(&self, id: u64) -> String {
+        match self.names.get(&id) {
+            Some(name) => name.clone(),
+            None => format!("user {id}"),
+        }
+    }
+
+    fn group_name(&self, id: u64) -> String {
+        match self.groups.get(&id) {
+            Some(name) => format!("#{name}"),
+            None => format!("group {id}"),
+        }
+    }
+
+    /// A group by name (own groups first, then any seen) or by id.
+    fn group_id(&self, group: &str) -> Option<u64> {
+        let name = group.strip_prefix('#').unwrap_or(group);
+        let by_name = |mine: bool| {
+            self.groups
+                .iter()
+                .find(|(id, n)| self.mine.contains(id) == mine && n.eq_ignore_ascii_case(name))
+                .map(|(id, _)| *id)
+        };
+        by_name(true)
+            .or_else(|| by_name(false))
+            .or_else(|| name.parse().ok())
+    }
+
+    fn print(&self, line: String) {
+        self.out.line(line);
+    }
+
+    fn status(&self, text: String) {
+        self.print(format!("{} * {text}", clock(now_ms())));
+    }
+
+    fn error(&self, code: &str, message: &str) {
+        self.print(format!("{} ! {code}: {}", clock(now_ms()), clean(message)));
+    }
+
+    async fn on_input(&mut self, link: &mut Link, line: &str) -> Flow {
+        match self.parse(line) {
+            Ok(None) => Flow::Go,
+            Ok(Some(cmd)) => {
+                self.current = Some(cmd.clone());
+                self.exec(link, cmd, true).await
+            }
+            Err(message) => {
+                self.error("usage", &message);
+                Flow::Go
+            }
+        }
+    }
+
+    fn parse(&mut self, line: &str) -> Result<Option<Cmd>, String> {
+        let line = line.trim();
+        if line.is_empty() {
+            return Ok(None);
+        }
+        let (word, rest) = match line.split_once(char::is_whitespace) {
+            Some((word, rest)) => (word, rest.trim()),
+            None => (line, ""),
+        };
+        let (first, tail) = match rest.split_once(char::is_whitespace) {
+            Some((first, tail)) => (first, tail.trim()),
+            None => (rest, ""),
+        };
+        let one = |usage: &str| {
+            if first.is_empty() || !tail.is_empty() {
+                Err(format!("usage: {usage}"))
+            } else {
+                Ok(first.to_string())
+            }
+        };
+        let two = |usage: &str| {
+            if first.is_empty() || tail.is_empty() {
+                Err(format!("usage: {usage}"))
+            } else {
+                Ok((first.to_string(), tail.to_string()))
+            }
+        };
+        let none = |cmd: Cmd| {
+            if rest.is_empty() {
+                Ok(cmd)
+            } else {
+                Err(format!("{word} takes no arguments"))
+            }
+        };
+        let cmd = match word {
+            "/msg" => {
+                let (to, text) = two("/msg NAME text")?;
+                Cmd::Msg {
+                    to,
+                    text,
+                    client_id: self.client_id(),
+                }
+            }
+            "/add" => Cmd::Add(one("/add NAME")?),
+            "/friends" => none(Cmd::Friends)?,
+            "/create" => {
+                if first.is_empty() {
+                    return Err("usage: /create NAME [description]".into());
+                }
+                Cmd::Create {
+                    name: first.to_string(),
+                    desc: (!tail.is_empty()).then(|| tail.to_string()),
+                }
+            }
+            "/join" => Cmd::Join(one("/join GROUP")?),
+            "/leave" => Cmd::Leave(one("/leave GROUP")?),
+            "/groups" => none(Cmd::Groups)?,
+            "/g" => {
+                let (group, text) = two("/g GROUP text")?;
+                Cmd::Group {
+                    group,
+                    text,
+                    client_id: self.client_id(),
+                }
+            }
+            "/whois" => Cmd::Whois(one("/whois NAME")?),
+            "/logout" => none(Cmd::Logout)?,
+            "/quit" => none(Cmd::Quit)?,
+            "/help" => none(Cmd::Help)?,
+            _ => return Err(format!("unknown command {word:?}; /help lists them")),
+        };
+        Ok(Some(cmd))
+    }
+
+    /// Starts a command (or its next part). `lookup`: an unknown name may be looked up first.
+    async fn exec(&mut self, link: &mut Link, cmd: Cmd, lookup: bool) -> Flow {
+        match &cmd {
+            Cmd::Msg {
+                to,
+                text,
+                client_id,
+            } => match self.users.get(&to.to_ascii_lowercase()) {
+                Some(&id) => {
+                    let args = json!({"to": id, "text": text, "client_id": client_id});
+                    let step = Step::Send {
+                        to: self.user_name(id),
+                        text: text.clone(),
+                    };
+                    self.send(link, "send", args, Pending::Step(step)).await
+                }
+                None => self.resolve(link, cmd, lookup).await,
+            },
+            Cmd::Add(name) => match self.users.get(&name.to_ascii_lowercase()) {
+                Some(&id) => {
+                    let step = Pending::Step(Step::FriendAdd);
+                    self.send(link, "friend.add", json!({"user": id}), step)
+                        .await
+                }
+                None => self.resolve(link, cmd, lookup).await,
+            },
+            Cmd::Whois(name) => {
+                let args = json!({"name": name});
+                self.send(link, "whois", args, Pending::Step(Step::Whois))
+                    .await
+            }
+            Cmd::Friends => {
+                let step = Pending::Step(Step::Friends);
+                self.send(link, "friend.list", json!({}), step).await
+            }
+            Cmd::Groups => {
+                let step = Pending::Step(Step::Groups);
+                self.send(link, "group.list", json!({}), step).await
+            }
+            Cmd::Create { name, desc } => {
+                let mut args = json!({"name": name});
+                if let Some(desc) = desc {
+                    args["desc"] = json!(desc);
+                }
+                self.send(link, "group.create", args, Pending::Step(Step::Create))
+                    .await
+            }
+            Cmd::Join(group) => match self.group_id(group) {
+                Some(id) => {
+                    let step = Pending::Step(Step::Join);
+                    self.send(link, "group.join", json!({"group": id}), step)
+                        .await
+                }
+                None => {
+                    self.error(
+                        "no_such_group",
+                        &format!("unknown group {group}; join it by its id"),
+                    );
+                    Flow::Go
+                }
+            },
+            Cmd::Leave(group) => match self.group_id(group) {
+                Some(id) => {
+                    let step = Pending::Step(Step::Leave(id));
+                    self.send(link, "group.leave", json!({"group": id}), step)
+                        .await
+                }
+                None => self.refresh_groups(link, cmd, lookup).await,
+            },
+            Cmd::Group {
+                group,
+                text,
+                client_id,
+            } => match self.group_id(group) {
+                Some(id) => {
+                    let args = json!({"group": id, "text": text, "client_id": client_id});
+                    let step = Step::GroupSend {
+                        group: id,
+                        text: text.clone(),
+                    };
+                    self.send(link, "group.send", args, Pending::Step(step))
+                        .await
+                }
+                None => self.refresh_groups(link, cmd, lookup).await,
+            },
+            Cmd::Logout => {
+                if let Flow::Lost = self.ack(link).await {
+                    return Flow::Lost;
+                }
+                self.send(link, "logout", json!({}), Pending::Step(Step::Logout))
+                    .await
+            }
+            Cmd::Quit => Flow::Quit,
+            Cmd::Help => {
+                for line in HELP.lines() {
+                    self.print(line.to_string());
+                }
+                Flow::Go
+            }
+        }
+    }
+
+    /// Looks up the user name of `cmd` with `whois`, then runs `cmd` again.
+    async fn resolve(&mut self, link: &mut Link, cmd: Cmd, lookup: bool) -> Flow {
+        let (Cmd::Msg { to: name, .. } | Cmd::Add(name)) = &cmd else {
+            return Flow::Go;
+        };
+        if !lookup {
+            self.error("no_such_user", &format!("unknown user {name}"));
+            return Flow::Go;
+        }
+        let args = json!({"name": name});
+        self.send(link, "whois", args, Pending::Step(Step::Resolve(cmd)))
+            .await
+    }
+
+    /// Fetches the group list, then runs `cmd` again.
+    async fn refresh_groups(&mut self, link: &mut Link, cmd: Cmd, lookup: bool) -> Flow {
+        if !lookup {
+            let (Cmd::Leave(group) | Cmd::Group { group, .. }) = &cmd else {
+                return Flow::Go;
+            };
+            self.error(
+                "no_such_group",
+                &format!("{group} is none of your groups (/groups lists them)"),
+            );
+            return Flow::Go;
+        }
+        let step = Pending::Step(Step::RefreshGroups(cmd));
+        self.send(link, "group.list", json!({}), step).await
+    }
+
+    async fn on_frame(&mut self, link: &mut Link, frame: Value) -> Flow {
+        if frame.get("re").is_some() {
+            let pending = frame["ref"].as_u64().and_then(|r| link.pending.remove(&r));
+            return match pending {
+                Some(Pending::Step(step)) => {
+                    self.outstanding = self.outstanding.saturating_sub(1);
+                    self.on_reply(link, step, &frame).await
+                }
+                // An ack the server refuses (say, after a logout) is harmless.
+                Some(Pending::Ack | Pending::Ping) | None => Flow::Go,
+            };
+        }
+        self.on_event(&frame)
+    }
+
+    async fn on_reply(&mut self, link: &mut Link, step: Step, reply: &Value) -> Flow {
+        if reply["ok"] != true {
+            let code = reply["error"]["code"].as_str().unwrap_or("error");
+            let message = reply["error"]["message"].as_str().unwrap_or("");
+            self.error(code, message);
+            return match step {
+                Step::Logout => Flow::Quit,
+                _ => Flow::Go,
+            };
+        }
+        match step {
+            Step::Resolve(cmd) => {
+                if let Ok(user) = serde_json::from_value::<UserRef>(reply["user"].clone()) {
+                    self.learn(user.id, &user.name);
+                }
+                return self.exec(link, cmd, false).await;
+            }
+            Step::RefreshGroups(cmd) => {
+                self.set_groups(&reply["groups"]);
+                return self.exec(link, cmd, false).await;
+            }
+            Step::Whois => {
+                let user = &reply["user"];
+                let name = user["name"].as_str().unwrap_or("?");
+                let id = user["id"].as_u64().unwrap_or(0);
+                self.learn(id, name);
+                let online = if user["online"] == true {
+                    "online"
+                } else {
+                    "offline"
+                };
+                self.status(format!("{name} (id {id}) is {online}"));
+            }
+            Step::Send { to, text } => {
+                let ts = self.sent(reply);
+                self.print(format!("{} you to {to}: {}", clock(ts), clean(&text)));
+            }
+            Step::GroupSend { group, text } => {
+                let ts = self.sent(reply);
+                let group = self.group_name(group);
+                self.print(format!("{} {group} you: {}", clock(ts), clean(&text)));
+            }
+            Step::FriendAdd => {
+                if let Ok(f) = serde_json::from_value::<Friend>(reply["friend"].clone()) {
+                    self.learn(f.id, &f.name);
+                    self.status(format!("now friends with {}", f.name));
+                }
+            }
+            Step::Friends => {
+                let friends: Vec<Friend> =
+                    serde_json::from_value(reply["friends"].clone()).unwrap_or_default();
+                for f in &friends {
+                    self.learn(f.id, &f.name);
+                }
+                let list: Vec<String> = friends
+                    .iter()
+                    .map(|f| {
+                        let on = if f.online { "online" } else { "offline" };
+                        format!("{} ({on})", f.name)
+                    })
+                    .collect();
+                self.status(format!("friends: {}", or_none(&list)));
+            }
+            Step::Groups => {
+                self.set_groups(&reply["groups"]);
+                let groups: Vec<Group> =
+                    serde_json::from_value(reply["groups"].clone()).unwrap_or_default();
+                let list: Vec<String> = groups
+                    .iter()
+                    .map(|g| format!("#{} (id {}, {} members)", g.name, g.id, g.members.len()))
+                    .collect();
+                self.status(format!("groups: {}", or_none(&list)));
+            }
+            Step::Create | Step::Join => {
+                if let Ok(g) = serde_json::from_value::<Group>(reply["group"].clone()) {
+                    self.learn_group(&g);
+                    let what = if reply["re"] == "group.create" {
+                        format!("created #{} (id {})", g.name, g.id)
+                    } else {
+                        format!(
+                            "joined #{} (id {}, {} members)",
+                            g.name,
+                            g.id,
+                            g.members.len()
+                        )
+                    };
+                    self.status(what);
+                }
+            }
+            Step::Leave(id) => {
+                self.mine.remove(&id);
+                self.status(format!("left {}", self.group_name(id)));
+            }
+            Step::Logout => {
+                self.token = None;
+                self.status("logged out".into());
+                return Flow::Quit;
+            }
+        }
+        Flow::Go
+    }
+
+    /// Notes an own sent message (its copy in the own inbox is acknowledged with the next
+    /// batch and dropped if it comes back); returns its time stamp.
+    fn sent(&mut self, reply: &Value) -> u64 {
+        let msg = &reply["msg"];
+        if let Some(id) = msg["id"].as_str() {
+            self.seen.insert(id);
+        }
+        if let Some(seq) = msg["seq"].as_str() {
+            self.unacked = Some(seq.to_string());
+        }
+        msg["ts"].as_u64().unwrap_or_else(now_ms)
+    }
+
+    fn on_event(&mut self, frame: &Value) -> Flow {
+        let user = || serde_json::from_value::<UserRef>(frame["user"].clone()).ok();
+        let now = clock(now_ms());
+        match frame["event"].as_str().unwrap_or("") {
+            "message" => {
+                let (Some(seq), Ok(msg)) = (
+                    frame["seq"].as_str(),
+                    serde_json::from_value::<Message>(frame["msg"].clone()),
+                ) else {
+                    return Flow::Go;
+                };
+                self.unacked = Some(seq.to_string());
+                self.show(msg);
+            }
+            "synced" => {
+                self.synced = true;
+                if self.logins == 1 {
+                    let unread = frame["unread"].as_u64().unwrap_or(0);
+                    self.status(format!("synced, {unread} unread"));
+                }
+            }
+            "presence" => {
+                if let Some(u) = user() {
+                    self.learn(u.id, &u.name);
+                    let online = if frame["user"]["online"] == true {
+                        "online"
+                    } else {
+                        "offline"
+                    };
+                    self.print(format!("{now} * {} is {online}", u.name));
+                }
+            }
+            "friend_added" => {
+                if let Ok(f) = serde_json::from_value::<Friend>(frame["friend"].clone()) {
+                    self.learn(f.id, &f.name);
+                    self.print(format!("{now} * now friends with {}", f.name));
+                }
+            }
+            "friend_removed" => {
+                if let Some(u) = user() {
+                    self.print(format!("{now} * no longer friends with {}", u.name));
+                }
+            }
+            kind @ ("member_joined" | "member_left") => {
+                let (Some(u), Some(gid), Some(gname)) = (
+                    user(),
+                    frame["group"]["id"].as_u64(),
+                    frame["group"]["name"].as_str(),
+                ) else {
+                    return Flow::Go;
+                };
+                self.learn(u.id, &u.name);
+                self.groups.insert(gid, gname.to_string());
+                let joined = kind == "member_joined";
+                let who = if u.id == self.me.id {
+                    if joined {
+                        self.mine.insert(gid);
+                    } else {
+                        self.mine.remove(&gid);
+                    }
+                    "[you@other device]".to_string()
+                } else {
+                    u.name
+                };
+                let verb = if joined { "joined" } else { "left" };
+                self.print(format!("{now} * {who} {verb} #{gname}"));
+            }
+            "goaway" => {
+                let ms = frame["reconnect_after_ms"].as_u64().unwrap_or(0);
+                let after = Duration::from_millis(ms).min(GOAWAY_MAX);
+                let reason = clean(frame["reason"].as_str().unwrap_or("draining"));
+                return Flow::GoAway { after, reason };
+            }
+            "error" => {
+                let code = frame["error"]["code"].as_str().unwrap_or("error");
+                self.error(code, frame["error"]["message"].as_str().unwrap_or(""));
+            }
+            _ => {}
+        }
+        Flow::Go
+    }
+
+    /// Prints a message unless it has been shown already.
+    fn show(&mut self, msg: Message) {
+        self.learn(msg.from.id, &msg.from.name);
+        if let Target::Group { group, name } = &msg.to {
+            self.groups.insert(*group, name.clone());
+        }
+        if !self.seen.insert(&msg.id) {
+            return;
+        }
+        let own = msg.from.id == self.me.id;
+        let from = if own {
+            "[you@other device]"
+        } else {
+            msg.from.name.as_str()
+        };
+        let text = clean(&msg.text);
+        let t = clock(msg.ts);
+        let line = match &msg.to {
+            Target::User { user } if own => {
+                format!("{t} {from} to {}: {text}", self.user_name(*user))
+            }
+            Target::User { .. } => format!("{t} {from}: {text}"),
+            Target::Group { name, .. } => format!("{t} #{name} {from}: {text}"),
+        };
+        self.print(line);
+    }
+}
+
+fn error_text(reply: &Value) -> String {
+    let code = reply["error"]["code"].as_str().unwrap_or("error");
+    let message = reply["error"]["message"].as_str().unwrap_or("");
+    format!("{code}: {}", clean(message))
+}
+
+fn or_none(list: &[String]) -> String {
+    if list.is_empty() {
+        "none".to_string()
+    } else {
+        list.join(", ")
+    }
+}
+
+/// Text from the network as one printable line: control characters (line breaks, escape
+/// sequences) are shown escaped, so a message can neither break the one-line-per-event format
+/// nor drive the terminal.
+fn clean(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// `HH:MM:SS` (UTC) of a time in ms since the Unix epoch.
+fn clock(ms: u64) -> String {
+    let s = ms / 1000 % 86_400;
+    format!("{:02}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clock_and_clean() {
+        assert_eq!(clock(0), "00:00:00");
+        assert_eq!(clock(1_732_500_000_123), "02:00:00");
+        assert_eq!(clean("a\nb\u{1b}[2J"), "a\\nb\\u{1b}[2J");
+        assert_eq!(clean("héllo"), "héllo");
+    }
+
+    #[test]
+    fn seen_is_bounded() {
+        let mut seen = Seen::default();
+        assert!(seen.insert("a"));
+        assert!(!seen.insert("a"));
+        for i in 0..SEEN_CAPACITY {
+            seen.insert(&i.to_string());
+        }
+        assert_eq!(seen.set.len(), SEEN_CAPACITY);
+        assert!(seen.insert("a"), "the oldest id was forgotten");
+    }
+}
