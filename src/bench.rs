@@ -646,13 +646,8 @@ fn spawn_client(
                     },
                     _ = async { ticker.as_mut().expect("open loop").tick().await }, if can_send && ticker.is_some() => send_now = true,
                     _ = std::future::ready(()), if can_send && ticker.is_none() => send_now = true,
-                    _ = tokio::time::sleep(Duration::from_millis(100)) => {
-                        if stopping && inflight.is_empty() && tally.settled() {
-                            reader.abort();
-                            tally.connected.fetch_sub(1, Ordering::Relaxed);
-                            return;
-                        }
-                    }
+                    // Wakes the loop to notice `stop` (the run's end aborts this task).
+                    _ = tokio::time::sleep(Duration::from_millis(100)) => {}
                 }
                 if send_now {
                     let Some((make, _, _)) = plan.as_ref() else {

@@ -18,6 +18,9 @@ const SUB_LOCK_SHARDS: usize = 1024;
 
 /// Local routing table of one node.
 pub struct Registry {
+    /// The live path is broken (subscriber connection lost, channels not re-subscribed yet):
+    /// sessions must not write queued deliveries, which could jump over missed ones.
+    paused: std::sync::atomic::AtomicBool,
     users: Mutex<HashMap<UserId, Vec<Arc<Outbox>>>>,
     subscribed: Mutex<HashSet<UserId>>,
     sub_locks: Box<[tokio::sync::Mutex<()>]>,
@@ -28,6 +31,7 @@ impl Registry {
     /// An empty registry.
     pub fn new(metrics: Arc<Metrics>) -> Registry {
         Registry {
+            paused: std::sync::atomic::AtomicBool::new(false),
             users: Mutex::new(HashMap::new()),
             subscribed: Mutex::new(HashSet::new()),
             sub_locks: (0..SUB_LOCK_SHARDS)
@@ -131,6 +135,24 @@ impl Registry {
                 self.metrics.outbound_overflows.inc();
             }
         }
+    }
+
+    /// Holds back live deliveries until [`Registry::resume`] (the live path is broken).
+    pub fn pause(&self) {
+        self.paused
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Whether live deliveries are held back.
+    pub fn paused(&self) -> bool {
+        self.paused.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// The live path works again: every session re-reads its inbox, then writes what is queued.
+    pub fn resume(&self) {
+        self.paused
+            .store(false, std::sync::atomic::Ordering::Release);
+        self.mark_all_lagged();
     }
 
     /// Marks every local session lagged, so each re-reads its inbox (after a bus outage).

@@ -30,6 +30,8 @@ use crate::store::{Outgoing, Recipient, Store, Who};
 const INBOX_PAGE: usize = 256;
 /// How long a closing connection keeps discarding input so its last error is not reset away.
 const LINGER: Duration = Duration::from_millis(500);
+/// How often a session looks again while the live path is paused.
+const PAUSED_POLL: Duration = Duration::from_millis(100);
 /// Delay before retrying a catch-up that failed because the store was down.
 const CATCH_UP_RETRY: Duration = Duration::from_millis(500);
 
@@ -787,6 +789,13 @@ impl<S: Store> Session<S> {
         let Some(login) = self.login.as_mut() else {
             return;
         };
+        // While the live path is broken nothing queued may be written (it could jump over a
+        // message that only the inbox has); a catch-up is owed for when it is back.
+        let paused = self.node.registry.paused();
+        if paused && !login.syncing {
+            login.retry_at = Some(Instant::now() + PAUSED_POLL);
+            return;
+        }
         // A failed catch-up stays owed (retry_at set) until one succeeds: the lagged flag was
         // already taken, and writing queued deliveries first would skip the missed ones.
         let owed = login.retry_at.take().is_some();
@@ -803,6 +812,10 @@ impl<S: Store> Session<S> {
         let Some(login) = self.login.as_mut() else {
             return;
         };
+        if paused {
+            login.retry_at = Some(Instant::now() + PAUSED_POLL);
+            return;
+        }
         let mut queued = Vec::new();
         login.outbox.drain_into(&mut queued);
         let metrics = &self.node.metrics;

@@ -315,9 +315,11 @@ fn scale_up_then_down_under_load() {
         .map(|_| std::net::TcpStream::connect(t.lb()).unwrap())
         .collect();
     std::thread::sleep(Duration::from_millis(300));
+    // After a reload nginx balances the new connections over all three servers.
+    let taken = open_connections(&t, fresh);
     assert!(
-        open_connections(&t, fresh) >= 10.0,
-        "the new node takes new connections"
+        taken >= 5.0,
+        "the new node takes new connections ({taken} of 20)"
     );
     drop(extra);
     // Scale down: node 0 leaves nginx and drains; its clients move on through nginx.

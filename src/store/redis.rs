@@ -24,6 +24,8 @@ use crate::store::{
 const CANARY_INTERVAL: Duration = Duration::from_millis(500);
 /// A canary older than this means the live path is broken: the node is not ready.
 const CANARY_DEADLINE: Duration = Duration::from_secs(3);
+/// How often a lost subscriber connection is polled until its channels are back.
+const RESUBSCRIBE_POLL: Duration = Duration::from_millis(50);
 /// Upper bound of the reconnect backoff of both connections.
 const RECONNECT_MAX_DELAY: Duration = Duration::from_secs(2);
 
@@ -113,6 +115,7 @@ impl Bus {
                 // Whatever is published until every channel is subscribed again reaches only
                 // the inboxes; the health check makes sessions catch up once it is.
                 tracing::warn!("redis subscriber connection lost");
+                self.registry.pause();
                 self.resubscribing.store(true, Ordering::Release);
             }
             _ => {}
@@ -200,43 +203,44 @@ impl RedisStore {
     }
 
     /// Runs forever: publishes a canary every interval and judges the live path by whether the
-    /// previous one came back. A recovered path marks every session lagged, so each catches up
-    /// from its inbox on whatever was published while it was down.
+    /// previous one came back; after the subscriber connection dropped, polls it until every
+    /// channel is subscribed again, then lets the sessions catch up from their inboxes.
     pub async fn watch_health(self: Arc<Self>) {
         let mut sent: u64 = 0;
         let mut last_ok = tokio::time::Instant::now();
-        let mut ticker = tokio::time::interval(CANARY_INTERVAL);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut next_canary = tokio::time::Instant::now();
         loop {
-            ticker.tick().await;
+            tokio::time::sleep(RESUBSCRIBE_POLL).await;
+            if self.bus.resubscribing.load(Ordering::Acquire) && self.ping_subscriber().await {
+                // The redis client hands out the new connection only after its re-subscription
+                // pipeline ran, so an answered PING means every channel is live again.
+                self.bus.resubscribing.store(false, Ordering::Release);
+                tracing::info!(
+                    "redis channels re-subscribed; sessions catch up from their inboxes"
+                );
+                self.bus.registry.resume();
+            }
+            if tokio::time::Instant::now() < next_canary {
+                continue;
+            }
+            next_canary += CANARY_INTERVAL;
             if sent > 0 && self.bus.canary_seen.load(Ordering::Acquire) >= sent {
                 last_ok = tokio::time::Instant::now();
             }
             let healthy = last_ok.elapsed() < CANARY_DEADLINE;
             let was = self.healthy.swap(healthy, Ordering::AcqRel);
             if healthy && !was {
-                tracing::info!("redis live path recovered; sessions catch up from their inboxes");
-                self.bus.registry.mark_all_lagged();
+                tracing::info!("redis live path recovered");
+                if !self.bus.resubscribing.load(Ordering::Acquire) {
+                    self.bus.registry.resume();
+                }
             } else if !healthy && was {
                 tracing::warn!("redis live path down: not ready");
             }
-            let resubscribing = self.bus.resubscribing.load(Ordering::Acquire);
-            if !healthy || resubscribing {
-                // Commands drive a ConnectionManager's reconnects, and nothing else is sent on the
-                // subscriber connection, so poke it (PING is valid in RESP3 subscribed mode). The
-                // manager hands out a new connection only after its re-subscription pipeline ran,
-                // so a PING answered means every channel is subscribed again.
-                let mut sub = self.sub.clone();
-                let ping = redis::cmd("PING").clone();
-                let answered =
-                    tokio::time::timeout(self.timeout, ping.query_async::<String>(&mut sub)).await;
-                if matches!(answered, Ok(Ok(_))) && resubscribing {
-                    self.bus.resubscribing.store(false, Ordering::Release);
-                    tracing::info!(
-                        "redis channels re-subscribed; sessions catch up from their inboxes"
-                    );
-                    self.bus.registry.mark_all_lagged();
-                }
+            if !healthy {
+                // Commands are what drive a ConnectionManager's reconnects, and nothing else
+                // is sent on the subscriber connection.
+                self.ping_subscriber().await;
             }
             sent += 1;
             let mut con = self.cmd.clone();
@@ -252,6 +256,15 @@ impl RedisStore {
                     .inc();
             }
         }
+    }
+
+    /// PINGs the subscriber connection (valid in RESP3 subscribed mode); true when answered.
+    async fn ping_subscriber(&self) -> bool {
+        let mut sub = self.sub.clone();
+        let ping = redis::cmd("PING").clone();
+        let answered =
+            tokio::time::timeout(self.timeout, ping.query_async::<String>(&mut sub)).await;
+        matches!(answered, Ok(Ok(_)))
     }
 
     /// Bounds a backend call by the Redis timeout and maps failures to `unavailable`.
