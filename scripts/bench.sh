@@ -9,7 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-target/bench}
 BASE=${BASE:-17000}            # ports: redis BASE, nginx BASE+1, nodes BASE+11.., http BASE+21..
-SCENARIOS=${SCENARIOS:-"redis chat2k chat50k chatmax samenode crossnode group logins idle"}
+SCENARIOS=${SCENARIOS:-"redis chat2k chat50k chatmax samenode crossnode logins group idle"}
 mkdir -p "$OUT"
 run=$(mktemp -d)
 pids=()
@@ -33,10 +33,10 @@ node() { # name port http [extra env...]
     SWITCHBOARD_SEND_RATE_PER_SEC=1000000 SWITCHBOARD_SEND_BURST=1000000 SWITCHBOARD_LOG=warn \
     "$@" "$bin" serve >"$run/$name.log" 2>&1 &
   pids+=($!)
-  echo $!
+  node_pid=$!
 }
-n1=$(node n1 $((BASE+11)) $((BASE+21)))
-n2=$(node n2 $((BASE+12)) $((BASE+22)))
+node n1 $((BASE+11)) $((BASE+21)); n1=$node_pid
+node n2 $((BASE+12)) $((BASE+22)); n2=$node_pid
 bash scripts/render-nginx.sh --static "127.0.0.1:$((BASE+11)),127.0.0.1:$((BASE+12))" \
   --load-module /usr/lib/nginx/modules/ngx_stream_module.so --listen "127.0.0.1:$((BASE+1))" \
   --pid "$run/nginx.pid" --error-log "$run/nginx.err notice" --access-log off >"$run/nginx.conf"
@@ -78,8 +78,8 @@ want() { [[ " $SCENARIOS " == *" $1 "* ]]; }
 
 if want redis; then
   for p in 1 16; do
-    redis-benchmark -p "$BASE" -t publish -n 1000000 -c 50 -P "$p" -q 2>/dev/null | tr '\r' '\n' | tail -1 \
-      | tee "$OUT/redis-publish-P$p.txt"
+    redis-benchmark -h 127.0.0.1 -p "$BASE" -n 1000000 -c 50 -P "$p" -q PUBLISH bench-ch msg 2>/dev/null \
+      | tr '\r' '\n' | grep -v '^ *$' | tail -1 | tee "$OUT/redis-publish-P$p.txt"
   done
 fi
 want chat2k && measure chat2k $bin bench chat --addr "$lb" -c 1000 -d 10 --rate 2000
@@ -93,12 +93,14 @@ if want idle; then
   # Users are registered first through a set-up node with cheap password hashing (19,000
   # argon2id hashes would take minutes and are not the subject), so the measured node starts
   # fresh and its memory holds only the idle connections.
-  n0=$(node n0 $((BASE+10)) $((BASE+20)) SWITCHBOARD_ARGON2_MEMORY_KIB=64 SWITCHBOARD_ARGON2_ITERATIONS=1 SWITCHBOARD_MAX_CONNECTIONS=25000)
+  node n0 $((BASE+10)) $((BASE+20)) SWITCHBOARD_ARGON2_MEMORY_KIB=64 SWITCHBOARD_ARGON2_ITERATIONS=1 SWITCHBOARD_MAX_CONNECTIONS=25000
+  n0=$node_pid
   sleep 1
   "$bin" bench idle --addr "127.0.0.1:$((BASE+10))" -c 19000 -d 0 --source-ips 4 --quiet \
     --users-file "$run/users-idle.jsonl" >/dev/null
   kill "$n0"
-  n3=$(node n3 $((BASE+13)) $((BASE+23)) SWITCHBOARD_MAX_CONNECTIONS=25000)
+  node n3 $((BASE+13)) $((BASE+23)) SWITCHBOARD_MAX_CONNECTIONS=25000
+  n3=$node_pid
   sleep 1
   measure idle $bin bench idle --addr "127.0.0.1:$((BASE+13))" -c 19000 -d 8 --source-ips 4 --pid "$n3"
 fi
