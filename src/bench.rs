@@ -396,6 +396,8 @@ struct Tally {
     connected: AtomicU64,
     /// Clients logged in when the run ended.
     connected_at_end: AtomicU64,
+    /// Per client: logged in again at least once.
+    relogged: Vec<AtomicBool>,
 }
 
 impl Tally {
@@ -419,6 +421,7 @@ impl Tally {
             reconnect_max_us: AtomicU64::new(0),
             connected: AtomicU64::new(0),
             connected_at_end: AtomicU64::new(0),
+            relogged: (0..n).map(|_| AtomicBool::new(false)).collect(),
         })
     }
 
@@ -448,6 +451,10 @@ impl Tally {
         let (Ok(key), Ok(sent)) = (key.parse::<u64>(), sent.parse::<u64>()) else {
             return;
         };
+        if (key >> 32) as usize == me {
+            // Our own send, replayed from our inbox after a reconnect: not a delivery.
+            return;
+        }
         let first_in_session = session.insert(key);
         if self.received[me].lock().unwrap().insert(key) {
             self.delivered.fetch_add(1, Ordering::Relaxed);
@@ -468,20 +475,35 @@ impl Tally {
         *self.errors.lock().unwrap().entry(code).or_default() += 1;
     }
 
-    /// Every acknowledged message has arrived.
+    /// Every acknowledged message has arrived (compared key by key: deliveries of messages
+    /// whose acknowledgement was lost with a connection are not counted against anything).
     fn settled(&self) -> bool {
-        let expected: u64 = self
-            .expected
-            .iter()
-            .map(|e| e.lock().unwrap().len() as u64)
-            .sum();
-        self.delivered.load(Ordering::Relaxed) >= expected
+        self.missing(false) == 0
     }
 
     fn lost(&self) -> u64 {
+        self.missing(std::env::var_os("SWITCHBOARD_BENCH_DEBUG").is_some())
+    }
+
+    /// Acknowledged keys that have not arrived; `print` lists them on stderr.
+    fn missing(&self, print: bool) -> u64 {
         let mut lost = 0;
-        for (exp, rec) in self.expected.iter().zip(&self.received) {
+        for (to, (exp, rec)) in self.expected.iter().zip(&self.received).enumerate() {
             let rec = rec.lock().unwrap();
+            for k in exp
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|k| print && !rec.contains(k))
+            {
+                eprintln!(
+                    "lost: key {k} from client {} (message {}) to client {to}, recipient reconnected: {}, sender reconnected: {}",
+                    k >> 32,
+                    k & 0xffff_ffff,
+                    self.relogged[to].load(Ordering::Relaxed),
+                    self.relogged[(k >> 32) as usize].load(Ordering::Relaxed),
+                );
+            }
             lost += exp
                 .lock()
                 .unwrap()
@@ -590,6 +612,7 @@ fn spawn_client(
                 },
             };
             if let Some(at) = lost_at.take() {
+                tally.relogged[me].store(true, Ordering::Relaxed);
                 tally.reconnects.fetch_add(1, Ordering::Relaxed);
                 tally
                     .reconnect_max_us

@@ -183,6 +183,7 @@ impl Topology {
     fn bench(&self, clients: usize, seconds: f64, rate: f64) -> Child {
         Command::new(env!("CARGO_BIN_EXE_switchboard"))
             .args(["bench", "chat", "--json", "--quiet", "--addr", &self.lb()])
+            .env("SWITCHBOARD_BENCH_DEBUG", "1")
             .args([
                 "-c",
                 &clients.to_string(),
@@ -262,6 +263,7 @@ fn finish(bench: Child, clients: usize) -> Value {
     );
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
     eprintln!("{report}");
+    eprintln!("{}", String::from_utf8_lossy(&out.stderr));
     assert!(
         report["acknowledged"].as_u64().unwrap() > 0,
         "nothing was sent: {report}"
