@@ -185,3 +185,50 @@ fn embedded_backend_runs_with_nothing_configured() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("in-memory"), "{err}");
 }
+
+#[test]
+fn otlp_export_starts_serves_and_shuts_down_cleanly() {
+    // No collector listens there: export fails quietly in the background, serving goes on.
+    let port = common::free_port();
+    let http = common::free_port();
+    let collector = common::free_port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .arg("serve")
+        .env("SWITCHBOARD_LISTEN", format!("127.0.0.1:{port}"))
+        .env("SWITCHBOARD_HTTP_LISTEN", format!("127.0.0.1:{http}"))
+        .env("SWITCHBOARD_DRAIN_TIMEOUT_SECS", "1")
+        .env(
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            format!("http://127.0.0.1:{collector}"),
+        )
+        .env_remove("SWITCHBOARD_REDIS_URL")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+        for _ in 0..300 {
+            if tokio::net::TcpStream::connect(addr).await.is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let mut a = user(addr, "ot").await;
+        let b = user(addr, "ot").await;
+        a.ok(json!({"op": "send", "to": b.id, "text": "traced"}))
+            .await;
+    });
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("exporting traces over OTLP"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
