@@ -501,8 +501,7 @@ impl<S: Store> Session<S> {
         let node = self.node.clone();
         let digest = token_digest(token);
         let bad = || Error::new(Code::BadCredentials, "unknown or expired token");
-        let user = node.store.token_user(&digest).await?.ok_or_else(bad)?;
-        let account = node.store.account(Who::Id(user)).await?.ok_or_else(bad)?;
+        let account = node.store.token_account(&digest).await?.ok_or_else(bad)?;
         self.establish(account.user, token.to_string(), digest)
             .await
     }
@@ -520,10 +519,7 @@ impl<S: Store> Session<S> {
             node.registry
                 .attach(&*node.store, user.id, outbox.clone())
                 .await?;
-            let friends = node.store.friends(user.id).await?;
-            let groups = node.store.groups(user.id).await?;
-            let acked = node.store.acked(user.id).await?;
-            Ok::<_, Error>((friends, groups, acked))
+            node.store.login_state(user.id).await
         }
         .await;
         let (friends, groups, acked) = match setup {

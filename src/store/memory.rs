@@ -195,13 +195,13 @@ impl Store for MemoryStore {
         Ok(())
     }
 
-    async fn token_user(&self, digest: &str) -> Result<Option<UserId>> {
+    async fn token_account(&self, digest: &str) -> Result<Option<Account>> {
         let st = self.state();
         Ok(st
             .tokens
             .get(digest)
             .filter(|(_, exp)| *exp > Instant::now())
-            .map(|(u, _)| *u))
+            .and_then(|(u, _)| st.accounts.get(u).cloned()))
     }
 
     async fn token_revoke(&self, digest: &str) -> Result<()> {
@@ -475,6 +475,14 @@ impl Store for MemoryStore {
             .take(limit)
             .cloned()
             .collect())
+    }
+
+    async fn login_state(&self, user: UserId) -> Result<(Vec<Friend>, Vec<Group>, Seq)> {
+        Ok((
+            self.friends(user).await?,
+            self.groups(user).await?,
+            self.acked(user).await?,
+        ))
     }
 
     async fn acked(&self, user: UserId) -> Result<Seq> {

@@ -115,8 +115,8 @@ pub trait Store: Send + Sync + 'static {
         user: UserId,
         ttl_secs: u64,
     ) -> impl Future<Output = Result<()>> + Send;
-    /// The user a token digest belongs to, if it is live.
-    fn token_user(&self, digest: &str) -> impl Future<Output = Result<Option<UserId>>> + Send;
+    /// The account a live token digest belongs to (one round trip: token logins are hot).
+    fn token_account(&self, digest: &str) -> impl Future<Output = Result<Option<Account>>> + Send;
     /// Revokes a token digest.
     fn token_revoke(&self, digest: &str) -> impl Future<Output = Result<()>> + Send;
 
@@ -203,6 +203,11 @@ pub trait Store: Send + Sync + 'static {
         after: Seq,
         limit: usize,
     ) -> impl Future<Output = Result<Vec<Entry>>> + Send;
+    /// Friends, groups and the acknowledged position: everything a login needs, in one step.
+    fn login_state(
+        &self,
+        user: UserId,
+    ) -> impl Future<Output = Result<(Vec<Friend>, Vec<Group>, Seq)>> + Send;
     /// The acknowledged position.
     fn acked(&self, user: UserId) -> impl Future<Output = Result<Seq>> + Send;
     /// Moves the acknowledged position forward to `seq`; `bad_request` if `seq` is not in the inbox.

@@ -56,6 +56,8 @@ struct Scripts {
     ack: Script,
     heartbeat: Script,
     reap: Script,
+    token_account: Script,
+    login_state: Script,
 }
 
 impl Scripts {
@@ -77,6 +79,8 @@ impl Scripts {
             ack: script!("ack"),
             heartbeat: script!("heartbeat"),
             reap: script!("reap"),
+            token_account: script!("token_account"),
+            login_state: script!("login_state"),
         }
     }
 }
@@ -461,12 +465,19 @@ impl Store for RedisStore {
         .await
     }
 
-    async fn token_user(&self, digest: &str) -> Result<Option<UserId>> {
-        self.query(
-            "token_user",
-            redis::cmd("GET").arg(format!("sb:token:{digest}")),
-        )
-        .await
+    async fn token_account(&self, digest: &str) -> Result<Option<Account>> {
+        let v: Vec<Value> = self
+            .run("token_account", &self.scripts.token_account, &[&digest])
+            .await?;
+        if v.is_empty() {
+            return Ok(None);
+        }
+        let (id, name, password_hash, _): (UserId, String, String, i64) =
+            conv(Value::Array(v), "token_account")?;
+        Ok(Some(Account {
+            user: UserRef { id, name },
+            password_hash,
+        }))
     }
 
     async fn token_revoke(&self, digest: &str) -> Result<()> {
@@ -750,6 +761,26 @@ impl Store for RedisStore {
                 })
             })
             .collect()
+    }
+
+    async fn login_state(&self, user: UserId) -> Result<(Vec<Friend>, Vec<Group>, Seq)> {
+        let (friends, groups, acked): (Vec<(UserId, String, i64)>, Vec<GroupRow>, String) = self
+            .run("login_state", &self.scripts.login_state, &[&user])
+            .await?;
+        let friends = friends
+            .into_iter()
+            .map(|(id, name, online)| Friend {
+                id,
+                name,
+                online: online == 1,
+            })
+            .collect();
+        let acked = if acked.is_empty() {
+            Seq::ZERO
+        } else {
+            acked.parse()?
+        };
+        Ok((friends, groups.into_iter().map(group_from).collect(), acked))
     }
 
     async fn acked(&self, user: UserId) -> Result<Seq> {
