@@ -88,7 +88,7 @@ want chatmax && measure chatmax $bin bench chat --addr "$lb" -c 1000 -d 10 --win
 want samenode && measure samenode $bin bench chat --addr "127.0.0.1:$((BASE+11))" -c 200 -d 10 --window 8
 want crossnode && measure crossnode $bin bench chat --addr "$both" -c 200 -d 10 --window 8
 want group && measure group $bin bench group --addr "$lb" -c 1000 --senders 1 -d 10 --window 16 --settle 20
-want logins && measure logins $bin bench logins --addr "$lb" -c 16 -d 10
+want logins && measure logins $bin bench logins --addr "$lb" -c 64 -d 10
 if want idle; then
   # Users are registered first through a set-up node with cheap password hashing (19,000
   # argon2id hashes would take minutes and are not the subject), so the measured node starts
