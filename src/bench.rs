@@ -441,7 +441,7 @@ impl Tally {
         let Some(rest) = line.split_once("\"text\":\"bench ").map(|(_, r)| r) else {
             return;
         };
-        let mut parts = rest.split(|c| c == ' ' || c == '"');
+        let mut parts = rest.split([' ', '"']);
         let (Some(run), Some(key), Some(sent)) = (parts.next(), parts.next(), parts.next()) else {
             return;
         };
@@ -555,14 +555,13 @@ fn spawn_reader(
                 tally.receive(me, &line, &mut session);
                 unacked += 1;
                 // Acknowledge now and then, so a reconnect replays little.
-                if unacked >= 64 {
-                    if let Some(seq) = line
+                if unacked >= 64
+                    && let Some(seq) = line
                         .split_once("\"seq\":\"")
                         .and_then(|(_, r)| r.split('"').next())
-                    {
-                        let _ = tx.send(Inbound::Ack(seq.to_string()));
-                        unacked = 0;
-                    }
+                {
+                    let _ = tx.send(Inbound::Ack(seq.to_string()));
+                    unacked = 0;
                 }
             } else if line.starts_with("{\"re\":") {
                 let _ = tx.send(Inbound::Reply(line.contains("\"ok\":true"), line.clone()));
@@ -634,25 +633,22 @@ fn spawn_client(
                 tokio::select! {
                     biased;
                     ev = rx.recv() => match ev {
-                        Some(Inbound::Reply(ok, line)) => match inflight.pop_front() {
-                            Some(Some((to, key))) => {
-                                sends_in_flight -= 1;
-                                if ok {
-                                    tally.acked.fetch_add(1, Ordering::Relaxed);
-                                    if fanout == 0 {
-                                        tally.expected[to].lock().unwrap().push(key);
-                                    } else {
-                                        for (i, exp) in tally.expected.iter().enumerate().take(fanout) {
-                                            if i != me {
-                                                exp.lock().unwrap().push(key);
-                                            }
+                        Some(Inbound::Reply(ok, line)) => if let Some(Some((to, key))) = inflight.pop_front() {
+                            sends_in_flight -= 1;
+                            if ok {
+                                tally.acked.fetch_add(1, Ordering::Relaxed);
+                                if fanout == 0 {
+                                    tally.expected[to].lock().unwrap().push(key);
+                                } else {
+                                    for (i, exp) in tally.expected.iter().enumerate().take(fanout) {
+                                        if i != me {
+                                            exp.lock().unwrap().push(key);
                                         }
                                     }
-                                } else {
-                                    tally.error(&line);
                                 }
+                            } else {
+                                tally.error(&line);
                             }
-                            Some(None) | None => {}
                         },
                         Some(Inbound::Ack(seq)) => {
                             let req = format!("{{\"op\":\"ack\",\"seq\":\"{seq}\"}}\n");

@@ -284,7 +284,7 @@ fn name_env(e: config::ConfigError) -> String {
     let text = e.to_string();
     match text.rsplit_once("for key `") {
         Some((_, rest)) => {
-            let key = rest.trim_end_matches(|c| c == '`' || c == '"');
+            let key = rest.trim_end_matches(['`', '"']);
             let key = key.split('`').next().unwrap_or(key);
             format!("{text} (environment {ENV_PREFIX}_{})", key.to_uppercase())
         }

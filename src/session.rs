@@ -796,14 +796,14 @@ impl<S: Store> Session<S> {
         // already taken, and writing queued deliveries first would skip the missed ones.
         let owed = login.retry_at.take().is_some();
         let lagged = login.outbox.take_lagged();
-        if lagged || owed || login.syncing {
-            if let Err(e) = self.catch_up().await {
-                tracing::warn!(error = %e, "inbox catch-up failed; retrying");
-                if let Some(login) = self.login.as_mut() {
-                    login.retry_at = Some(Instant::now() + CATCH_UP_RETRY);
-                }
-                return;
+        if (lagged || owed || login.syncing)
+            && let Err(e) = self.catch_up().await
+        {
+            tracing::warn!(error = %e, "inbox catch-up failed; retrying");
+            if let Some(login) = self.login.as_mut() {
+                login.retry_at = Some(Instant::now() + CATCH_UP_RETRY);
             }
+            return;
         }
         let Some(login) = self.login.as_mut() else {
             return;

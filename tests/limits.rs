@@ -158,7 +158,7 @@ fn bad_setting_fails_startup_naming_it() {
 fn embedded_backend_runs_with_nothing_configured() {
     let port = common::free_port();
     let http = common::free_port();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_switchboard"))
+    let child = Command::new(env!("CARGO_BIN_EXE_switchboard"))
         .arg("serve")
         .env("SWITCHBOARD_LISTEN", format!("127.0.0.1:{port}"))
         .env("SWITCHBOARD_HTTP_LISTEN", format!("127.0.0.1:{http}"))
@@ -192,7 +192,7 @@ fn otlp_export_starts_serves_and_shuts_down_cleanly() {
     let port = common::free_port();
     let http = common::free_port();
     let collector = common::free_port();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_switchboard"))
+    let child = Command::new(env!("CARGO_BIN_EXE_switchboard"))
         .arg("serve")
         .env("SWITCHBOARD_LISTEN", format!("127.0.0.1:{port}"))
         .env("SWITCHBOARD_HTTP_LISTEN", format!("127.0.0.1:{http}"))
