@@ -21,6 +21,9 @@ use crate::{http, presence, session};
 
 /// Pause after a failed `accept` (for example out of file descriptors) before the next one.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// First and longest pause between attempts to reach Redis at start-up.
+const CONNECT_BACKOFF_MIN: Duration = Duration::from_millis(250);
+const CONNECT_BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// Time left to connections to finish their cleanup after the drain deadline.
 const CLOSE_GRACE: Duration = Duration::from_secs(3);
 
@@ -76,16 +79,30 @@ impl Server {
             }
             Some(url) => {
                 let timeout = Duration::from_millis(s.redis_timeout_ms);
-                let store = RedisStore::connect(
-                    &url,
-                    &s.node_name,
-                    registry.clone(),
-                    retention,
-                    timeout,
-                    metrics.clone(),
-                )
-                .await
-                .context("connecting to redis")?;
+                // Redis may come up after the node (a fresh cluster): wait for it with backoff
+                // instead of crash-looping; the node accepts nothing until it is connected.
+                let mut delay = CONNECT_BACKOFF_MIN;
+                let store = loop {
+                    let attempt = RedisStore::connect(
+                        &url,
+                        &s.node_name,
+                        registry.clone(),
+                        retention,
+                        timeout,
+                        metrics.clone(),
+                    );
+                    match attempt.await {
+                        Ok(store) => break store,
+                        Err(e) => {
+                            tracing::warn!(error = %e, retry_in = ?delay, "redis not reachable yet");
+                            tokio::select! {
+                                _ = shutdown.cancelled() => return Ok(()),
+                                _ = tokio::time::sleep(delay) => {}
+                            }
+                            delay = (delay * 2).min(CONNECT_BACKOFF_MAX);
+                        }
+                    }
+                };
                 let health = tokio::spawn(store.clone().watch_health());
                 let result = self.run_with(store, registry, metrics, shutdown).await;
                 health.abort();

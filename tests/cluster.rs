@@ -210,3 +210,42 @@ async fn metrics_documented_match_metrics_served() {
         .collect();
     assert_eq!(served, documented);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_waits_for_redis_at_start_up() {
+    let port = common::free_port();
+    let url = format!("redis://127.0.0.1:{port}");
+    let mut s = settings("early", None);
+    s.redis_url = Some(url);
+    let server = switchboard::Server::bind(s).await.unwrap();
+    let addr = server.chat_addr();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let task = tokio::spawn(server.run(shutdown.clone()));
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(
+        !task.is_finished(),
+        "the node must wait for Redis, not exit"
+    );
+    let _redis = tokio::task::spawn_blocking(move || Redis::start_on(port, None))
+        .await
+        .unwrap();
+    // Once Redis is there the node serves (the listener was bound all along).
+    let mut ok = false;
+    for _ in 0..100 {
+        if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(2), async {
+            let mut c = Client::connect(addr).await;
+            c.ok(json!({"op": "register", "name": uname("late"), "password": common::PASSWORD}))
+                .await;
+            anyhow::Ok(())
+        })
+        .await
+        {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(ok, "node never served after Redis came up");
+    shutdown.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
+}
