@@ -56,8 +56,10 @@ pub async fn heartbeat<S: Store>(node: Arc<Node<S>>) {
                     restore(&node).await;
                 }
                 first = false;
-                for d in dead.iter().filter(|d| **d != me) {
-                    reap(&node, d).await;
+                // Off the heartbeat task: reaping a big node must not delay our own beat.
+                for d in dead.into_iter().filter(|d| *d != me) {
+                    let node = node.clone();
+                    tokio::spawn(async move { reap(&node, &d).await });
                 }
             }
             Err(e) => tracing::warn!(error = %e, "heartbeat failed"),

@@ -20,7 +20,11 @@ const SUB_LOCK_SHARDS: usize = 1024;
 pub struct Registry {
     /// The live path is broken (subscriber connection lost, channels not re-subscribed yet):
     /// sessions must not write queued deliveries, which could jump over missed ones.
-    paused: std::sync::atomic::AtomicBool,
+    /// Subscriber connection losses so far; while it differs from `resumed`, the live path is
+    /// broken and sessions must not write queued deliveries (they could jump over missed ones).
+    lost: std::sync::atomic::AtomicU64,
+    /// The loss count up to which every channel is subscribed again.
+    resumed: std::sync::atomic::AtomicU64,
     users: Mutex<HashMap<UserId, Vec<Arc<Outbox>>>>,
     subscribed: Mutex<HashSet<UserId>>,
     sub_locks: Box<[tokio::sync::Mutex<()>]>,
@@ -31,7 +35,8 @@ impl Registry {
     /// An empty registry.
     pub fn new(metrics: Arc<Metrics>) -> Registry {
         Registry {
-            paused: std::sync::atomic::AtomicBool::new(false),
+            lost: std::sync::atomic::AtomicU64::new(0),
+            resumed: std::sync::atomic::AtomicU64::new(0),
             users: Mutex::new(HashMap::new()),
             subscribed: Mutex::new(HashSet::new()),
             sub_locks: (0..SUB_LOCK_SHARDS)
@@ -121,6 +126,10 @@ impl Registry {
         let Some(live) = parse_payload(payload) else {
             self.metrics.bus_bad_payloads.inc();
             tracing::warn!(user, "unparseable channel payload dropped");
+            // It may have been a message: the user's sessions re-read their inbox.
+            for outbox in self.users().get(&user).into_iter().flatten() {
+                outbox.mark_lagged();
+            }
             return;
         };
         let live = Arc::new(live);
@@ -137,21 +146,28 @@ impl Registry {
         }
     }
 
-    /// Holds back live deliveries until [`Registry::resume`] (the live path is broken).
-    pub fn pause(&self) {
-        self.paused
-            .store(true, std::sync::atomic::Ordering::Release);
+    /// The subscriber connection was lost: holds back live deliveries until [`Registry::resume`]
+    /// with this count or a later one. Returns the new loss count.
+    pub fn pause(&self) -> u64 {
+        self.lost.fetch_add(1, std::sync::atomic::Ordering::AcqRel) + 1
+    }
+
+    /// How many times the live path was lost so far (compare before and after a catch-up).
+    pub fn losses(&self) -> u64 {
+        self.lost.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Whether live deliveries are held back.
     pub fn paused(&self) -> bool {
-        self.paused.load(std::sync::atomic::Ordering::Acquire)
+        self.resumed.load(std::sync::atomic::Ordering::Acquire) != self.losses()
     }
 
-    /// The live path works again: every session re-reads its inbox, then writes what is queued.
-    pub fn resume(&self) {
-        self.paused
-            .store(false, std::sync::atomic::Ordering::Release);
+    /// Every channel is subscribed again as of loss count `upto` (read before checking): every
+    /// session re-reads its inbox, then writes what is queued. A loss after `upto` keeps the
+    /// pause.
+    pub fn resume(&self, upto: u64) {
+        self.resumed
+            .fetch_max(upto, std::sync::atomic::Ordering::AcqRel);
         self.mark_all_lagged();
     }
 

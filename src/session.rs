@@ -668,9 +668,11 @@ impl<S: Store> Session<S> {
         let login = self.login.as_mut().expect("checked");
         if sent.id == msg.id {
             node.metrics.messages.with_label_values(&[kind]).inc();
-            if sent.seq > login.last_seq {
-                login.own.push_back(sent.seq);
-            }
+        }
+        // Also for a repeated client_id: the original may not have reached this session yet.
+        if sent.seq > login.last_seq && !login.own.contains(&sent.seq) {
+            let at = login.own.partition_point(|&s| s < sent.seq);
+            login.own.insert(at, sent.seq);
         }
         Ok(json!({"msg": sent}))
     }
@@ -787,7 +789,9 @@ impl<S: Store> Session<S> {
         };
         // While the live path is broken nothing queued may be written (it could jump over a
         // message that only the inbox has); a catch-up is owed for when it is back.
-        let paused = self.node.registry.paused();
+        let registry = self.node.registry.clone();
+        let losses = registry.losses();
+        let paused = registry.paused();
         if paused && !login.syncing {
             login.retry_at = Some(Instant::now() + PAUSED_POLL);
             return;
@@ -808,12 +812,16 @@ impl<S: Store> Session<S> {
         let Some(login) = self.login.as_mut() else {
             return;
         };
-        if paused {
-            login.retry_at = Some(Instant::now() + PAUSED_POLL);
-            return;
-        }
         let mut queued = Vec::new();
         login.outbox.drain_into(&mut queued);
+        // Checked after draining: a live message that arrived after a loss of the live path
+        // is in this batch only if that loss is already counted. Then the catch-up above may
+        // have missed what was published during the loss; the messages are all in the inbox,
+        // so drop them here and catch up again once the channels are back.
+        if paused || registry.losses() != losses {
+            queued.retain(|live| matches!(**live, Live::Event { .. }));
+            login.retry_at = Some(Instant::now() + PAUSED_POLL);
+        }
         let metrics = &self.node.metrics;
         let now = crate::clock::now_ms();
         for live in queued {

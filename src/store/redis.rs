@@ -24,6 +24,8 @@ use crate::store::{
 const CANARY_INTERVAL: Duration = Duration::from_millis(500);
 /// A canary older than this means the live path is broken: the node is not ready.
 const CANARY_DEADLINE: Duration = Duration::from_secs(3);
+/// Channels per SUBSCRIBE when re-subscribing everything.
+const RESUBSCRIBE_BATCH: usize = 1000;
 /// How often a lost subscriber connection is polled until its channels are back.
 const RESUBSCRIBE_POLL: Duration = Duration::from_millis(50);
 /// Upper bound of the reconnect backoff of both connections.
@@ -91,8 +93,6 @@ struct Bus {
     canary_channel: String,
     /// Last canary number seen on the subscriber connection.
     canary_seen: AtomicU64,
-    /// The subscriber connection dropped; channels are being re-subscribed.
-    resubscribing: AtomicBool,
 }
 
 impl Bus {
@@ -120,7 +120,6 @@ impl Bus {
                 // the inboxes; the health check makes sessions catch up once it is.
                 tracing::warn!("redis subscriber connection lost");
                 self.registry.pause();
-                self.resubscribing.store(true, Ordering::Release);
             }
             _ => {}
         }
@@ -178,7 +177,6 @@ impl RedisStore {
             registry,
             canary_channel: format!("sb:{{n:{node}}}:canary"),
             canary_seen: AtomicU64::new(0),
-            resubscribing: AtomicBool::new(false),
         });
         let cmd = client
             .get_connection_manager_with_config(base.clone())
@@ -215,14 +213,15 @@ impl RedisStore {
         let mut next_canary = tokio::time::Instant::now();
         loop {
             tokio::time::sleep(RESUBSCRIBE_POLL).await;
-            if self.bus.resubscribing.load(Ordering::Acquire) && self.ping_subscriber().await {
-                // The redis client hands out the new connection only after its re-subscription
-                // pipeline ran, so an answered PING means every channel is live again.
-                self.bus.resubscribing.store(false, Ordering::Release);
-                tracing::info!(
-                    "redis channels re-subscribed; sessions catch up from their inboxes"
-                );
-                self.bus.registry.resume();
+            let registry = &self.bus.registry;
+            if registry.paused() {
+                let losses = registry.losses();
+                if self.ping_subscriber().await && self.resubscribe_all().await {
+                    tracing::info!(
+                        "redis channels re-subscribed; sessions catch up from their inboxes"
+                    );
+                    registry.resume(losses);
+                }
             }
             if tokio::time::Instant::now() < next_canary {
                 continue;
@@ -235,8 +234,9 @@ impl RedisStore {
             let was = self.healthy.swap(healthy, Ordering::AcqRel);
             if healthy && !was {
                 tracing::info!("redis live path recovered");
-                if !self.bus.resubscribing.load(Ordering::Acquire) {
-                    self.bus.registry.resume();
+                if !self.bus.registry.paused() {
+                    // Canaries lost without a disconnect: sessions catch up all the same.
+                    self.bus.registry.mark_all_lagged();
                 }
             } else if !healthy && was {
                 tracing::warn!("redis live path down: not ready");
@@ -260,6 +260,26 @@ impl RedisStore {
                     .inc();
             }
         }
+    }
+
+    /// Subscribes every local user's channel again: the redis client re-subscribes after a
+    /// reconnect but ignores failures of that, so this makes sure. Repeats are harmless.
+    async fn resubscribe_all(&self) -> bool {
+        let mut channels: Vec<String> = self
+            .bus
+            .registry
+            .subscribed_users()
+            .into_iter()
+            .map(channel)
+            .collect();
+        channels.push(self.bus.canary_channel.clone());
+        for chunk in channels.chunks(RESUBSCRIBE_BATCH) {
+            let mut sub = self.sub.clone();
+            if self.call("subscribe", sub.subscribe(chunk)).await.is_err() {
+                return false;
+            }
+        }
+        true
     }
 
     /// PINGs the subscriber connection (valid in RESP3 subscribed mode); true when answered.

@@ -1,7 +1,16 @@
--- ARGV: node, now ms, ttl ms. Returns {was registered (0/1), dead node names...}.
-local was = redis.call('ZSCORE', 'sb:nodes', ARGV[1]) and 1 or 0
-redis.call('ZADD', 'sb:nodes', ARGV[2], ARGV[1])
-local dead = redis.call('ZRANGEBYSCORE', 'sb:nodes', '-inf', '(' .. (tonumber(ARGV[2]) - tonumber(ARGV[3])))
-local out = {was}
-for _, n in ipairs(dead) do out[#out + 1] = n end
+-- ARGV: node, (unused: caller's clock), ttl ms. Returns {was registered (0/1), dead node names...}.
+-- Time comes from Redis, so nodes' clocks do not matter. A node that was itself cut off for
+-- longer than the TTL (its own previous beat is missing or stale) declares nobody dead this
+-- round: after a Redis outage every score is old, and only nodes that stay silent once the
+-- others beat again are dead.
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ttl = tonumber(ARGV[3])
+local prev = redis.call('ZSCORE', 'sb:nodes', ARGV[1])
+redis.call('ZADD', 'sb:nodes', now, ARGV[1])
+local out = {prev and 1 or 0}
+if not prev or tonumber(prev) < now - ttl then return out end
+for _, n in ipairs(redis.call('ZRANGEBYSCORE', 'sb:nodes', '-inf', '(' .. (now - ttl))) do
+  out[#out + 1] = n
+end
 return out
