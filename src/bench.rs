@@ -398,6 +398,8 @@ struct Tally {
     connected_at_end: AtomicU64,
     /// Per client: logged in again at least once.
     relogged: Vec<AtomicBool>,
+    /// The run is being accounted: replies no longer count.
+    frozen: AtomicBool,
 }
 
 impl Tally {
@@ -422,6 +424,7 @@ impl Tally {
             connected: AtomicU64::new(0),
             connected_at_end: AtomicU64::new(0),
             relogged: (0..n).map(|_| AtomicBool::new(false)).collect(),
+            frozen: AtomicBool::new(false),
         })
     }
 
@@ -635,7 +638,9 @@ fn spawn_client(
                     ev = rx.recv() => match ev {
                         Some(Inbound::Reply(ok, line)) => if let Some(Some((to, key))) = inflight.pop_front() {
                             sends_in_flight -= 1;
-                            if ok {
+                            if tally.frozen.load(Ordering::Acquire) {
+                                // The run is being accounted: this send counts neither way.
+                            } else if ok {
                                 tally.acked.fetch_add(1, Ordering::Relaxed);
                                 if fanout == 0 {
                                     tally.expected[to].lock().unwrap().push(key);
@@ -753,6 +758,13 @@ async fn drive(
     // Stop sending; wait until every acknowledged message arrived or the settle time ran out.
     let deadline = Instant::now() + Duration::from_secs_f64(args.settle);
     tally.stop.store(true, Ordering::Relaxed);
+    while !tally.settled() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Replies of the last sends may still come in; from now on they are not counted, and the
+    // acknowledged set is checked once more now that it cannot grow.
+    tally.frozen.store(true, Ordering::Release);
+    tokio::time::sleep(Duration::from_millis(100)).await;
     while !tally.settled() && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
