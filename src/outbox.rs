@@ -91,6 +91,11 @@ impl Outbox {
         self.notify.notify_one();
     }
 
+    /// Whether the session may have missed deliveries (without clearing the flag).
+    pub fn is_lagged(&self) -> bool {
+        self.lagged.load(Ordering::Acquire)
+    }
+
     /// Clears and returns the lagged flag.
     pub fn take_lagged(&self) -> bool {
         self.lagged.swap(false, Ordering::AcqRel)

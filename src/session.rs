@@ -289,7 +289,13 @@ impl<S: Store> Session<S> {
                     Ok(false) | Err(_) => return Close::Now,
                 },
                 _ = async { outbox.as_ref().expect("guarded").ready().await }, if outbox.is_some() => {
-                    Box::pin(self.deliver()).await;
+                    if self.needs_catch_up() {
+                        Box::pin(self.deliver()).await;
+                    } else {
+                        let registry = &self.node.registry;
+                        let (losses, paused) = (registry.losses(), registry.paused());
+                        self.write_queued(losses, paused);
+                    }
                 }
                 _ = sleep_until(wake_at) => {
                     if retry_at.is_some_and(|r| r <= Instant::now()) {
@@ -809,6 +815,22 @@ impl<S: Store> Session<S> {
             }
             return;
         }
+        self.write_queued(losses, paused);
+    }
+
+    /// Whether the next delivery must first re-read the inbox (the slow, awaiting path).
+    fn needs_catch_up(&self) -> bool {
+        self.login
+            .as_ref()
+            .is_some_and(|l| l.syncing || l.retry_at.is_some() || l.outbox.is_lagged())
+            || self.node.registry.paused()
+    }
+
+    /// Writes the queued live deliveries: the common case of [`Session::deliver`], synchronous,
+    /// so a wake-up for one message costs no boxed future. `losses` and `paused` are the live
+    /// path's state from before any catch-up this follows.
+    fn write_queued(&mut self, losses: u64, paused: bool) {
+        let registry = self.node.registry.clone();
         let Some(login) = self.login.as_mut() else {
             return;
         };
