@@ -12,6 +12,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Settings;
 use crate::error::{Code, Error};
+use crate::http::Health;
 use crate::metrics::Metrics;
 use crate::node::Node;
 use crate::protocol;
@@ -62,72 +63,108 @@ impl Server {
 
     /// Runs until `shutdown` is cancelled, then drains and returns.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let s = &self.settings;
-        let metrics = Arc::new(Metrics::new(&s.node_name));
+        let Server {
+            settings,
+            chat,
+            http,
+        } = self;
+        let metrics = Arc::new(Metrics::new(&settings.node_name));
         let registry = Arc::new(Registry::new(metrics.clone()));
+        // Probes answer from the start: /livez 200, /readyz 503 until the backend is there.
+        let health = Health::new(metrics.clone());
+        let http_stop = CancellationToken::new();
+        let http_task = tokio::spawn(http::serve(health.clone(), http, http_stop.clone()));
         let retention = Retention {
-            max_len: s.inbox_max_len,
-            max_age_ms: s.inbox_retention_days * 24 * 3600 * 1000,
+            max_len: settings.inbox_max_len,
+            max_age_ms: settings.inbox_retention_days * 24 * 3600 * 1000,
         };
-        match s.redis_url.clone() {
+        let result = match settings.redis_url.clone() {
             None => {
                 tracing::warn!(
                     "no redis_url configured: embedded in-memory backend, single node, nothing is kept across restarts"
                 );
                 let store = Arc::new(MemoryStore::new(registry.clone(), retention));
-                self.run_with(store, registry, metrics, shutdown).await
+                let started = Started {
+                    settings,
+                    chat,
+                    health,
+                    registry,
+                    metrics,
+                };
+                started.run(store, shutdown).await
             }
             Some(url) => {
-                let timeout = Duration::from_millis(s.redis_timeout_ms);
+                let timeout = Duration::from_millis(settings.redis_timeout_ms);
                 // Redis may come up after the node (a fresh cluster): wait for it with backoff
                 // instead of crash-looping; the node accepts nothing until it is connected.
                 let mut delay = CONNECT_BACKOFF_MIN;
                 let store = loop {
                     let attempt = RedisStore::connect(
                         &url,
-                        &s.node_name,
+                        &settings.node_name,
                         registry.clone(),
                         retention,
                         timeout,
                         metrics.clone(),
                     );
                     match attempt.await {
-                        Ok(store) => break store,
+                        Ok(store) => break Some(store),
                         Err(e) => {
                             tracing::warn!(error = %e, retry_in = ?delay, "redis not reachable yet");
                             tokio::select! {
-                                _ = shutdown.cancelled() => return Ok(()),
+                                _ = shutdown.cancelled() => break None,
                                 _ = tokio::time::sleep(delay) => {}
                             }
                             delay = (delay * 2).min(CONNECT_BACKOFF_MAX);
                         }
                     }
                 };
-                let health = tokio::spawn(store.clone().watch_health());
-                let result = self.run_with(store, registry, metrics, shutdown).await;
-                health.abort();
-                result
+                match store {
+                    None => Ok(()),
+                    Some(store) => {
+                        let watch = tokio::spawn(store.clone().watch_health());
+                        let started = Started {
+                            settings,
+                            chat,
+                            health,
+                            registry,
+                            metrics,
+                        };
+                        let result = started.run(store, shutdown).await;
+                        watch.abort();
+                        result
+                    }
+                }
             }
-        }
+        };
+        http_stop.cancel();
+        let _ = http_task.await;
+        result
     }
+}
 
-    async fn run_with<S: Store>(
-        self,
-        store: Arc<S>,
-        registry: Arc<Registry>,
-        metrics: Arc<Metrics>,
-        shutdown: CancellationToken,
-    ) -> anyhow::Result<()> {
-        let Server {
+/// A node whose backend is up: everything [`Server::run`] hands to the serving phase.
+struct Started {
+    settings: Settings,
+    chat: TcpListener,
+    health: Arc<Health>,
+    registry: Arc<Registry>,
+    metrics: Arc<Metrics>,
+}
+
+impl Started {
+    async fn run<S: Store>(self, store: Arc<S>, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let Started {
             settings,
             chat,
-            http,
+            health,
+            registry,
+            metrics,
         } = self;
         let drain = Duration::from_secs(settings.drain_timeout_secs);
         let node = Arc::new(Node::new(settings, store, registry, metrics));
         presence::reap_own(&node).await;
-        let http_stop = CancellationToken::new();
-        let http_task = tokio::spawn(http::serve(node.clone(), http, http_stop.clone()));
+        health.set_node(node.clone());
         let beat = tokio::spawn(presence::heartbeat(node.clone()));
         tracing::info!(
             chat = %chat.local_addr()?, node = %node.settings.node_name, "switchboard serving"
@@ -156,8 +193,6 @@ impl Server {
         node.closing.cancel();
         let _ = beat.await;
         presence::reap_own(&node).await;
-        http_stop.cancel();
-        let _ = http_task.await;
         let took = started.elapsed().as_secs_f64();
         node.metrics.drain_seconds.set(took);
         tracing::info!(seconds = took, "drained");

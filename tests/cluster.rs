@@ -219,12 +219,20 @@ async fn node_waits_for_redis_at_start_up() {
     s.redis_url = Some(url);
     let server = switchboard::Server::bind(s).await.unwrap();
     let addr = server.chat_addr();
+    let http_port = server.http_addr().port();
     let shutdown = tokio_util::sync::CancellationToken::new();
     let task = tokio::spawn(server.run(shutdown.clone()));
     tokio::time::sleep(Duration::from_millis(700)).await;
     assert!(
         !task.is_finished(),
         "the node must wait for Redis, not exit"
+    );
+    // Alive but not ready while it waits (a liveness probe must not restart it).
+    let http = ([127, 0, 0, 1], http_port).into();
+    assert_eq!(common::http_get(http, "/livez").await.0, 200);
+    assert_eq!(
+        common::http_get(http, "/readyz").await,
+        (503, "starting\n".to_string())
     );
     let _redis = tokio::task::spawn_blocking(move || Redis::start_on(port, None))
         .await
@@ -246,6 +254,7 @@ async fn node_waits_for_redis_at_start_up() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(ok, "node never served after Redis came up");
+    assert_eq!(common::http_get(http, "/readyz").await.0, 200);
     shutdown.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
 }
