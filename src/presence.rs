@@ -76,6 +76,10 @@ async fn restore<S: Store>(node: &Node<S>) {
             .session_open(user.id, &session, &s.node_name, u32::MAX)
             .await
         {
+            // The session may have ended while it was being restored: then take it out again.
+            Ok(_) if !node.registry.has_session(user.id, &session) => {
+                node.close_session(&user, session).await;
+            }
             Ok(true) => node.announce_presence(&user, true).await,
             Ok(false) => {}
             Err(e) => tracing::warn!(user = user.id, error = %e, "session not restored"),

@@ -183,6 +183,13 @@ impl Registry {
         self.users().keys().copied().collect()
     }
 
+    /// Whether the session with this global id is still routed here.
+    pub fn has_session(&self, user: UserId, session: &str) -> bool {
+        self.users()
+            .get(&user)
+            .is_some_and(|list| list.iter().any(|o| &*o.session == session))
+    }
+
     /// Every local session: its user and global id.
     pub fn sessions(&self) -> Vec<(UserRef, Arc<str>)> {
         self.users()

@@ -532,7 +532,11 @@ impl<S: Store> Session<S> {
             Ok(v) => v,
             Err(e) => {
                 node.registry.detach(&*node.store, user.id, &outbox).await;
-                node.close_session(&user, self.id.clone()).await;
+                // Never announced online, so no offline announcement either.
+                let _ = node
+                    .store
+                    .session_close(user.id, &self.id, &s.node_name)
+                    .await;
                 return Err(e);
             }
         };
