@@ -481,17 +481,12 @@ impl Store for MemoryStore {
         Ok((
             self.friends(user).await?,
             self.groups(user).await?,
-            self.acked(user).await?,
+            self.state()
+                .inboxes
+                .get(&user)
+                .map(|i| i.acked)
+                .unwrap_or(Seq::ZERO),
         ))
-    }
-
-    async fn acked(&self, user: UserId) -> Result<Seq> {
-        Ok(self
-            .state()
-            .inboxes
-            .get(&user)
-            .map(|i| i.acked)
-            .unwrap_or(Seq::ZERO))
     }
 
     async fn ack(&self, user: UserId, seq: Seq) -> Result<()> {

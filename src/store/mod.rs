@@ -208,8 +208,6 @@ pub trait Store: Send + Sync + 'static {
         &self,
         user: UserId,
     ) -> impl Future<Output = Result<(Vec<Friend>, Vec<Group>, Seq)>> + Send;
-    /// The acknowledged position.
-    fn acked(&self, user: UserId) -> impl Future<Output = Result<Seq>> + Send;
     /// Moves the acknowledged position forward to `seq`; `bad_request` if `seq` is not in the inbox.
     fn ack(&self, user: UserId, seq: Seq) -> impl Future<Output = Result<()>> + Send;
 

@@ -803,19 +803,6 @@ impl Store for RedisStore {
         Ok((friends, groups.into_iter().map(group_from).collect(), acked))
     }
 
-    async fn acked(&self, user: UserId) -> Result<Seq> {
-        let v: Option<String> = self
-            .query(
-                "acked",
-                redis::cmd("GET").arg(format!("sb:{{u:{user}}}:acked")),
-            )
-            .await?;
-        match v {
-            Some(s) => s.parse(),
-            None => Ok(Seq::ZERO),
-        }
-    }
-
     async fn ack(&self, user: UserId, seq: Seq) -> Result<()> {
         if seq == Seq::ZERO {
             return Ok(());
