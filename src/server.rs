@@ -78,64 +78,30 @@ impl Server {
             max_len: settings.inbox_max_len,
             max_age_ms: settings.inbox_retention_days * 24 * 3600 * 1000,
         };
-        let result = match settings.redis_url.clone() {
+        let started = Started {
+            settings,
+            chat,
+            health,
+            registry,
+            metrics,
+        };
+        let result = match started.settings.redis_url.clone() {
             None => {
                 tracing::warn!(
                     "no redis_url configured: embedded in-memory backend, single node, nothing is kept across restarts"
                 );
-                let store = Arc::new(MemoryStore::new(registry.clone(), retention));
-                let started = Started {
-                    settings,
-                    chat,
-                    health,
-                    registry,
-                    metrics,
-                };
+                let store = Arc::new(MemoryStore::new(started.registry.clone(), retention));
                 started.run(store, shutdown).await
             }
-            Some(url) => {
-                let timeout = Duration::from_millis(settings.redis_timeout_ms);
-                // Redis may come up after the node (a fresh cluster): wait for it with backoff
-                // instead of crash-looping; the node accepts nothing until it is connected.
-                let mut delay = CONNECT_BACKOFF_MIN;
-                let store = loop {
-                    let attempt = RedisStore::connect(
-                        &url,
-                        &settings.node_name,
-                        registry.clone(),
-                        retention,
-                        timeout,
-                        metrics.clone(),
-                    );
-                    match attempt.await {
-                        Ok(store) => break Some(store),
-                        Err(e) => {
-                            tracing::warn!(error = %e, retry_in = ?delay, "redis not reachable yet");
-                            tokio::select! {
-                                _ = shutdown.cancelled() => break None,
-                                _ = tokio::time::sleep(delay) => {}
-                            }
-                            delay = (delay * 2).min(CONNECT_BACKOFF_MAX);
-                        }
-                    }
-                };
-                match store {
-                    None => Ok(()),
-                    Some(store) => {
-                        let watch = tokio::spawn(store.clone().watch_health());
-                        let started = Started {
-                            settings,
-                            chat,
-                            health,
-                            registry,
-                            metrics,
-                        };
-                        let result = started.run(store, shutdown).await;
-                        watch.abort();
-                        result
-                    }
+            Some(url) => match started.connect_redis(&url, retention, &shutdown).await {
+                None => Ok(()),
+                Some(store) => {
+                    let watch = tokio::spawn(store.clone().watch_health());
+                    let result = started.run(store, shutdown).await;
+                    watch.abort();
+                    result
                 }
-            }
+            },
         };
         http_stop.cancel();
         let _ = http_task.await;
@@ -153,6 +119,39 @@ struct Started {
 }
 
 impl Started {
+    /// Connects to Redis, waiting with backoff while it is not reachable (a fresh cluster may
+    /// start the nodes first) instead of crash-looping; `None` if shut down meanwhile.
+    async fn connect_redis(
+        &self,
+        url: &str,
+        retention: Retention,
+        shutdown: &CancellationToken,
+    ) -> Option<Arc<RedisStore>> {
+        let timeout = Duration::from_millis(self.settings.redis_timeout_ms);
+        let mut delay = CONNECT_BACKOFF_MIN;
+        loop {
+            let attempt = RedisStore::connect(
+                url,
+                &self.settings.node_name,
+                self.registry.clone(),
+                retention,
+                timeout,
+                self.metrics.clone(),
+            );
+            match attempt.await {
+                Ok(store) => return Some(store),
+                Err(e) => {
+                    tracing::warn!(error = %e, retry_in = ?delay, "redis not reachable yet");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return None,
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                    delay = (delay * 2).min(CONNECT_BACKOFF_MAX);
+                }
+            }
+        }
+    }
+
     async fn run<S: Store>(self, store: Arc<S>, shutdown: CancellationToken) -> anyhow::Result<()> {
         let Started {
             settings,
