@@ -544,7 +544,16 @@ fn spawn_reader(
     tokio::spawn(async move {
         let mut session = HashSet::new();
         let mut line = String::new();
+        // The newest seq this session was given: by a message or by the reply to its own send.
+        // Acknowledging own sends' seqs too is what a real client does (protocol guarantee 8
+        // makes it safe); a server that broke the guarantee shows up here as lost messages.
+        let mut latest: Option<String> = None;
         let mut unacked = 0;
+        let seq_of = |line: &str| {
+            line.split_once("\"seq\":\"")
+                .and_then(|(_, r)| r.split('"').next())
+                .map(str::to_string)
+        };
         loop {
             line.clear();
             match rd.read_line(&mut line).await {
@@ -556,24 +565,35 @@ fn spawn_reader(
             }
             if line.starts_with("{\"event\":\"message\"") {
                 tally.receive(me, &line, &mut session);
+                latest = seq_of(&line).or(latest);
                 unacked += 1;
-                // Acknowledge now and then, so a reconnect replays little.
-                if unacked >= 64
-                    && let Some(seq) = line
-                        .split_once("\"seq\":\"")
-                        .and_then(|(_, r)| r.split('"').next())
-                {
-                    let _ = tx.send(Inbound::Ack(seq.to_string()));
-                    unacked = 0;
-                }
             } else if line.starts_with("{\"re\":") {
-                let _ = tx.send(Inbound::Reply(line.contains("\"ok\":true"), line.clone()));
+                let ok = line.contains("\"ok\":true");
+                let send = line.starts_with("{\"re\":\"send\"")
+                    || line.starts_with("{\"re\":\"group.send\"");
+                if ok && send {
+                    latest = seq_of(&line).or(latest);
+                    unacked += 1;
+                }
+                let _ = tx.send(Inbound::Reply(ok, line.clone()));
             } else if line.starts_with("{\"event\":\"goaway\"") {
+                // Acknowledge everything seen before leaving, as the bundled client does.
+                if let Some(seq) = latest.take() {
+                    let _ = tx.send(Inbound::Ack(seq));
+                }
                 let after = serde_json::from_str::<Value>(&line)
                     .ok()
                     .and_then(|v| v["reconnect_after_ms"].as_u64())
                     .unwrap_or(0);
                 let _ = tx.send(Inbound::Goaway(after));
+                continue;
+            }
+            // Acknowledge now and then, so a reconnect replays little.
+            if unacked >= 64
+                && let Some(seq) = latest.take()
+            {
+                let _ = tx.send(Inbound::Ack(seq));
+                unacked = 0;
             }
         }
     })

@@ -60,6 +60,10 @@ pub struct Settings {
     pub inbox_max_len: u64,
     /// An inbox keeps everything younger than this many days.
     pub inbox_retention_days: u64,
+    /// An inbox never keeps more than this many messages, whatever their age.
+    pub inbox_hard_max_len: u64,
+    /// Bytes of message text one sender may have stored in a sliding 24 h (per stored copy).
+    pub send_bytes_per_day: u64,
     /// Live deliveries queued per session before it falls back to reading its inbox.
     pub outbound_queue: usize,
     /// Seconds a write to a client may take before the client counts as a slow consumer.
@@ -103,6 +107,8 @@ impl Default for Settings {
             send_burst: 1000,
             inbox_max_len: 10_000,
             inbox_retention_days: 30,
+            inbox_hard_max_len: 100_000,
+            send_bytes_per_day: 64 << 20,
             outbound_queue: 1024,
             write_timeout_secs: 30,
             idle_timeout_secs: 300,
@@ -240,6 +246,16 @@ impl Settings {
         check(
             self.inbox_max_len >= 1,
             "inbox_max_len",
+            "must be at least 1",
+        )?;
+        check(
+            self.inbox_hard_max_len >= self.inbox_max_len,
+            "inbox_hard_max_len",
+            "must be at least inbox_max_len",
+        )?;
+        check(
+            self.send_bytes_per_day >= 1,
+            "send_bytes_per_day",
             "must be at least 1",
         )?;
         check(

@@ -31,6 +31,8 @@ pub enum Code {
     NotAMember,
     /// The caller is already a member of the group.
     AlreadyMember,
+    /// The `client_id` was used before on a different request.
+    ClientIdConflict,
     /// The text is longer than `max_text_chars`.
     TextTooLong,
     /// The frame is longer than `max_frame_bytes`.
@@ -62,6 +64,7 @@ impl Code {
             Code::NoSuchGroup => "no_such_group",
             Code::NotAMember => "not_a_member",
             Code::AlreadyMember => "already_member",
+            Code::ClientIdConflict => "client_id_conflict",
             Code::TextTooLong => "text_too_long",
             Code::FrameTooLarge => "frame_too_large",
             Code::RateLimited => "rate_limited",
@@ -72,7 +75,7 @@ impl Code {
     }
 
     /// Every code.
-    pub const ALL: [Code; 19] = [
+    pub const ALL: [Code; 20] = [
         Code::BadJson,
         Code::BadRequest,
         Code::UnknownOp,
@@ -86,6 +89,7 @@ impl Code {
         Code::NoSuchGroup,
         Code::NotAMember,
         Code::AlreadyMember,
+        Code::ClientIdConflict,
         Code::TextTooLong,
         Code::FrameTooLarge,
         Code::RateLimited,

@@ -50,6 +50,8 @@ pub struct Metrics {
     pub outbound_overflows: IntCounter,
     /// Connections closed because writes to them stalled.
     pub slow_consumers: IntCounter,
+    /// Send replies that first had to read the inbox so no earlier position was skipped.
+    pub prefix_catch_ups: IntCounter,
     /// Errors sent to clients, by code (replies and events).
     pub errors: IntCounterVec,
     /// Failed or timed-out Redis requests by operation.
@@ -190,6 +192,10 @@ impl Metrics {
             slow_consumers: counter(
                 "switchboard_slow_consumer_disconnects_total",
                 "Connections closed because writing to them stalled.",
+            ),
+            prefix_catch_ups: counter(
+                "switchboard_send_catch_ups_total",
+                "Send replies that first read the inbox so that no earlier message is skipped.",
             ),
             errors: counter_vec(
                 "switchboard_errors_total",

@@ -77,6 +77,7 @@ impl Server {
         let retention = Retention {
             max_len: settings.inbox_max_len,
             max_age_ms: settings.inbox_retention_days * 24 * 3600 * 1000,
+            hard_max_len: settings.inbox_hard_max_len,
         };
         let started = Started {
             settings,

@@ -659,9 +659,10 @@ impl<S: Store> Session<S> {
         } else {
             "group"
         };
+        let fingerprint = crate::store::fingerprint(to, &msg.text);
         let span = tracing::info_span!("message.send", user = msg.from.id, kind, msg = %msg.id);
         let trace = crate::telemetry::traceparent(&span);
-        let sent = node
+        let stored = node
             .store
             .send(Outgoing {
                 from: msg.from.id,
@@ -672,19 +673,47 @@ impl<S: Store> Session<S> {
                 client_id: msg.client_id.as_deref(),
                 origin: &self.id,
                 trace: trace.as_deref(),
+                fingerprint: &fingerprint,
+                text_bytes: msg.text.len() as u64,
+                quota: node.settings.send_bytes_per_day,
             })
             .instrument(span)
             .await?;
-        let login = self.login.as_mut().expect("checked");
+        let sent = stored.sent;
         if sent.id == msg.id {
             node.metrics.messages.with_label_values(&[kind]).inc();
         }
+        let login = self.login.as_mut().expect("checked");
         // Also for a repeated client_id: the original may not have reached this session yet.
         if sent.seq > login.last_seq && !login.own.contains(&sent.seq) {
             let at = login.own.partition_point(|&s| s < sent.seq);
             login.own.insert(at, sent.seq);
         }
+        self.reach(stored.prev).await?;
         Ok(json!({"msg": sent}))
+    }
+
+    /// Protocol guarantee 8: before a reply hands out an own `seq`, every earlier position of
+    /// the user's inbox (up to `prev`, the entry just before it) has reached this session. What
+    /// is queued is written first; if that is not enough (a paused bus, a full queue, a catch-up
+    /// owed) the inbox itself is read. If it cannot be read, the send answers `unavailable`:
+    /// it is stored, and a retry with its `client_id` gets the same `msg` once Redis answers.
+    async fn reach(&mut self, prev: Option<Seq>) -> Result<()> {
+        if self.needs_catch_up() {
+            self.deliver().await;
+        } else {
+            let registry = &self.node.registry;
+            let (losses, paused) = (registry.losses(), registry.paused());
+            self.write_queued(losses, paused);
+        }
+        let login = self.login.as_ref().expect("checked");
+        // An own send needs nothing more: it was answered under this same rule.
+        let behind = prev.is_some_and(|p| p > login.last_seq && !login.own.contains(&p));
+        if behind {
+            self.node.metrics.prefix_catch_ups.inc();
+            self.catch_up().await?;
+        }
+        Ok(())
     }
 
     async fn ack(&mut self, args: AckArgs) -> Result<Value> {
@@ -1004,6 +1033,7 @@ mod size_tests {
         let retention = crate::store::Retention {
             max_len: 1,
             max_age_ms: 1,
+            hard_max_len: 1,
         };
         let store = Arc::new(crate::store::MemoryStore::new(registry.clone(), retention));
         let node = Arc::new(Node::new(

@@ -12,8 +12,9 @@ use crate::error::{Code, Error, Result};
 use crate::protocol::{Friend, Group, GroupId, GroupRef, Member, Role, Sent, Seq, UserId, UserRef};
 use crate::registry::Registry;
 use crate::store::{
-    Account, CLIENT_ID_TTL_SECS, Entry, Membership, Outgoing, Recipient, Retention, Store, Who,
-    event_payload, fold, message_payload,
+    Account, CLIENT_ID_TTL_SECS, Entry, Membership, Outgoing, QUOTA_BUCKET_MS, QUOTA_WINDOW_MS,
+    Recipient, Retention, Store, Stored, Who, client_id_conflict, event_payload, fold,
+    message_payload, over_quota,
 };
 
 #[derive(Default)]
@@ -43,7 +44,10 @@ struct State {
     group_by_name: HashMap<String, GroupId>,
     user_groups: HashMap<UserId, BTreeSet<GroupId>>,
     inboxes: HashMap<UserId, Inbox>,
-    client_ids: HashMap<(UserId, String), (Sent, Instant)>,
+    /// Per (sender, client_id): the first send's result, its fingerprint, when it expires.
+    client_ids: HashMap<(UserId, String), (Sent, String, Instant)>,
+    /// Per sender: text bytes stored, by quota bucket (start ms).
+    sent_bytes: HashMap<UserId, BTreeMap<u64, u64>>,
 }
 
 impl State {
@@ -111,6 +115,9 @@ impl State {
         while inbox.entries.len() as u64 > keep.max_len
             && inbox.entries.front().is_some_and(|e| e.seq.ms < cutoff)
         {
+            inbox.entries.pop_front();
+        }
+        while inbox.entries.len() as u64 > keep.hard_max_len {
             inbox.entries.pop_front();
         }
         seq
@@ -405,14 +412,22 @@ impl Store for MemoryStore {
         Ok(self.state().groups.get(&group).map(|g| g.name.clone()))
     }
 
-    async fn send(&self, msg: Outgoing<'_>) -> Result<Sent> {
+    async fn send(&self, msg: Outgoing<'_>) -> Result<Stored> {
         let mut st = self.state();
         let now = now_ms();
         let cid_key = msg.client_id.map(|c| (msg.from, c.to_string()));
         if let Some(key) = &cid_key {
-            st.client_ids.retain(|_, (_, exp)| *exp > Instant::now());
-            if let Some((sent, _)) = st.client_ids.get(key) {
-                return Ok(sent.clone());
+            st.client_ids.retain(|_, (_, _, exp)| *exp > Instant::now());
+            if let Some((sent, fingerprint, _)) = st.client_ids.get(key) {
+                if fingerprint != msg.fingerprint {
+                    return Err(client_id_conflict());
+                }
+                let sent = sent.clone();
+                let prev = st.inboxes.get(&msg.from).and_then(|inbox| {
+                    let at = inbox.entries.partition_point(|e| e.seq < sent.seq);
+                    at.checked_sub(1).map(|i| inbox.entries[i].seq)
+                });
+                return Ok(Stored { sent, prev });
             }
         }
         let recipients: Vec<UserId> = match msg.to {
@@ -442,6 +457,20 @@ impl Store for MemoryStore {
                     .collect()
             }
         };
+        // The quota: text bytes per stored copy (the sender's own included) in a sliding 24 h.
+        let charge = msg.text_bytes * (recipients.len() as u64 + 1);
+        let buckets = st.sent_bytes.entry(msg.from).or_default();
+        let oldest = now.saturating_sub(QUOTA_WINDOW_MS - QUOTA_BUCKET_MS) / QUOTA_BUCKET_MS;
+        buckets.retain(|&b, _| b >= oldest);
+        if buckets.values().sum::<u64>() + charge > msg.quota {
+            return Err(over_quota());
+        }
+        *buckets.entry(now / QUOTA_BUCKET_MS).or_default() += charge;
+        let prev = st
+            .inboxes
+            .get(&msg.from)
+            .and_then(|i| i.entries.back())
+            .map(|e| e.seq);
         let own = st.append(msg.from, msg.from, msg.json, now, self.retention);
         self.registry
             .dispatch(msg.from, message_payload(own, &msg).as_bytes());
@@ -457,9 +486,10 @@ impl Store for MemoryStore {
         };
         if let Some(key) = cid_key {
             let exp = Instant::now() + Duration::from_secs(CLIENT_ID_TTL_SECS);
-            st.client_ids.insert(key, (sent.clone(), exp));
+            st.client_ids
+                .insert(key, (sent.clone(), msg.fingerprint.to_string(), exp));
         }
-        Ok(sent)
+        Ok(Stored { sent, prev })
     }
 
     async fn inbox_after(&self, user: UserId, after: Seq, limit: usize) -> Result<Vec<Entry>> {

@@ -17,6 +17,10 @@ pub use redis::RedisStore;
 
 /// Seconds a `client_id` is remembered for idempotent sends.
 pub const CLIENT_ID_TTL_SECS: u64 = 24 * 3600;
+/// The window of `send_bytes_per_day`, in ms.
+pub const QUOTA_WINDOW_MS: u64 = 24 * 3600 * 1000;
+/// Granularity of the quota's sliding window: bytes are counted in buckets of this many ms.
+pub const QUOTA_BUCKET_MS: u64 = 3600 * 1000;
 
 /// A stored account.
 #[derive(Debug, Clone)]
@@ -64,6 +68,22 @@ pub struct Outgoing<'a> {
     pub origin: &'a str,
     /// W3C `traceparent` of the sending span, carried to the delivering node.
     pub trace: Option<&'a str>,
+    /// What a repeated `client_id` must match: a digest of the op, target and text.
+    pub fingerprint: &'a str,
+    /// UTF-8 bytes of the text, charged once per stored copy against `quota`.
+    pub text_bytes: u64,
+    /// Most text bytes the sender may have stored in a sliding 24 h (`send_bytes_per_day`).
+    pub quota: u64,
+}
+
+/// What [`Store::send`] stored (or found stored, for a repeated `client_id`).
+#[derive(Debug, Clone)]
+pub struct Stored {
+    /// The reply's `msg`.
+    pub sent: Sent,
+    /// The sender's inbox entry just before `sent.seq`, if any: every position up to it must
+    /// reach the sending session before the reply does (protocol guarantee 8).
+    pub prev: Option<Seq>,
 }
 
 /// One inbox entry.
@@ -84,6 +104,8 @@ pub struct Retention {
     pub max_len: u64,
     /// Keep everything younger than this (ms).
     pub max_age_ms: u64,
+    /// Never keep more than this many entries, whatever their age.
+    pub hard_max_len: u64,
 }
 
 /// What a group op tells the caller besides success: who must hear of it.
@@ -194,8 +216,10 @@ pub trait Store: Send + Sync + 'static {
     fn group_name(&self, group: GroupId) -> impl Future<Output = Result<Option<String>>> + Send;
 
     /// Stores a message in the inbox of every recipient and of the sender, publishing each copy
-    /// in the same atomic step. A repeated `client_id` returns the first send's result.
-    fn send(&self, msg: Outgoing<'_>) -> impl Future<Output = Result<Sent>> + Send;
+    /// in the same atomic step. A repeated `client_id` returns the first send's result when its
+    /// fingerprint matches, `client_id_conflict` otherwise; over the sender's daily quota,
+    /// `rate_limited` with nothing stored.
+    fn send(&self, msg: Outgoing<'_>) -> impl Future<Output = Result<Stored>> + Send;
     /// Up to `limit` inbox entries after `after`, oldest first.
     fn inbox_after(
         &self,
@@ -251,4 +275,39 @@ pub fn event_payload(origin: &str, line: &str) -> String {
 /// Lower-case form of a name, the key of case-insensitive uniqueness.
 pub fn fold(name: &str) -> String {
     name.to_ascii_lowercase()
+}
+
+/// The answer to a `client_id` seen before on a different request.
+pub(crate) fn client_id_conflict() -> crate::error::Error {
+    crate::error::Error::new(
+        crate::error::Code::ClientIdConflict,
+        "this client_id was used for a different message",
+    )
+}
+
+/// The answer to a send over the sender's `send_bytes_per_day`.
+pub(crate) fn over_quota() -> crate::error::Error {
+    crate::error::Error::new(
+        crate::error::Code::RateLimited,
+        "daily quota of stored message text used up; try again later",
+    )
+}
+
+/// What identifies a send for `client_id` reuse: a digest of the target and the text
+/// (128 bits of SHA-256, hex), so the record stays small whatever the text.
+pub fn fingerprint(to: Recipient, text: &str) -> String {
+    use sha2::{Digest, Sha256};
+    use std::fmt::Write;
+    let mut h = Sha256::new();
+    match to {
+        Recipient::User(u) => h.update(format!("u:{u}\n")),
+        Recipient::Group(g) => h.update(format!("g:{g}\n")),
+    }
+    h.update(text.as_bytes());
+    h.finalize()[..16]
+        .iter()
+        .fold(String::with_capacity(32), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
 }

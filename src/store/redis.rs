@@ -16,8 +16,8 @@ use crate::metrics::Metrics;
 use crate::protocol::{Friend, Group, GroupId, GroupRef, Member, Role, Sent, Seq, UserId, UserRef};
 use crate::registry::Registry;
 use crate::store::{
-    Account, CLIENT_ID_TTL_SECS, Entry, Membership, Outgoing, Recipient, Retention, Store, Who,
-    event_payload, fold,
+    Account, CLIENT_ID_TTL_SECS, Entry, Membership, Outgoing, QUOTA_BUCKET_MS, QUOTA_WINDOW_MS,
+    Recipient, Retention, Store, Stored, Who, client_id_conflict, event_payload, fold, over_quota,
 };
 
 /// Interval of the subscriber-path health check (a canary published to this node's channel).
@@ -692,13 +692,16 @@ impl Store for RedisStore {
         .await
     }
 
-    async fn send(&self, msg: Outgoing<'_>) -> Result<Sent> {
+    async fn send(&self, msg: Outgoing<'_>) -> Result<Stored> {
         let (kind, target) = match msg.to {
             Recipient::User(u) => ("u", u),
             Recipient::Group(g) => ("g", g),
         };
-        let cutoff = crate::clock::now_ms().saturating_sub(self.retention.max_age_ms);
+        let now = crate::clock::now_ms();
+        let cutoff = now.saturating_sub(self.retention.max_age_ms);
         let cutoff_id = format!("{}-{}", cutoff.saturating_sub(1), u64::MAX);
+        let bucket = now / QUOTA_BUCKET_MS;
+        let oldest = now.saturating_sub(QUOTA_WINDOW_MS - QUOTA_BUCKET_MS) / QUOTA_BUCKET_MS;
         let v: Value = self
             .run(
                 "send",
@@ -716,6 +719,12 @@ impl Store for RedisStore {
                     &cutoff_id,
                     &CLIENT_ID_TTL_SECS,
                     &msg.trace.unwrap_or("-"),
+                    &msg.fingerprint,
+                    &msg.text_bytes,
+                    &msg.quota,
+                    &bucket,
+                    &oldest,
+                    &self.retention.hard_max_len,
                 ],
             )
             .await?;
@@ -724,26 +733,34 @@ impl Store for RedisStore {
                 Error::new(Code::NoSuchUser, format!("user {target} does not exist"))
             }
             Code::NoSuchGroup | Code::NotAMember => group_error(e, target),
+            Code::ClientIdConflict => client_id_conflict(),
+            Code::RateLimited => over_quota(),
             _ => e,
         })?;
-        let (head, body): (String, String) = conv(Value::Array(rest), "send")?;
+        let (head, body, prev): (String, String, String) = conv(Value::Array(rest), "send")?;
+        let prev = match prev.as_str() {
+            "" => None,
+            p => Some(p.parse()?),
+        };
         if head == "dup" {
             // "id ts seq" of the first send with this client_id.
             let mut parts = body.splitn(3, ' ');
             let (Some(id), Some(ts), Some(seq)) = (parts.next(), parts.next(), parts.next()) else {
                 return Err(Error::internal("malformed client_id record"));
             };
-            return Ok(Sent {
+            let sent = Sent {
                 id: id.to_string(),
                 ts: ts.parse().map_err(Error::internal)?,
                 seq: seq.parse()?,
-            });
+            };
+            return Ok(Stored { sent, prev });
         }
-        Ok(Sent {
+        let sent = Sent {
             id: msg.id.to_string(),
             ts: msg.ts,
             seq: body.parse()?,
-        })
+        };
+        Ok(Stored { sent, prev })
     }
 
     async fn inbox_after(&self, user: UserId, after: Seq, limit: usize) -> Result<Vec<Entry>> {

@@ -2,13 +2,30 @@
 -- inbox owner's channel in the same atomic step, so live order equals inbox order.
 -- ARGV: 1 from id, 2 'u' or 'g', 3 target id, 4 message JSON, 5 origin session, 6 client_id
 -- ('' for none), 7 msg id, 8 ts, 9 inbox max len, 10 retention cut-off id ("ms-max"),
--- 11 client_id ttl secs, 12 trace context (W3C traceparent or '-'). Returns {'ok', own seq}, {'dup', "id ts seq"} or {error code}.
+-- 11 client_id ttl secs, 12 trace context (W3C traceparent or '-'), 13 request fingerprint,
+-- 14 text bytes, 15 daily quota (bytes), 16 current quota bucket, 17 oldest bucket still in the
+-- window, 18 inbox hard max len.
+-- Returns {'ok', own seq, prev} or {'dup', "id ts seq", prev} or {error code}; prev is the
+-- sender's inbox entry just before own seq ('' if none), see protocol guarantee 8.
 local from, json = ARGV[1], ARGV[4]
+local ownkey = ukey(from, ':inbox')
+local function before(seq)
+  local e = redis.call('XREVRANGE', ownkey, '(' .. seq, '-', 'COUNT', 1)
+  if #e == 1 then return e[1][1] end
+  return ''
+end
 local cidkey
 if ARGV[6] ~= '' then
   cidkey = ukey(from, ':cid:' .. ARGV[6])
   local prev = redis.call('GET', cidkey)
-  if prev then return {'dup', prev} end
+  if prev then
+    -- "id ts seq fingerprint"; records of releases before the fingerprint have three fields
+    -- and count as a match (they can't tell).
+    local id, ts, seq, fp = string.match(prev, '^(%S+) (%S+) (%S+) ?(%S*)$')
+    if not id then return {'internal'} end
+    if fp ~= '' and fp ~= ARGV[13] then return {'client_id_conflict'} end
+    return {'dup', id .. ' ' .. ts .. ' ' .. seq, before(seq)}
+  end
 end
 local recipients
 if ARGV[2] == 'u' then
@@ -20,10 +37,35 @@ else
   if redis.call('HEXISTS', mkey, from) == 0 then return {'not_a_member'} end
   recipients = redis.call('HKEYS', mkey)
 end
-local maxlen, cutoff = tonumber(ARGV[9]), ARGV[10]
--- Trims only entries that are both beyond the newest `maxlen` and older than the cut-off.
+-- Quota: text bytes per stored copy (the sender's own included), counted in time buckets of
+-- the sliding 24 h window; buckets that left the window are dropped here.
+local copies = 1
+for _, r in ipairs(recipients) do
+  if r ~= from then copies = copies + 1 end
+end
+local charge = tonumber(ARGV[14]) * copies
+local qkey, bucket, oldest = ukey(from, ':quota'), tonumber(ARGV[16]), tonumber(ARGV[17])
+local flat, used = redis.call('HGETALL', qkey), 0
+for i = 1, #flat, 2 do
+  if tonumber(flat[i]) < oldest then
+    redis.call('HDEL', qkey, flat[i])
+  else
+    used = used + tonumber(flat[i + 1])
+  end
+end
+if used + charge > tonumber(ARGV[15]) then return {'rate_limited'} end
+redis.call('HINCRBY', qkey, bucket, charge)
+redis.call('EXPIRE', qkey, 90000)
+local maxlen, cutoff, hardmax = tonumber(ARGV[9]), ARGV[10], tonumber(ARGV[18])
+-- Trims entries that are both beyond the newest `maxlen` and older than the cut-off, and
+-- whatever lies beyond the newest `hardmax`.
 local function trim(key)
-  local excess = redis.call('XLEN', key) - maxlen
+  local len = redis.call('XLEN', key)
+  if len > hardmax then
+    redis.call('XTRIM', key, 'MAXLEN', hardmax)
+    len = hardmax
+  end
+  local excess = len - maxlen
   if excess <= 0 then return end
   local old = redis.call('XRANGE', key, '-', cutoff, 'COUNT', math.min(excess, 1000))
   if #old == 0 then return end
@@ -39,9 +81,14 @@ local function append(uid)
   redis.call('PUBLISH', ukey(uid, ':ch'), 'M ' .. seq .. tail)
   return seq
 end
+local last = redis.call('XREVRANGE', ownkey, '+', '-', 'COUNT', 1)
+local prev = ''
+if #last == 1 then prev = last[1][1] end
 local own = append(from)
 for _, r in ipairs(recipients) do
   if r ~= from then append(r) end
 end
-if cidkey then redis.call('SET', cidkey, ARGV[7] .. ' ' .. ARGV[8] .. ' ' .. own, 'EX', ARGV[11]) end
-return {'ok', own}
+if cidkey then
+  redis.call('SET', cidkey, ARGV[7] .. ' ' .. ARGV[8] .. ' ' .. own .. ' ' .. ARGV[13], 'EX', ARGV[11])
+end
+return {'ok', own, prev}
