@@ -7,7 +7,7 @@ mod common;
 use std::collections::HashSet;
 use std::time::Duration;
 
-use common::{Client, Cluster, register, uname, user};
+use common::{Client, Cluster, metric, register, uname, user};
 use serde_json::{Value, json};
 
 on_both_backends!(repeated_client_id_with_other_content_conflicts);
@@ -125,6 +125,14 @@ async fn replies_never_overtake_deliveries(c: Cluster) {
     assert_eq!(inbox.len(), n + m, "alice's inbox holds both directions");
     let checked = check_prefix(&transcript, &inbox).unwrap();
     assert_eq!(checked, n + m);
+    let (_, body) = c.nodes[0].get("/metrics").await;
+    let overflows = metric(&body, "switchboard_outbound_queue_overflows_total");
+    let catch_ups = metric(&body, "switchboard_send_catch_ups_total");
+    eprintln!("queue overflows {overflows}, send catch-ups {catch_ups}");
+    assert!(
+        overflows > 0.0,
+        "the queue never overflowed, so this test proved nothing"
+    );
 }
 
 /// The scenario of issue 8: Alice's node loses its subscriber connection and cannot get it
@@ -193,6 +201,8 @@ async fn reply_waits_for_messages_missed_during_a_bus_outage() {
         "bob's message must arrive before the reply: {transcript:?}"
     );
     assert_eq!(got[0]["msg"]["id"], from_b["msg"]["id"]);
+    let (_, body) = c.nodes[0].get("/metrics").await;
+    assert_eq!(metric(&body, "switchboard_send_catch_ups_total"), 1.0);
 
     // The live path comes back; the message is not delivered a second time.
     let () = redis::cmd("CONFIG")

@@ -296,10 +296,18 @@ fn open_connections(t: &Topology, i: usize) -> f64 {
 fn chat_across_nodes_through_nginx() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let t = Topology::start(2);
-    let bench = t.bench(200, 3.0, 2000.0);
-    std::thread::sleep(Duration::from_millis(2500));
-    // least_conn spreads the clients over both nodes.
-    let (a, b) = (open_connections(&t, 0), open_connections(&t, 1));
+    let bench = t.bench(200, 6.0, 2000.0);
+    // least_conn spreads the clients over both nodes (polled: on a loaded machine the 200
+    // clients take a while to connect).
+    let mut counts = (0.0, 0.0);
+    for _ in 0..50 {
+        std::thread::sleep(Duration::from_millis(100));
+        counts = (open_connections(&t, 0), open_connections(&t, 1));
+        if counts.0 + counts.1 >= 200.0 {
+            break;
+        }
+    }
+    let (a, b) = counts;
     assert!(a >= 50.0 && b >= 50.0, "connections per node: {a} / {b}");
     let r = finish(bench, 200);
     assert_eq!(r["reconnects"], 0);
