@@ -344,6 +344,6 @@ async fn flood_of_unauthenticated_connections_stays_within_bound() {
         mib(bound)
     );
     for d in [during_hold, during_flood, after_flood] {
-        assert!(d < Duration::from_secs(2), "a message took {d:?}");
+        assert!(d < Duration::from_secs(5), "a message took {d:?}");
     }
 }
