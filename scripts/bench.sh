@@ -31,13 +31,15 @@ node() { # name port http [extra env...]
   env SWITCHBOARD_REDIS_URL="redis://127.0.0.1:$BASE" SWITCHBOARD_NODE_NAME="$name" \
     SWITCHBOARD_LISTEN="127.0.0.1:$port" SWITCHBOARD_HTTP_LISTEN="127.0.0.1:$http" \
     SWITCHBOARD_SEND_RATE_PER_SEC=1000000 SWITCHBOARD_SEND_BURST=1000000 SWITCHBOARD_LOG=warn \
+    SWITCHBOARD_MAX_UNAUTHENTICATED_PER_ADDRESS=1000000 \
     "$@" "$bin" serve >"$run/$name.log" 2>&1 &
   pids+=($!)
   node_pid=$!
 }
 node n1 $((BASE+11)) $((BASE+21)); n1=$node_pid
 node n2 $((BASE+12)) $((BASE+22)); n2=$node_pid
-bash scripts/render-nginx.sh --static "127.0.0.1:$((BASE+11)),127.0.0.1:$((BASE+12))" \
+# Plain TCP to the nodes (some scenarios also connect to them directly), as measured so far.
+bash scripts/render-nginx.sh --no-proxy-protocol --static "127.0.0.1:$((BASE+11)),127.0.0.1:$((BASE+12))" \
   --load-module /usr/lib/nginx/modules/ngx_stream_module.so --listen "127.0.0.1:$((BASE+1))" \
   --pid "$run/nginx.pid" --error-log "$run/nginx.err notice" --access-log off >"$run/nginx.conf"
 nginx -c "$run/nginx.conf" -g 'daemon off;' &

@@ -60,11 +60,14 @@ K8S_HEADER = (
 MIN_KUBE = "1.30.0"  # Chart.yaml kubeVersion; the preStop sleep handler needs it
 DEBIAN_STREAM_MODULE = "/usr/lib/nginx/modules/ngx_stream_module.so"
 # Settings of src/config.rs that the chart sets itself rather than from .Values.config.
-CHART_SET_SETTINGS = {"node_name", "redis_url"}
+# proxy_protocol is under config: too, but its default there is null (Helm drops the key):
+# the chart derives it from loadBalancer.mode.
+CHART_SET_SETTINGS = {"node_name", "redis_url", "proxy_protocol"}
 # Values under .Values.config that are not (yet) fields of src/config.rs.
-NOT_IN_CONFIG_RS = {"proxy_protocol"}
-# Defaults the chart deliberately changes.
-CHANGED_DEFAULTS = {"log_format"}
+NOT_IN_CONFIG_RS: set[str] = set()
+# Defaults the chart deliberately changes (proxy_protocol: on in mode nginx;
+# proxy_trusted_cidrs: the private ranges pod networks live in).
+CHANGED_DEFAULTS = {"log_format", "proxy_protocol", "proxy_trusted_cidrs"}
 
 
 # ---------------------------------------------------------------------------------------
@@ -154,11 +157,14 @@ def loopback_values(
     workdir: Path,
     load_module: str = DEBIAN_STREAM_MODULE,
     proxy_protocol: bool = False,
+    accept_from: list[str] | None = None,
 ) -> dict:
     return {
         "config": {"proxyProtocol": proxy_protocol},
         "loadBalancer": {
             "nginx": {
+                "acceptProxyProtocol": bool(accept_from),
+                "trustedCidrs": accept_from or [],
                 "staticServers": servers,
                 "loadModule": load_module,
                 "listen": listen,
@@ -576,13 +582,21 @@ def expect_default(docs, rendered):
     require(re.search(r"server switchboard-chat-headless\.switchboard\.svc\.cluster\.local:6000 resolve;", conf) is not None, "upstream does not resolve the headless Service", p)
     for directive in ("zone switchboard_chat", "least_conn;", "proxy_timeout 600s;", "events {", "stream {"):
         require(directive in conf, f"nginx.conf lacks `{directive}`", p)
-    require("load_module" not in conf and "proxy_protocol on" not in conf, "nginx.conf has load_module or proxy_protocol by default", p)
+    require("load_module" not in conf, "nginx.conf has load_module by default", p)
+    # Real client addresses by default: nginx -> pods in PROXY headers, Service Local.
+    require("proxy_protocol on;" in conf, "nginx.conf lacks proxy_protocol on; by default", p)
+    require("set_real_ip_from" not in conf and not re.search(r"listen [^;]*proxy_protocol", conf), "nginx expects PROXY headers by default", p)
+    env = container_env(find(docs, "Deployment", "-chat"))
+    require(env.get("SWITCHBOARD_PROXY_PROTOCOL") == "true", "SWITCHBOARD_PROXY_PROTOCOL is not true by default", p)
+    require("10.0.0.0/8" in str(env.get("SWITCHBOARD_PROXY_TRUSTED_CIDRS")), "SWITCHBOARD_PROXY_TRUSTED_CIDRS does not cover pod networks", p)
+    require(env.get("SWITCHBOARD_LOGIN_TIMEOUT_SECS") == "30" and env.get("SWITCHBOARD_MAX_UNAUTHENTICATED_PER_ADDRESS") == "64", "login limits not passed with their defaults", p)
     lb = find(docs, "Deployment", "-lb")
     tag = lb["spec"]["template"]["spec"]["containers"][0]["image"].split(":")[-1] if lb else ""
     numbers = tuple(int(x) for x in re.findall(r"\d+", tag)[:3])
     require(lb is not None and numbers >= (1, 27, 3), f"nginx image tag {tag!r} is older than 1.27.3", p)
     svc = find(docs, "Service", "switchboard")
     require(svc is not None and svc["spec"]["type"] == "LoadBalancer", "client Service is not a LoadBalancer", p)
+    require(svc is not None and svc["spec"].get("externalTrafficPolicy") == "Local", "client Service is not externalTrafficPolicy Local", p)
     require(svc is not None and svc["spec"]["selector"]["app.kubernetes.io/component"] == "lb", "client Service does not select nginx", p)
     headless = find(docs, "Service", "-chat-headless")
     require(headless is not None and headless["spec"]["clusterIP"] == "None", "no headless chat Service", p)
@@ -601,6 +615,8 @@ def expect_service_mode(docs, rendered):
     require(svc["spec"]["selector"]["app.kubernetes.io/component"] == "chat", "client Service does not select the chat pods", p)
     require(svc["spec"]["type"] == "NodePort" and svc["spec"]["ports"][0].get("nodePort") == 30600, "NodePort not applied", p)
     require(find(docs, "PodDisruptionBudget", "-lb") is None, "nginx PDB in service mode", p)
+    require(svc["spec"].get("externalTrafficPolicy") == "Local", "service mode: Service is not externalTrafficPolicy Local", p)
+    require(container_env(find(docs, "Deployment", "-chat")).get("SWITCHBOARD_PROXY_PROTOCOL") == "false", "service mode: PROXY expected without a proxy", p)
     require("NodePort" in notes_of(rendered), "NOTES.txt does not explain the NodePort", p)
     return p
 
@@ -674,6 +690,12 @@ def expect_networkpolicy(docs, rendered):
         require(np_["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "redis", "NetworkPolicy does not select Redis", p)
         peers = np_["spec"]["ingress"][0]["from"]
         require(len(peers) == 1 and peers[0]["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "chat", "Redis is open to more than the chat pods", p)
+    chat = find(docs, "NetworkPolicy", "-chat")
+    require(chat is not None, "no NetworkPolicy for the chat port", p)
+    if chat:
+        rule = chat["spec"]["ingress"][0]
+        require(rule["from"][0]["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "lb" and rule["ports"][0]["port"] == 6000, "the chat port is open to more than the nginx pods", p)
+        require(chat["spec"]["ingress"][1]["ports"][0]["port"] == 8080, "the HTTP port (probes, metrics) is closed", p)
     return p
 
 
@@ -691,6 +713,26 @@ def expect_proxy_protocol(docs, rendered):
     p = []
     require("proxy_protocol on;" in nginx_of(docs), "nginx.conf lacks proxy_protocol on;", p)
     require(container_env(find(docs, "Deployment", "-chat")).get("SWITCHBOARD_PROXY_PROTOCOL") == "true", "SWITCHBOARD_PROXY_PROTOCOL not true", p)
+    return p
+
+
+def expect_proxy_protocol_off(docs, rendered):
+    p = []
+    require("proxy_protocol" not in nginx_of(docs), "nginx.conf has proxy_protocol although config.proxyProtocol is false", p)
+    require(container_env(find(docs, "Deployment", "-chat")).get("SWITCHBOARD_PROXY_PROTOCOL") == "false", "SWITCHBOARD_PROXY_PROTOCOL not false", p)
+    return p
+
+
+def expect_accept_proxy(docs, rendered):
+    p = expect_proxy_protocol(docs, rendered)
+    conf = nginx_of(docs)
+    require("listen 6000 proxy_protocol;" in conf, "nginx does not expect PROXY headers from the load balancer", p)
+    for cidr in ("192.0.2.0/24", "2001:db8::/32"):
+        require(f"set_real_ip_from {cidr};" in conf, f"no set_real_ip_from {cidr}", p)
+    env = container_env(find(docs, "Deployment", "-chat"))
+    require(env.get("SWITCHBOARD_PROXY_TRUSTED_CIDRS") == "10.244.0.0/16", "config.proxyTrustedCidrs not passed", p)
+    svc = find(docs, "Service", "switchboard")
+    require(svc["spec"].get("externalTrafficPolicy") == "Cluster", "externalTrafficPolicy Cluster not applied", p)
     return p
 
 
@@ -757,6 +799,11 @@ def scenarios() -> list[Scenario]:
         Scenario("networkPolicy", {"networkPolicy": {"enabled": True}}, expect_networkpolicy),
         Scenario("grafana dashboard", {"grafana": {"dashboard": {"enabled": True}}}, expect_grafana),
         Scenario("proxyProtocol", {"config": {"proxyProtocol": True}}, expect_proxy_protocol),
+        Scenario("proxyProtocol off", {"config": {"proxyProtocol": False}}, expect_proxy_protocol_off),
+        Scenario("PROXY from a cloud load balancer", {
+            "config": {"proxyTrustedCidrs": "10.244.0.0/16"},
+            "loadBalancer": {"service": {"externalTrafficPolicy": "Cluster"}, "nginx": {"acceptProxyProtocol": True, "trustedCidrs": ["192.0.2.0/24", "2001:db8::/32"]}},
+        }, expect_accept_proxy),
         Scenario("staticServers + loadModule", {"loadBalancer": {"nginx": {"staticServers": ["127.0.0.1:6001", "127.0.0.1:6002"], "loadModule": DEBIAN_STREAM_MODULE}}}, expect_static_servers),
         Scenario("everything on", everything, expect_everything, api_versions=MONITORING),
         Scenario("53-character release name", {}, expect_names_fit, release="r" * 20 + "-switchboard-" + "x" * 20),
@@ -775,6 +822,10 @@ NEGATIVE = [
     ("password not URL-safe", {"redis": {"password": "p@ss:word"}}, "password"),
     ("frame limit out of range", {"config": {"maxFrameBytes": 10}}, "maxFrameBytes"),
     ("HPA without metrics", {"autoscaling": {"enabled": True, "targetCPUUtilizationPercentage": None}}, "metric"),
+    ("PROXY from the load balancer, trusted from no one", {"loadBalancer": {"nginx": {"acceptProxyProtocol": True}}}, "trustedCidrs"),
+    ("PROXY from the load balancer, not passed on", {"config": {"proxyProtocol": False}, "loadBalancer": {"nginx": {"acceptProxyProtocol": True, "trustedCidrs": ["192.0.2.0/24"]}}}, "proxyProtocol"),
+    ("not a CIDR list", {"config": {"proxyTrustedCidrs": "10.0.0.0/8; rm -rf"}}, "proxyTrustedCidrs"),
+    ("login timeout 0", {"config": {"loginTimeoutSecs": 0}}, "loginTimeoutSecs"),
 ]
 
 
@@ -998,7 +1049,8 @@ class Backend:
             for raw in f:
                 line = raw.decode(errors="replace").rstrip("\r\n")
                 if line.startswith("PROXY "):
-                    proxy = line.split()[1]
+                    parts = line.split()
+                    proxy = f"{parts[1]}/{parts[2]}"  # protocol/source address
                     continue
                 f.write(f"{self.name} {proxy} {line}\n".encode())
 
@@ -1034,9 +1086,9 @@ def running_nginx(exe: str, conf: Path, workdir: Path, port: int):
             proc.wait()
 
 
-def talk(port: int, text: str) -> tuple[socket.socket, str]:
+def talk(port: int, text: str, header: bytes = b"") -> tuple[socket.socket, str]:
     s = socket.create_connection(("127.0.0.1", port), timeout=3)
-    s.sendall(text.encode() + b"\n")
+    s.sendall(header + text.encode() + b"\n")
     reply = b""
     while not reply.endswith(b"\n"):
         chunk = s.recv(4096)
@@ -1049,7 +1101,14 @@ def talk(port: int, text: str) -> tuple[socket.socket, str]:
 def check_nginx_loopback() -> str:
     exe = nginx_binary()
     notes = [nginx_version(exe)]
-    for proxy_protocol in (False, True):
+    # (label, nginx -> backends PROXY, PROXY header a load balancer sends to nginx, want)
+    modes = [
+        ("plain", False, b"", "none"),
+        ("proxy_protocol on", True, b"", "TCP4/127.0.0.1"),
+        # nginx believes the header (127.0.0.1 is in trustedCidrs) and passes its source on.
+        ("PROXY in and out", True, b"PROXY TCP4 203.0.113.9 127.0.0.1 40000 6000\r\n", "TCP4/203.0.113.9"),
+    ]
+    for label, proxy_protocol, header, want in modes:
         with tempfile.TemporaryDirectory(prefix="sb-nginx-") as tmp:
             workdir = Path(tmp)
             backends = [Backend("a"), Backend("b")]
@@ -1057,16 +1116,16 @@ def check_nginx_loopback() -> str:
             values = loopback_values(
                 [f"127.0.0.1:{b.port}" for b in backends],
                 listen=f"127.0.0.1:{port}", workdir=workdir, proxy_protocol=proxy_protocol,
+                accept_from=["127.0.0.1/32"] if header else None,
             )
             conf = workdir / "nginx.conf"
             conf.write_text(nginx_conf(values))
             nginx_test(exe, conf, workdir)
-            label = "proxy_protocol on" if proxy_protocol else "plain"
             with running_nginx(exe, conf, workdir, port) as (_, unprivileged):
                 # Two long-lived connections at once: least_conn puts them on different
                 # backends; the backend sees a PROXY header only when asked for.
-                s1, r1 = talk(port, "hello")
-                s2, r2 = talk(port, "hello")
+                s1, r1 = talk(port, "hello", header)
+                s2, r2 = talk(port, "hello", header)
                 s1.close()
                 s2.close()
             for b in backends:
@@ -1074,7 +1133,6 @@ def check_nginx_loopback() -> str:
             names = sorted(r.split()[0] for r in (r1, r2) if r)
             if names != ["a", "b"]:
                 raise CheckFailed(f"{label}: two concurrent connections went to {names or 'nowhere'} ({r1!r}, {r2!r}), expected one on each backend")
-            want = "TCP4" if proxy_protocol else "none"
             if not all(r.split()[1] == want for r in (r1, r2)):
                 raise CheckFailed(f"{label}: backends saw PROXY header {r1.split()[1]!r}, expected {want!r}")
             who = "as uid 65534" if unprivileged else "as the current user"
@@ -1134,8 +1192,8 @@ def cmd_render_nginx(args) -> int:
         if value is not None:
             n[{"pid": "pidPath", "error_log": "errorLog", "access_log": "accessLog"}.get(key, key)] = value
     values = deep_merge(values, {"loadBalancer": {"nginx": n}})
-    if args.proxy_protocol:
-        values = deep_merge(values, {"config": {"proxyProtocol": True}})
+    if args.proxy_protocol is not None:
+        values = deep_merge(values, {"config": {"proxyProtocol": args.proxy_protocol}})
     for item in args.set_json or []:
         values = deep_merge(values, json.loads(item))
     sys.stdout.write(nginx_conf(values))
@@ -1159,7 +1217,8 @@ def main() -> int:
     n.add_argument("--pid", metavar="PATH", help="pid file (default /tmp/nginx.pid)")
     n.add_argument("--error-log", metavar="'PATH LEVEL'", help="error_log arguments (default 'stderr notice')")
     n.add_argument("--access-log", metavar="PATH|off", help="access_log target (default /dev/stdout)")
-    n.add_argument("--proxy-protocol", action="store_true", help="render proxy_protocol on; (config.proxyProtocol)")
+    n.add_argument("--proxy-protocol", action="store_true", default=None, help="render proxy_protocol on; (config.proxyProtocol; the default)")
+    n.add_argument("--no-proxy-protocol", dest="proxy_protocol", action="store_false", help="plain TCP to the nodes (config.proxyProtocol false)")
     n.add_argument("-f", "--values", action="append", metavar="FILE", help="values file (repeatable)")
     n.add_argument("--set-json", action="append", metavar="JSON", help='values as JSON, e.g. \'{"loadBalancer":{"nginx":{"workerProcesses":1}}}\'')
     n.set_defaults(fn=cmd_render_nginx)

@@ -11,6 +11,8 @@
 #   scripts/cluster.sh status        what runs where
 #   scripts/cluster.sh down          stop everything
 #
+# As in the chart, nginx sends PROXY headers and the nodes believe them from 127.0.0.0/8 only,
+# so connect through nginx; the nodes refuse direct connections.
 # Then: switchboard chat 127.0.0.1:16000, or switchboard bench chat --addr 127.0.0.1:16000.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -35,7 +37,8 @@ start_node() {
   local i=$1
   SWITCHBOARD_REDIS_URL="redis://127.0.0.1:$REDIS_PORT" SWITCHBOARD_NODE_NAME="node$i" \
     SWITCHBOARD_LISTEN="127.0.0.1:$(node_port "$i")" SWITCHBOARD_HTTP_LISTEN="127.0.0.1:$(http_port "$i")" \
-    SWITCHBOARD_DRAIN_TIMEOUT_SECS="${DRAIN:-5}" nohup "$BIN" serve >"$DIR/node$i.log" 2>&1 &
+    SWITCHBOARD_DRAIN_TIMEOUT_SECS="${DRAIN:-5}" \
+    SWITCHBOARD_PROXY_PROTOCOL=true SWITCHBOARD_PROXY_TRUSTED_CIDRS=127.0.0.0/8 nohup "$BIN" serve >"$DIR/node$i.log" 2>&1 &
   echo $! >"$DIR/node$i.pid"
   for _ in $(seq 100); do
     curl -fs "127.0.0.1:$(http_port "$i")/readyz" >/dev/null 2>&1 && return

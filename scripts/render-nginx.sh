@@ -10,7 +10,9 @@
 #   nginx -t -c /tmp/sb/nginx.conf
 #   nginx -c /tmp/sb/nginx.conf -g 'daemon off;'
 # Without --static it prints the cluster configuration (headless Service + resolver).
-# Other options: --proxy-protocol, -f values.yaml, --set-json '{...}'; see --help.
+# PROXY headers to the nodes are on by default (nodes need proxy_protocol and
+# proxy_trusted_cidrs covering nginx); --no-proxy-protocol turns them off.
+# Other options: -f values.yaml, --set-json '{...}'; see --help.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 venv="${SWITCHBOARD_CHART_VENV:-$HOME/.cache/switchboard/chart-venv}"

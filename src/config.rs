@@ -1,9 +1,10 @@
 //! Every knob of a node, in one place: defaults < optional file < `SWITCHBOARD_*` environment.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 
+use ipnet::IpNet;
 use serde::Deserialize;
 
 /// Prefix of every environment variable that sets a [`Settings`] field.
@@ -84,6 +85,12 @@ pub struct Settings {
     pub log_format: LogFormat,
     /// Log filter (tracing `EnvFilter` syntax); `RUST_LOG` wins when set.
     pub log: String,
+    /// Peers whose PROXY headers are believed: comma-separated CIDRs (empty = trust no one).
+    pub proxy_trusted_cidrs: String,
+    /// Seconds a connection may stay connected without logging in (from its `hello`).
+    pub login_timeout_secs: u64,
+    /// Most connections from one client address open at once and not logged in, per node.
+    pub max_unauthenticated_per_address: u32,
 }
 
 impl Default for Settings {
@@ -120,6 +127,9 @@ impl Default for Settings {
             proxy_protocol: false,
             log_format: LogFormat::Text,
             log: "info".into(),
+            proxy_trusted_cidrs: String::new(),
+            login_timeout_secs: 30,
+            max_unauthenticated_per_address: 64,
         }
     }
 }
@@ -284,6 +294,23 @@ impl Settings {
             "argon2_memory_kib",
             "and argon2_iterations / argon2_parallelism are not valid argon2 parameters",
         )?;
+        check(
+            self.login_timeout_secs >= 1,
+            "login_timeout_secs",
+            "must be at least 1",
+        )?;
+        check(
+            self.max_unauthenticated_per_address >= 1,
+            "max_unauthenticated_per_address",
+            "must be at least 1",
+        )?;
+        if let Err(bad) = self.proxy_trusted() {
+            check(
+                false,
+                "proxy_trusted_cidrs",
+                &format!("has {bad:?}, not a CIDR such as 10.0.0.0/8 or fd00::/8"),
+            )?;
+        }
         if let Some(url) = &self.redis_url {
             check(
                 url.starts_with("redis://"),
@@ -292,6 +319,24 @@ impl Settings {
             )?;
         }
         Ok(())
+    }
+}
+
+impl Settings {
+    /// The parsed [`Settings::proxy_trusted_cidrs`]; `Err` carries the first entry that is not
+    /// a CIDR. A bare address counts as a single host (/32 or /128).
+    pub fn proxy_trusted(&self) -> Result<Vec<IpNet>, String> {
+        self.proxy_trusted_cidrs
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(|s| {
+                s.parse::<IpNet>()
+                    .or_else(|_| s.parse::<IpAddr>().map(IpNet::from))
+                    .map(|net| net.trunc())
+                    .map_err(|_| s.to_string())
+            })
+            .collect()
     }
 }
 
@@ -347,6 +392,33 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("SWITCHBOARD_MAX_FRAME_BYTES"), "{e}");
+    }
+
+    #[test]
+    fn proxy_trusted_cidrs_parse_or_name_the_setting() {
+        let s = Settings::load_from(
+            None,
+            env(&[(
+                "SWITCHBOARD_PROXY_TRUSTED_CIDRS",
+                " 10.244.0.0/16, 192.0.2.7 ,fd00::/8,",
+            )]),
+        )
+        .unwrap();
+        let nets = s.proxy_trusted().unwrap();
+        assert_eq!(nets.len(), 3);
+        assert!(nets[1].contains(&"192.0.2.7".parse::<IpAddr>().unwrap()));
+        assert!(Settings::default().proxy_trusted().unwrap().is_empty());
+        let e = Settings::load_from(
+            None,
+            env(&[("SWITCHBOARD_PROXY_TRUSTED_CIDRS", "10.0.0.0/8,10.1.0.0/33")]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("proxy_trusted_cidrs (SWITCHBOARD_PROXY_TRUSTED_CIDRS)")
+                && e.contains("10.1.0.0/33"),
+            "{e}"
+        );
     }
 
     #[test]

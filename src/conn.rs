@@ -67,6 +67,11 @@ impl LineReader {
         }
     }
 
+    /// Changes the frame bound (a connection allows longer frames once logged in).
+    pub fn set_max(&mut self, max: usize) {
+        self.max = max;
+    }
+
     /// A reader that starts with bytes already read from the socket (after a PROXY header).
     pub fn with_buffered(max: usize, buffered: BytesMut) -> LineReader {
         LineReader {

@@ -18,7 +18,7 @@ pub struct Metrics {
     pub connections_open: IntGauge,
     /// Accepted client connections.
     pub connections_accepted: IntCounter,
-    /// Refused client connections by reason.
+    /// Client connections refused, or closed before logging in, by reason.
     pub connections_rejected: IntCounterVec,
     /// Logged-in sessions on this node.
     pub sessions: IntGauge,
@@ -115,7 +115,7 @@ impl Metrics {
             ),
             connections_rejected: counter_vec(
                 "switchboard_connections_rejected_total",
-                "Client connections refused, by reason.",
+                "Client connections refused, or closed for not logging in, by reason.",
                 &["reason"],
             ),
             sessions: gauge("switchboard_sessions", "Logged-in sessions on this node."),
@@ -216,7 +216,13 @@ impl Metrics {
     /// Creates the usual label sets at zero, so every series exists from the start (rates and
     /// alerts work without waiting for a first event).
     fn zero_labels(&self) {
-        for reason in ["max_connections", "proxy_header"] {
+        for reason in [
+            "max_connections",
+            "proxy_header",
+            "proxy_untrusted",
+            "unauthenticated_per_address",
+            "login_timeout",
+        ] {
             self.connections_rejected.with_label_values(&[reason]);
         }
         for method in ["password", "token"] {

@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
+use crate::admission::{TrustedProxies, Unauthenticated};
 use crate::auth::Passwords;
 use crate::config::Settings;
 use crate::metrics::Metrics;
@@ -33,6 +34,10 @@ pub struct Node<S> {
     next_session: AtomicU64,
     /// Sessions whose removal from the store failed (store down); retried by the heartbeat.
     orphans: Mutex<Vec<(UserRef, Arc<str>)>>,
+    /// Peers whose PROXY headers are believed.
+    pub trusted_proxies: TrustedProxies,
+    /// Connections not logged in, per client address.
+    pub unauthenticated: Arc<Unauthenticated>,
 }
 
 impl<S: Store> Node<S> {
@@ -43,7 +48,11 @@ impl<S: Store> Node<S> {
         registry: Arc<Registry>,
         metrics: Arc<Metrics>,
     ) -> Node<S> {
+        // Validated at start-up; settings built in code that fail to parse trust no one.
+        let trusted_proxies = TrustedProxies::new(settings.proxy_trusted().unwrap_or_default());
         Node {
+            trusted_proxies,
+            unauthenticated: Unauthenticated::new(settings.max_unauthenticated_per_address),
             passwords: Passwords::new(&settings),
             settings,
             store,

@@ -15,6 +15,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::time::{Instant, sleep_until, timeout};
 use tracing::Instrument;
 
+use crate::admission::Slot;
 use crate::auth::{new_token, token_digest};
 use crate::conn::{Frame, LineReader};
 use crate::error::{Code, Error, Result};
@@ -34,6 +35,9 @@ const LINGER: Duration = Duration::from_millis(500);
 const PAUSED_POLL: Duration = Duration::from_millis(100);
 /// Delay before retrying a catch-up that failed because the store was down.
 const CATCH_UP_RETRY: Duration = Duration::from_millis(500);
+/// Longest frame before login (or `max_frame_bytes` if smaller). `register` and `login` fit
+/// in a few hundred bytes, so a connection that has not logged in buffers at most this much.
+pub const PRE_LOGIN_FRAME_BYTES: usize = 4096;
 
 /// The state of a logged-in session.
 struct LoggedIn {
@@ -92,12 +96,25 @@ struct Session<S> {
     bucket: Bucket,
     login: Option<LoggedIn>,
     goaway_sent: bool,
+    /// This connection's place among its address's not-logged-in connections.
+    slot: Option<Slot>,
+    /// When a connection that is not logged in is closed.
+    login_by: Option<Instant>,
 }
 
 /// Serves one accepted connection until it closes.
 pub async fn serve<S: Store>(node: Arc<Node<S>>, mut stream: TcpStream, mut peer: SocketAddr) {
     let mut buffered = bytes::BytesMut::new();
     if node.settings.proxy_protocol {
+        // Only a trusted proxy may say who the client is; anyone else could claim any address.
+        if !node.trusted_proxies.trusts(peer.ip()) {
+            node.metrics
+                .connections_rejected
+                .with_label_values(&["proxy_untrusted"])
+                .inc();
+            tracing::info!(%peer, "connection refused: not in proxy_trusted_cidrs");
+            return;
+        }
         match timeout(
             crate::proxy::HEADER_TIMEOUT,
             crate::proxy::read_header(&mut stream, peer),
@@ -123,6 +140,20 @@ pub async fn serve<S: Store>(node: Arc<Node<S>>, mut stream: TcpStream, mut peer
             }
         }
     }
+    let Some(slot) = node.unauthenticated.take(peer.ip()) else {
+        node.metrics
+            .connections_rejected
+            .with_label_values(&["unauthenticated_per_address"])
+            .inc();
+        // Debug, not info: this is what a flood looks like, and the counter above shows it.
+        tracing::debug!(%peer, "connection refused: too many not logged in from this address");
+        let err = Error::new(
+            Code::RateLimited,
+            "too many connections from your address are not logged in",
+        );
+        Box::pin(refuse(&node, stream, &err)).await;
+        return;
+    };
     let id = node.new_session_id();
     let span = tracing::info_span!("conn", %peer, node = %node.settings.node_name,
         session = %id, user = tracing::field::Empty);
@@ -145,6 +176,8 @@ pub async fn serve<S: Store>(node: Arc<Node<S>>, mut stream: TcpStream, mut peer
             errors: 0,
             login: None,
             goaway_sent: false,
+            slot: Some(slot),
+            login_by: None,
         };
         node.metrics.connections_open.inc();
         node.metrics.connections_accepted.inc();
@@ -161,6 +194,23 @@ pub async fn serve<S: Store>(node: Arc<Node<S>>, mut stream: TcpStream, mut peer
     }
     .instrument(span)
     .await
+}
+
+/// Answers a connection that is not served with one `error` event, then half-closes and
+/// lingers like a session that ends with an error.
+async fn refuse<S: Store>(node: &Node<S>, stream: TcpStream, err: &Error) {
+    node.metrics
+        .errors
+        .with_label_values(&[err.code.as_str()])
+        .inc();
+    let (rd, mut wr) = stream.into_split();
+    let mut line = protocol::error_event(err).into_bytes();
+    line.push(b'\n');
+    let limit = Duration::from_secs(node.settings.write_timeout_secs);
+    if let Ok(Ok(())) = timeout(limit, wr.write_all(&line)).await {
+        let _ = wr.shutdown().await;
+        linger(rd).await;
+    }
 }
 
 /// Discards input until end of stream or [`LINGER`], so the peer reads our last frames before
@@ -235,19 +285,20 @@ struct CreateArgs {
 
 impl<S: Store> Session<S> {
     async fn run(&mut self, rd: &OwnedReadHalf, buffered: bytes::BytesMut) -> Close {
-        let mut reader = LineReader::with_buffered(self.node.settings.max_frame_bytes, buffered);
+        let mut reader = LineReader::with_buffered(self.frame_limit(), buffered);
         let hello = protocol::event(
             "hello",
             json!({"server": "switchboard", "version": env!("CARGO_PKG_VERSION"),
                    "protocol": PROTOCOL_VERSION, "node": self.node.settings.node_name}),
         );
         self.push_line(&hello);
+        self.login_by = Some(Instant::now() + self.login_timeout());
         let idle = match self.node.settings.idle_timeout_secs {
             0 => Duration::from_secs(100 * 365 * 24 * 3600),
             n => Duration::from_secs(n),
         };
         // Frames that arrived together with a PROXY header.
-        if let Some(close) = Box::pin(self.handle_frames(&mut reader)).await {
+        if let Err(close) = Box::pin(self.handle_frames(&mut reader)).await {
             return close;
         }
         let mut deadline = Instant::now() + idle;
@@ -268,7 +319,10 @@ impl<S: Store> Session<S> {
                     node.draining.cancelled().await
                 }
             };
-            let wake_at = retry_at.map_or(deadline, |r| r.min(deadline));
+            let wake_at = [retry_at, self.login_by]
+                .into_iter()
+                .flatten()
+                .fold(deadline, Instant::min);
             tokio::select! {
                 biased;
                 _ = lifecycle => {
@@ -279,11 +333,14 @@ impl<S: Store> Session<S> {
                 }
                 filled = reader.fill(rd) => match filled {
                     Ok(true) => {
-                        deadline = Instant::now() + idle;
                         // Boxed (here and below): request handling is large and rare next to
                         // idle waiting, so the idle task stays small.
-                        if let Some(close) = Box::pin(self.handle_frames(&mut reader)).await {
-                            return close;
+                        match Box::pin(self.handle_frames(&mut reader)).await {
+                            Err(close) => return close,
+                            // Only a whole frame is activity: bytes of an unfinished line,
+                            // trickled in, must not keep a connection open.
+                            Ok(true) => deadline = Instant::now() + idle,
+                            Ok(false) => {}
                         }
                     }
                     Ok(false) | Err(_) => return Close::Now,
@@ -298,6 +355,9 @@ impl<S: Store> Session<S> {
                     }
                 }
                 _ = sleep_until(wake_at) => {
+                    if self.login_by.is_some_and(|t| t <= Instant::now()) {
+                        return self.login_timed_out();
+                    }
                     if retry_at.is_some_and(|r| r <= Instant::now()) {
                         Box::pin(self.deliver()).await;
                     } else if Instant::now() >= deadline {
@@ -309,37 +369,113 @@ impl<S: Store> Session<S> {
         }
     }
 
-    /// Handles every complete frame in the reader; `Some` when the connection must close.
-    async fn handle_frames(&mut self, reader: &mut LineReader) -> Option<Close> {
-        while let Some(frame) = reader.next_frame() {
+    /// Handles every complete frame in the reader: `Ok(true)` when there was at least one
+    /// that was not blank, `Err` when the connection must close.
+    async fn handle_frames(&mut self, reader: &mut LineReader) -> std::result::Result<bool, Close> {
+        let mut any = false;
+        loop {
+            // The bound follows the login state, which the previous frame may have changed.
+            let max = self.frame_limit();
+            reader.set_max(max);
+            let Some(frame) = reader.next_frame() else {
+                return Ok(any);
+            };
             let line = match frame {
                 Frame::TooLarge => {
-                    let max = self.node.settings.max_frame_bytes;
+                    let when = if self.login.is_none() {
+                        " before login"
+                    } else {
+                        ""
+                    };
                     let err = Error::new(
                         Code::FrameTooLarge,
-                        format!("frame longer than {max} bytes"),
+                        format!("frame longer than {max} bytes{when}"),
                     );
                     self.error_event(&err);
-                    return Some(Close::Linger);
+                    return Err(Close::Linger);
                 }
                 Frame::Line(line) => line,
             };
             if line.iter().all(u8::is_ascii_whitespace) {
                 continue;
             }
+            any = true;
             match protocol::parse_request(&line) {
                 Ok(req) => self.handle(req).await,
                 Err(err) => {
                     if self.error_event(&err) {
-                        return Some(Close::Linger);
+                        return Err(Close::Linger);
                     }
                 }
             }
+            if let Some(close) = self.track_login() {
+                return Err(close);
+            }
             if self.out.len() >= self.node.settings.max_frame_bytes && !self.flush().await {
-                return Some(Close::Now);
+                return Err(Close::Now);
             }
         }
+    }
+
+    /// Longest frame accepted in the current state.
+    fn frame_limit(&self) -> usize {
+        let max = self.node.settings.max_frame_bytes;
+        if self.login.is_some() {
+            max
+        } else {
+            max.min(PRE_LOGIN_FRAME_BYTES)
+        }
+    }
+
+    fn login_timeout(&self) -> Duration {
+        Duration::from_secs(self.node.settings.login_timeout_secs)
+    }
+
+    /// Keeps the per-address slot and the login deadline in step with the login state after
+    /// a request: a login frees the slot; a logout takes one again (the connection is not
+    /// logged in any more and counts like a new one), or closes when the address has none left.
+    fn track_login(&mut self) -> Option<Close> {
+        match (self.login.is_some(), self.slot.is_some()) {
+            (true, true) => {
+                self.slot = None;
+                self.login_by = None;
+            }
+            (false, false) => match self.node.unauthenticated.take(self.peer.ip()) {
+                Some(slot) => {
+                    self.slot = Some(slot);
+                    self.login_by = Some(Instant::now() + self.login_timeout());
+                }
+                None => {
+                    self.node
+                        .metrics
+                        .connections_rejected
+                        .with_label_values(&["unauthenticated_per_address"])
+                        .inc();
+                    let err = Error::new(
+                        Code::RateLimited,
+                        "too many connections from your address are not logged in",
+                    );
+                    self.error_event(&err);
+                    return Some(Close::Linger);
+                }
+            },
+            _ => {}
+        }
         None
+    }
+
+    /// Closes a connection that did not log in within `login_timeout_secs`.
+    fn login_timed_out(&mut self) -> Close {
+        self.node
+            .metrics
+            .connections_rejected
+            .with_label_values(&["login_timeout"])
+            .inc();
+        tracing::debug!("login timeout");
+        let secs = self.node.settings.login_timeout_secs;
+        let err = Error::new(Code::NotLoggedIn, format!("no login within {secs} s"));
+        self.error_event(&err);
+        Close::Linger
     }
 
     /// Writes an `error` event; true when the connection reached its protocol error limit.

@@ -225,6 +225,12 @@ fn start_node(redis: &Redis, i: usize, port: u16, http: u16) -> Proc {
             ("SWITCHBOARD_PRESENCE_TTL_SECS", "3"),
             ("SWITCHBOARD_REDIS_TIMEOUT_MS", "1000"),
             ("SWITCHBOARD_LOG", "warn"),
+            // As the chart sets it: nginx sends PROXY headers, believed from nginx only.
+            ("SWITCHBOARD_PROXY_PROTOCOL", "true"),
+            ("SWITCHBOARD_PROXY_TRUSTED_CIDRS", "127.0.0.0/8"),
+            // Every simulated client shares 127.0.0.1, and reconnect waves after a drain
+            // are hundreds of connections at once.
+            ("SWITCHBOARD_MAX_UNAUTHENTICATED_PER_ADDRESS", "100000"),
         ],
     );
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -379,4 +385,39 @@ fn redis_restart_with_aof_under_load() {
     let r = finish(bench, 100);
     // Sends during the outage were refused (`unavailable`), never acknowledged and lost.
     eprintln!("errors during the Redis restart: {}", r["errors"]);
+}
+
+#[test]
+fn client_addresses_reach_the_nodes_through_nginx() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let t = Topology::start(2);
+    let lb: std::net::SocketAddr = t.lb().parse().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        use common::Client;
+        use serde_json::json;
+        let bad_login = |from: [u8; 4], n: usize| async move {
+            let mut c = Client::connect_from(lb, from.into()).await;
+            let r = c
+                .req(json!({"op": "login", "name": format!("nobody{n}"), "password": "wrong pass"}))
+                .await;
+            r["error"]["code"].as_str().unwrap().to_string()
+        };
+        // The failed-login limit counts the client's address, not nginx's: ten failures
+        // from 127.0.0.5 block that address only.
+        for n in 0..10 {
+            assert_eq!(bad_login([127, 0, 0, 5], n).await, "bad_credentials");
+        }
+        assert_eq!(bad_login([127, 0, 0, 5], 10).await, "rate_limited");
+        assert_eq!(bad_login([127, 0, 0, 6], 11).await, "bad_credentials");
+        // A node refuses a connection that bypasses nginx (no PROXY header).
+        let direct: std::net::SocketAddr = ([127, 0, 0, 1], t.nodes[0].0).into();
+        let mut c = Client::connect_raw_from(direct, [127, 0, 0, 1].into()).await;
+        c.raw(b"{\"op\":\"ping\"}\n").await;
+        assert!(c.closed().await);
+        assert!(c.pending().is_empty(), "served without a PROXY header");
+    });
 }

@@ -265,6 +265,37 @@ impl Client {
         c
     }
 
+    /// Connects from the local address `from` (any of 127.0.0.0/8) and reads `hello`.
+    pub async fn connect_from(addr: SocketAddr, from: std::net::IpAddr) -> Client {
+        let mut c = Self::connect_raw_from(addr, from).await;
+        c.hello = c.frame().await.expect("hello");
+        assert_eq!(c.hello["event"], "hello");
+        c
+    }
+
+    /// Connects from the local address `from` without reading anything.
+    pub async fn connect_raw_from(addr: SocketAddr, from: std::net::IpAddr) -> Client {
+        let sock = match from {
+            std::net::IpAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
+            std::net::IpAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
+        }
+        .unwrap();
+        sock.bind((from, 0).into()).unwrap();
+        let stream = tokio::time::timeout(WAIT, sock.connect(addr))
+            .await
+            .unwrap()
+            .unwrap();
+        let (rd, wr) = stream.into_split();
+        Client {
+            rd: BufReader::new(rd),
+            wr,
+            events: VecDeque::new(),
+            hello: Value::Null,
+            token: None,
+            id: 0,
+        }
+    }
+
     /// Writes raw bytes.
     pub async fn raw(&mut self, bytes: &[u8]) {
         self.wr.write_all(bytes).await.unwrap();

@@ -162,12 +162,30 @@ float is "2e+07").
 */}}
 {{- define "switchboard.config.env" -}}
 {{- range $key, $value := .Values.config }}
+{{- if ne $key "proxyProtocol" }}
 - name: {{ printf "SWITCHBOARD_%s" (snakecase $key | upper) }}
 {{- if or (kindIs "float64" $value) (kindIs "int" $value) (kindIs "int64" $value) }}
   value: {{ printf "%d" (int64 $value) | quote }}
 {{- else }}
   value: {{ toString $value | quote }}
 {{- end }}
+{{- end }}
+{{- end }}
+{{- /* Its default (null) depends on the mode, and Helm drops null values: set apart. */}}
+- name: SWITCHBOARD_PROXY_PROTOCOL
+  value: {{ include "switchboard.proxyProtocol" . | quote }}
+{{- end }}
+
+{{/*
+Whether the chat pods expect PROXY headers: "true" or "false". config.proxyProtocol null
+means on in mode nginx (nginx sends them) and off in mode service.
+*/}}
+{{- define "switchboard.proxyProtocol" -}}
+{{- $v := get .Values.config "proxyProtocol" }}
+{{- if or (kindIs "invalid" $v) (eq (toString $v) "") }}
+{{- eq .Values.loadBalancer.mode "nginx" }}
+{{- else }}
+{{- $v }}
 {{- end }}
 {{- end }}
 
@@ -204,6 +222,12 @@ Checks that hold across sections; called from the chat Deployment.
 {{- $proxy := int .Values.loadBalancer.nginx.proxyTimeoutSeconds }}
 {{- if and (gt $idle 0) (le $proxy (div $idle 2)) }}
 {{- fail (printf "loadBalancer.nginx.proxyTimeoutSeconds (%d) must be longer than the client ping interval, config.idleTimeoutSecs / 2 (%d)" $proxy (div $idle 2)) }}
+{{- end }}
+{{- if and .Values.loadBalancer.nginx.acceptProxyProtocol (not .Values.loadBalancer.nginx.trustedCidrs) }}
+{{- fail "loadBalancer.nginx.acceptProxyProtocol needs loadBalancer.nginx.trustedCidrs (the load balancer's addresses), or every client could claim any address" }}
+{{- end }}
+{{- if and .Values.loadBalancer.nginx.acceptProxyProtocol (ne (include "switchboard.proxyProtocol" .) "true") }}
+{{- fail "loadBalancer.nginx.acceptProxyProtocol needs config.proxyProtocol on (null or true): nginx can only pass the client address on in a PROXY header" }}
 {{- end }}
 {{- if and (not .Values.loadBalancer.nginx.staticServers) (not .Values.loadBalancer.nginx.resolver) }}
 {{- fail "loadBalancer.nginx.resolver is empty: `server ... resolve` needs a resolver (only staticServers work without one)" }}

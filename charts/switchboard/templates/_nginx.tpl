@@ -55,12 +55,20 @@ stream {
     }
 
     server {
+{{- $pp := ternary " proxy_protocol" "" (eq $n.acceptProxyProtocol true) }}
 {{- if $n.listen }}
-        listen {{ $n.listen }};
+        listen {{ $n.listen }}{{ $pp }};
 {{- else }}
-        listen {{ int $n.containerPort }};
+        listen {{ int $n.containerPort }}{{ $pp }};
 {{- if $n.ipv6 }}
-        listen [::]:{{ int $n.containerPort }};
+        listen [::]:{{ int $n.containerPort }}{{ $pp }};
+{{- end }}
+{{- end }}
+{{- if $n.acceptProxyProtocol }}
+        # The cloud load balancer in front sends a PROXY header; only its addresses may
+        # replace the client address, which then goes on to the chat pods.
+{{- range $n.trustedCidrs }}
+        set_real_ip_from {{ . }};
 {{- end }}
 {{- end }}
         proxy_pass switchboard_chat;
@@ -71,8 +79,9 @@ stream {
         proxy_next_upstream on;
         proxy_next_upstream_tries {{ int $n.nextUpstreamTries }};
         proxy_socket_keepalive on;
-{{- if .Values.config.proxyProtocol }}
-        # The chat pods expect a PROXY protocol header (config.proxyProtocol).
+{{- if eq (include "switchboard.proxyProtocol" .) "true" }}
+        # The client's address goes to the chat pods in a PROXY protocol header
+        # (config.proxyProtocol); they believe it from config.proxyTrustedCidrs only.
         proxy_protocol on;
 {{- end }}
     }
