@@ -80,6 +80,8 @@ pub struct Settings {
     pub log_format: LogFormat,
     /// Log filter (tracing `EnvFilter` syntax); `RUST_LOG` wins when set.
     pub log: String,
+    /// Successful `register`s per client address within a sliding hour.
+    pub register_per_address_per_hour: u32,
 }
 
 impl Default for Settings {
@@ -114,6 +116,7 @@ impl Default for Settings {
             proxy_protocol: false,
             log_format: LogFormat::Text,
             log: "info".into(),
+            register_per_address_per_hour: 20,
         }
     }
 }
@@ -256,6 +259,11 @@ impl Settings {
             self.redis_timeout_ms >= 10,
             "redis_timeout_ms",
             "must be at least 10",
+        )?;
+        check(
+            self.register_per_address_per_hour >= 1,
+            "register_per_address_per_hour",
+            "must be at least 1",
         )?;
         check(
             argon2::Params::new(
