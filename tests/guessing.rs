@@ -167,18 +167,14 @@ async fn parallel_guesses_redis() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn correct_password_memory() {
-    a_correct_password_is_not_a_failure(
-        Cluster::memory_with(|s| s.login_failures_max = 3).await,
-    )
-    .await;
+    a_correct_password_is_not_a_failure(Cluster::memory_with(|s| s.login_failures_max = 3).await)
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn correct_password_redis() {
-    a_correct_password_is_not_a_failure(
-        Cluster::redis_with(2, |s| s.login_failures_max = 3).await,
-    )
-    .await;
+    a_correct_password_is_not_a_failure(Cluster::redis_with(2, |s| s.login_failures_max = 3).await)
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
