@@ -26,6 +26,7 @@ ulimit -n "$(ulimit -Hn)"
 redis-server --port "$BASE" --bind 127.0.0.1 --save "" --appendonly no --daemonize no >"$run/redis.log" 2>&1 &
 pids+=($!); redis_pid=$!
 sleep 0.5
+# Every client comes from 127.0.0.1: the per-address sign-up and login limits are lifted.
 node() { # name port http [extra env...]
   local name=$1 port=$2 http=$3; shift 3
   env SWITCHBOARD_REDIS_URL="redis://127.0.0.1:$BASE" SWITCHBOARD_NODE_NAME="$name" \

@@ -102,12 +102,14 @@ async fn a_full_redis_answers_unavailable_and_recovers() {
     let mut bob = user(c.addr(1), "om").await;
     let mut carol = user(c.addr(0), "om").await;
     let mut dave = user(c.addr(1), "om").await;
+    let mut erin = user(c.addr(0), "om").await;
     let r = alice
         .ok(json!({"op": "group.create", "name": uname("omg"), "desc": ""}))
         .await;
     let gid = r["group"]["id"].as_u64().unwrap();
     bob.ok(json!({"op": "group.join", "group": gid})).await;
     carol.ok(json!({"op": "group.join", "group": gid})).await;
+    erin.ok(json!({"op": "group.join", "group": gid})).await;
     let r = alice
         .ok(json!({"op": "send", "to": bob.id, "text": "before"}))
         .await;
@@ -166,6 +168,14 @@ async fn a_full_redis_answers_unavailable_and_recovers() {
     // Longer than the presence TTL (2 s): heartbeats fail meanwhile, and must do no harm.
     tokio::time::sleep(Duration::from_millis(2500)).await;
     assert_eq!(state(redis, &ids, gid), before);
+    // Ops that only delete still work (and free memory): leaving a group, logging out.
+    let members = format!("sb:{{g:{gid}}}:members");
+    assert_eq!(redis.cli(&["HLEN", &members]), "4");
+    erin.ok(json!({"op": "group.leave", "group": gid})).await;
+    erin.ok(json!({"op": "logout"})).await;
+    assert_eq!(redis.cli(&["HLEN", &members]), "3");
+    let erin_sessions = format!("sb:{{u:{}}}:sessions", erin.id);
+    assert_eq!(redis.cli(&["EXISTS", &erin_sessions]), "0");
 
     // Memory freed: everything works again, on the same connections.
     assert_eq!(redis.cli(&["CONFIG", "SET", "maxmemory", "0"]), "OK");
@@ -182,10 +192,15 @@ async fn a_full_redis_answers_unavailable_and_recovers() {
         .await;
     again.ok(json!({"op": "login", "token": dave_token})).await;
     let inbox = |id: u64| redis.cli(&["XLEN", &format!("sb:{{u:{id}}}:inbox")]);
-    // alice: before, after, to all; bob: before, after, to all; carol: to all.
+    // alice: before, after, to all; bob: before, after, to all; carol: to all; erin left.
     assert_eq!(
-        [inbox(alice.id), inbox(bob.id), inbox(carol.id)],
-        ["3", "3", "1"]
+        [
+            inbox(alice.id),
+            inbox(bob.id),
+            inbox(carol.id),
+            inbox(erin.id)
+        ],
+        ["3", "3", "1", "0"]
     );
     let texts: Vec<String> = {
         let mut seen = Vec::new();
