@@ -342,6 +342,18 @@ mod tests {
     }
 
     #[test]
+    fn register_limit_from_environment() {
+        let name = "SWITCHBOARD_REGISTER_PER_ADDRESS_PER_HOUR";
+        assert_eq!(Settings::default().register_per_address_per_hour, 20);
+        let s = Settings::load_from(None, env(&[(name, "5")])).unwrap();
+        assert_eq!(s.register_per_address_per_hour, 5);
+        let e = Settings::load_from(None, env(&[(name, "0")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(name), "{e}");
+    }
+
+    #[test]
     fn file_then_environment() {
         let dir = std::env::temp_dir().join(format!("sb-cfg-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
