@@ -530,16 +530,19 @@ impl<S: Store> Session<S> {
             }
             None => Ok(false),
         };
-        // A failure keeps its reservation; so does an error (counted as a failure, harmless).
-        let Some(account) = account.filter(|_| matches!(verified, Ok(true))) else {
+        // A wrong password keeps its reservation: that is the failure. A success, or a
+        // verification that could not run, is not a failure. Should the release fail, the
+        // attempt counts as one failure until the window passes: not worth an error.
+        if !matches!(verified, Ok(false))
+            && let Err(e) = node.store.attempt_release(&keys, &reservation).await
+        {
+            tracing::warn!(error = %e, "could not release a login reservation");
+        }
+        let right = matches!(verified, Ok(true));
+        let Some(account) = account.filter(|_| right) else {
             verified?;
             return Err(Error::new(Code::BadCredentials, "wrong name or password"));
         };
-        // A success is not a failure. Should the release fail, the success counts as one
-        // failure until the window passes: not worth failing the login for.
-        if let Err(e) = node.store.attempt_release(&keys, &reservation).await {
-            tracing::warn!(error = %e, "could not release a login reservation");
-        }
         let token = new_token();
         let digest = token_digest(&token);
         node.store
