@@ -168,6 +168,12 @@ async fn a_full_redis_answers_unavailable_and_recovers() {
     // Longer than the presence TTL (2 s): heartbeats fail meanwhile, and must do no harm.
     tokio::time::sleep(Duration::from_millis(2500)).await;
     assert_eq!(state(redis, &ids, gid), before);
+    for (i, node) in c.nodes.iter().enumerate() {
+        // Still ready: the live path (PUBLISH, SUBSCRIBE) needs no memory-growing write, and
+        // taking every node out of the load balancer would not free any memory.
+        assert_eq!(node.get("/readyz").await.0, 200, "node {i} ready");
+        assert_eq!(node.get("/livez").await.0, 200, "node {i} still lives");
+    }
     // Ops that only delete still work (and free memory): leaving a group, logging out.
     let members = format!("sb:{{g:{gid}}}:members");
     assert_eq!(redis.cli(&["HLEN", &members]), "4");
