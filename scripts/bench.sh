@@ -26,12 +26,13 @@ ulimit -n "$(ulimit -Hn)"
 redis-server --port "$BASE" --bind 127.0.0.1 --save "" --appendonly no --daemonize no >"$run/redis.log" 2>&1 &
 pids+=($!); redis_pid=$!
 sleep 0.5
+# Every client comes from 127.0.0.1: the per-address sign-up and login limits are lifted.
 node() { # name port http [extra env...]
   local name=$1 port=$2 http=$3; shift 3
   env SWITCHBOARD_REDIS_URL="redis://127.0.0.1:$BASE" SWITCHBOARD_NODE_NAME="$name" \
     SWITCHBOARD_LISTEN="127.0.0.1:$port" SWITCHBOARD_HTTP_LISTEN="127.0.0.1:$http" \
     SWITCHBOARD_SEND_RATE_PER_SEC=1000000 SWITCHBOARD_SEND_BURST=1000000 SWITCHBOARD_LOG=warn \
-    SWITCHBOARD_MAX_UNAUTHENTICATED_PER_ADDRESS=1000000 \
+    SWITCHBOARD_MAX_UNAUTHENTICATED_PER_ADDRESS=1000000 SWITCHBOARD_REGISTER_PER_ADDRESS_PER_HOUR=1000000 SWITCHBOARD_LOGIN_FAILURES_MAX=1000000 \
     "$@" "$bin" serve >"$run/$name.log" 2>&1 &
   pids+=($!)
   node_pid=$!

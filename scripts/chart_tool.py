@@ -574,6 +574,10 @@ def expect_default(docs, rendered):
         require(any(e["name"] == "REDISCLI_AUTH" for e in c["env"]), "redis-cli probes are not authenticated", p)
     redis_cm = find(docs, "ConfigMap", "-redis")
     require(redis_cm is not None and "appendonly yes" in redis_cm["data"]["redis.conf"], "AOF is not on", p)
+    # 80 % of the 1Gi limit: a full Redis refuses writes before the kernel kills it.
+    conf_lines = redis_cm["data"]["redis.conf"].splitlines() if redis_cm else []
+    require("maxmemory 858993459" in [l.strip() for l in conf_lines], "Redis maxmemory is not 80% of its 1Gi memory limit", p)
+    require("maxmemory-policy noeviction" in [l.strip() for l in conf_lines], "Redis maxmemory-policy is not noeviction", p)
     require(find(docs, "Secret", "-redis") is not None, "no generated Redis Secret", p)
     require(find(docs, "PodDisruptionBudget", "-chat") is not None, "no chat PodDisruptionBudget", p)
     for kind in ("HorizontalPodAutoscaler", "NetworkPolicy", "ServiceMonitor"):
@@ -652,6 +656,18 @@ def expect_existing_secret(docs, rendered):
     require(all(e["valueFrom"]["secretKeyRef"]["name"] == "my-redis-auth" for e in env), "Redis does not read redis.existingSecret", p)
     require("volumeClaimTemplates" not in sts["spec"], "PVC rendered with persistence disabled", p)
     return p
+
+
+def expect_redis_maxmemory(line: str | None):
+    def check(docs, rendered):
+        p = []
+        redis_cm = find(docs, "ConfigMap", "-redis")
+        lines = [l.strip() for l in redis_cm["data"]["redis.conf"].splitlines()] if redis_cm else []
+        have = [l for l in lines if l.startswith("maxmemory ")]
+        require(have == ([line] if line else []), f"Redis maxmemory lines {have}, expected {line!r}", p)
+        require("maxmemory-policy noeviction" in lines, "Redis maxmemory-policy is not noeviction", p)
+        return p
+    return check
 
 
 def expect_autoscaling(docs, rendered):
@@ -793,6 +809,9 @@ def scenarios() -> list[Scenario]:
         Scenario("redis disabled + externalUrl", {"redis": {"enabled": False, "externalUrl": "redis://:secret@redis.example.com:6379"}}, expect_external_redis("redis://:secret@redis.example.com:6379", None)),
         Scenario("redis disabled + externalUrlSecret", {"redis": {"enabled": False, "externalUrlSecret": {"name": "my-redis", "key": "url"}}}, expect_external_redis(None, "my-redis")),
         Scenario("redis existingSecret, no persistence", {"redis": {"existingSecret": "my-redis-auth", "persistence": {"enabled": False}}}, expect_existing_secret),
+        Scenario("redis maxmemoryPercent 50 of 3Gi", {"redis": {"maxmemoryPercent": 50, "resources": {"limits": {"memory": "3Gi"}}}}, expect_redis_maxmemory("maxmemory 1610612736")),
+        Scenario("redis maxmemory explicit", {"redis": {"maxmemory": "700mb"}}, expect_redis_maxmemory("maxmemory 700mb")),
+        Scenario("redis maxmemoryPercent 0", {"redis": {"maxmemoryPercent": 0}}, expect_redis_maxmemory(None)),
         Scenario("autoscaling", {"autoscaling": {"enabled": True, "targetMemoryUtilizationPercentage": 80, "extraMetrics": [PODS_METRIC]}}, expect_autoscaling),
         Scenario("serviceMonitor (API served)", sm, expect_servicemonitor(True), api_versions=MONITORING),
         Scenario("serviceMonitor (API absent)", sm, expect_servicemonitor(False)),

@@ -91,6 +91,8 @@ pub struct Settings {
     pub login_timeout_secs: u64,
     /// Most connections from one client address open at once and not logged in, per node.
     pub max_unauthenticated_per_address: u32,
+    /// Successful `register`s per client address within a sliding hour.
+    pub register_per_address_per_hour: u32,
 }
 
 impl Default for Settings {
@@ -130,6 +132,7 @@ impl Default for Settings {
             proxy_trusted_cidrs: String::new(),
             login_timeout_secs: 30,
             max_unauthenticated_per_address: 64,
+            register_per_address_per_hour: 20,
         }
     }
 }
@@ -284,6 +287,11 @@ impl Settings {
             "must be at least 10",
         )?;
         check(
+            self.register_per_address_per_hour >= 1,
+            "register_per_address_per_hour",
+            "must be at least 1",
+        )?;
+        check(
             argon2::Params::new(
                 self.argon2_memory_kib,
                 self.argon2_iterations,
@@ -419,6 +427,18 @@ mod tests {
                 && e.contains("10.1.0.0/33"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn register_limit_from_environment() {
+        let name = "SWITCHBOARD_REGISTER_PER_ADDRESS_PER_HOUR";
+        assert_eq!(Settings::default().register_per_address_per_hour, 20);
+        let s = Settings::load_from(None, env(&[(name, "5")])).unwrap();
+        assert_eq!(s.register_per_address_per_hour, 5);
+        let e = Settings::load_from(None, env(&[(name, "0")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(name), "{e}");
     }
 
     #[test]

@@ -29,6 +29,8 @@ use crate::store::{Outgoing, Recipient, Store, Who};
 
 /// Inbox entries read per request while sending a backlog or catching up.
 const INBOX_PAGE: usize = 256;
+/// Sliding window of `register_per_address_per_hour`.
+const REGISTER_WINDOW_MS: u64 = 3600 * 1000;
 /// How long a closing connection keeps discarding input so its last error is not reset away.
 const LINGER: Duration = Duration::from_millis(500);
 /// How often a session looks again while the live path is paused.
@@ -564,8 +566,38 @@ impl<S: Store> Session<S> {
                 "a password is 8 to 128 bytes",
             ));
         }
-        let hash = self.node.passwords.hash(args.password).await?;
-        let user = self.node.store.register(&args.name, &hash).await?;
+        let node = self.node.clone();
+        // Reserved before hashing, so a burst cannot pass the check all at once; only a
+        // successful registration keeps the reservation.
+        let keys = [format!("register:addr:{}", self.peer.ip())];
+        let reservation = node
+            .store
+            .attempt_reserve(
+                &keys,
+                node.settings.register_per_address_per_hour,
+                REGISTER_WINDOW_MS,
+                crate::clock::now_ms(),
+            )
+            .await?
+            .ok_or_else(|| {
+                Error::new(
+                    Code::RateLimited,
+                    "too many registrations from this address; try again later",
+                )
+            })?;
+        let registered = match node.passwords.hash(args.password).await {
+            Ok(hash) => node.store.register(&args.name, &hash).await,
+            Err(e) => Err(e),
+        };
+        let user = match registered {
+            Ok(user) => user,
+            Err(e) => {
+                if let Err(e) = node.store.attempt_release(&keys, &reservation).await {
+                    tracing::warn!(error = %e, "could not release a registration reservation");
+                }
+                return Err(e);
+            }
+        };
         tracing::info!(user = user.id, "registered");
         Ok(json!({"user": user}))
     }
@@ -608,27 +640,43 @@ impl<S: Store> Session<S> {
             (None, Who::Name(name)) => format!("name:{}", name.to_ascii_lowercase()),
             (None, Who::Id(id)) => format!("id:{id}"),
         };
-        let keys = [name_key, format!("addr:{}", self.peer.ip())];
+        let keys = [
+            format!("loginfail:{name_key}"),
+            format!("loginfail:addr:{}", self.peer.ip()),
+        ];
         let window_ms = s.login_failure_window_secs * 1000;
         let now = crate::clock::now_ms();
-        if node.store.login_failures(&keys, window_ms, now).await?
-            >= u64::from(s.login_failures_max)
-        {
+        // The attempt counts as a failure from before the verification on, so concurrent
+        // guesses cannot all pass the check: at most `login_failures_max` are ever verified.
+        let Some(reservation) = node
+            .store
+            .attempt_reserve(&keys, s.login_failures_max, window_ms, now)
+            .await?
+        else {
             return Err(Error::new(
                 Code::RateLimited,
                 "too many failed logins; try again later",
             ));
-        }
+        };
         let verified = match &account {
             Some(a) => {
                 node.passwords
                     .verify(password, a.password_hash.clone())
-                    .await?
+                    .await
             }
-            None => false,
+            None => Ok(false),
         };
-        let Some(account) = account.filter(|_| verified) else {
-            node.store.login_failed(&keys, window_ms, now).await?;
+        // A wrong password keeps its reservation: that is the failure. A success, or a
+        // verification that could not run, is not a failure. Should the release fail, the
+        // attempt counts as one failure until the window passes: not worth an error.
+        if !matches!(verified, Ok(false))
+            && let Err(e) = node.store.attempt_release(&keys, &reservation).await
+        {
+            tracing::warn!(error = %e, "could not release a login reservation");
+        }
+        let right = matches!(verified, Ok(true));
+        let Some(account) = account.filter(|_| right) else {
+            verified?;
             return Err(Error::new(Code::BadCredentials, "wrong name or password"));
         };
         let token = new_token();

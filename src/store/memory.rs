@@ -36,7 +36,8 @@ struct State {
     accounts: HashMap<UserId, Account>,
     by_name: HashMap<String, UserId>,
     tokens: HashMap<String, (UserId, Instant)>,
-    failures: HashMap<String, VecDeque<u64>>,
+    /// Limit key → (time ms, member) of each recorded attempt, as the `sb:<key>` sorted sets.
+    attempts: HashMap<String, Vec<(u64, String)>>,
     sessions: HashMap<UserId, HashSet<String>>,
     friends: HashMap<UserId, BTreeSet<UserId>>,
     next_group: GroupId,
@@ -216,27 +217,46 @@ impl Store for MemoryStore {
         Ok(())
     }
 
-    async fn login_failures(&self, keys: &[String], window_ms: u64, now: u64) -> Result<u64> {
+    async fn attempt_reserve(
+        &self,
+        keys: &[String],
+        max: u32,
+        window_ms: u64,
+        now: u64,
+    ) -> Result<Option<String>> {
         let mut st = self.state();
-        let mut most = 0;
+        let mut full = false;
         for key in keys {
-            if let Some(times) = st.failures.get_mut(key) {
-                while times.front().is_some_and(|&t| t + window_ms <= now) {
-                    times.pop_front();
-                }
-                most = most.max(times.len() as u64);
+            if let Some(times) = st.attempts.get_mut(key) {
+                times.retain(|(t, _)| t + window_ms > now);
+                full |= times.len() >= max as usize;
                 if times.is_empty() {
-                    st.failures.remove(key);
+                    st.attempts.remove(key);
                 }
             }
         }
-        Ok(most)
+        if full {
+            return Ok(None);
+        }
+        let member = format!("{now}-{:08x}", rand::random::<u32>());
+        for key in keys {
+            st.attempts
+                .entry(key.clone())
+                .or_default()
+                .push((now, member.clone()));
+        }
+        Ok(Some(member))
     }
 
-    async fn login_failed(&self, keys: &[String], _window_ms: u64, now: u64) -> Result<()> {
+    async fn attempt_release(&self, keys: &[String], member: &str) -> Result<()> {
         let mut st = self.state();
         for key in keys {
-            st.failures.entry(key.clone()).or_default().push_back(now);
+            if let Some(times) = st.attempts.get_mut(key) {
+                times.retain(|(_, m)| m != member);
+                if times.is_empty() {
+                    st.attempts.remove(key);
+                }
+            }
         }
         Ok(())
     }

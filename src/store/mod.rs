@@ -142,19 +142,22 @@ pub trait Store: Send + Sync + 'static {
     /// Revokes a token digest.
     fn token_revoke(&self, digest: &str) -> impl Future<Output = Result<()>> + Send;
 
-    /// The largest number of failed logins within the window among `keys`.
-    fn login_failures(
+    /// Reserves one attempt against every limit key, atomically: drops each key's entries
+    /// older than `window_ms`; if every key holds fewer than `max`, records one entry (time
+    /// `now_ms`) in each and returns its member, else returns `None` and records nothing.
+    /// Keys are `sb:`-relative (`loginfail:name:bob`, `register:addr:10.0.0.1`).
+    fn attempt_reserve(
         &self,
         keys: &[String],
+        max: u32,
         window_ms: u64,
         now_ms: u64,
-    ) -> impl Future<Output = Result<u64>> + Send;
-    /// Records one failed login against every key.
-    fn login_failed(
+    ) -> impl Future<Output = Result<Option<String>>> + Send;
+    /// Takes back a reservation of [`Store::attempt_reserve`] from every key.
+    fn attempt_release(
         &self,
         keys: &[String],
-        window_ms: u64,
-        now_ms: u64,
+        member: &str,
     ) -> impl Future<Output = Result<()>> + Send;
 
     /// Registers a session of `user` on `node`; `Ok(true)` when it is the user's first.

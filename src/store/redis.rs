@@ -60,6 +60,7 @@ struct Scripts {
     reap: Script,
     token_account: Script,
     login_state: Script,
+    attempt: Script,
 }
 
 impl Scripts {
@@ -83,6 +84,7 @@ impl Scripts {
             reap: script!("reap"),
             token_account: script!("token_account"),
             login_state: script!("login_state"),
+            attempt: script!("attempt"),
         }
     }
 }
@@ -308,6 +310,12 @@ impl RedisStore {
             Ok(Err(e)) => {
                 self.metrics.redis_errors.with_label_values(&[op]).inc();
                 tracing::warn!(op, error = %e, "redis request failed");
+                if is_oom(&e) {
+                    return Err(Error::new(
+                        Code::Unavailable,
+                        "storage unavailable: Redis is out of memory (maxmemory reached); retry later",
+                    ));
+                }
                 Err(Error::unavailable(e.kind_str()))
             }
             Err(_) => {
@@ -354,6 +362,12 @@ impl RedisStore {
         let mut con = self.cmd.clone();
         self.call(op, cmd.query_async(&mut con)).await
     }
+}
+
+/// Whether Redis refused a write because `maxmemory` is reached (`-OOM command not allowed
+/// ...`, also when raised by a `redis.call` inside a script).
+fn is_oom(e: &redis::RedisError) -> bool {
+    e.code() == Some("OOM") || e.to_string().contains("OOM command not allowed")
 }
 
 trait ErrorKindStr {
@@ -508,34 +522,33 @@ impl Store for RedisStore {
         .await
     }
 
-    async fn login_failures(&self, keys: &[String], window_ms: u64, now: u64) -> Result<u64> {
-        let mut pipe = redis::pipe();
+    async fn attempt_reserve(
+        &self,
+        keys: &[String],
+        max: u32,
+        window_ms: u64,
+        now: u64,
+    ) -> Result<Option<String>> {
+        let member = format!("{now}-{:08x}", rand::random::<u32>());
+        let mut inv = self.scripts.attempt.prepare_invoke();
+        inv.arg(now).arg(window_ms).arg(max).arg(&member);
         for k in keys {
-            let key = format!("sb:loginfail:{k}");
-            pipe.cmd("ZREMRANGEBYSCORE")
-                .arg(&key)
-                .arg("-inf")
-                .arg(now.saturating_sub(window_ms))
-                .ignore();
-            pipe.cmd("ZCARD").arg(&key);
+            inv.arg(k);
         }
         let mut con = self.cmd.clone();
-        let counts: Vec<u64> = self
-            .call("login_failures", pipe.query_async(&mut con))
+        let added: i64 = self
+            .call("attempt_reserve", inv.invoke_async(&mut con))
             .await?;
-        Ok(counts.into_iter().max().unwrap_or(0))
+        Ok((added == 1).then_some(member))
     }
 
-    async fn login_failed(&self, keys: &[String], window_ms: u64, now: u64) -> Result<()> {
+    async fn attempt_release(&self, keys: &[String], member: &str) -> Result<()> {
         let mut pipe = redis::pipe();
-        let member = format!("{now}-{:08x}", rand::random::<u32>());
         for k in keys {
-            let key = format!("sb:loginfail:{k}");
-            pipe.cmd("ZADD").arg(&key).arg(now).arg(&member).ignore();
-            pipe.cmd("PEXPIRE").arg(&key).arg(window_ms).ignore();
+            pipe.cmd("ZREM").arg(format!("sb:{k}")).arg(member).ignore();
         }
         let mut con = self.cmd.clone();
-        self.call("login_failed", pipe.query_async::<()>(&mut con))
+        self.call("attempt_release", pipe.query_async::<()>(&mut con))
             .await
     }
 

@@ -123,6 +123,11 @@ pub fn settings(name: &str, redis: Option<&Redis>) -> Settings {
     s.argon2_iterations = 1;
     s.presence_ttl_secs = 2;
     s.drain_timeout_secs = 2;
+    // Every test client comes from 127.0.0.1: one address registering many users, and
+    // logging many in at once (a login in progress holds one of the address's
+    // `login_failures_max` slots). Tests of these limits set them low again.
+    s.register_per_address_per_hour = 1_000_000;
+    s.login_failures_max = 1000;
     s
 }
 
@@ -251,6 +256,10 @@ impl Client {
             .await
             .unwrap()
             .unwrap();
+        Self::over(stream).await
+    }
+
+    async fn over(stream: TcpStream) -> Client {
         let (rd, wr) = stream.into_split();
         let mut c = Client {
             rd: BufReader::new(rd),
@@ -579,6 +588,9 @@ impl Proc {
             .env("SWITCHBOARD_NODE_NAME", name)
             .env("SWITCHBOARD_ARGON2_MEMORY_KIB", "64")
             .env("SWITCHBOARD_ARGON2_ITERATIONS", "1")
+            // One client address for everything, as in `settings()`.
+            .env("SWITCHBOARD_REGISTER_PER_ADDRESS_PER_HOUR", "1000000")
+            .env("SWITCHBOARD_LOGIN_FAILURES_MAX", "1000")
             .stdout(Stdio::null())
             .stderr(Stdio::null());
         for (k, v) in extra {

@@ -234,3 +234,24 @@ Checks that hold across sections; called from the chat Deployment.
 {{- end }}
 {{- end }}
 {{- end }}
+
+{{/*
+Redis maxmemory: redis.maxmemory when set, else redis.maxmemoryPercent of
+redis.resources.limits.memory in bytes (a Kubernetes quantity: 1Gi, 512Mi, 1.5G, 1073741824);
+empty when neither applies (no cap).
+*/}}
+{{- define "switchboard.redis.maxmemory" -}}
+{{- $r := .Values.redis }}
+{{- if $r.maxmemory }}
+{{- $r.maxmemory }}
+{{- else if and (gt (int $r.maxmemoryPercent) 0) (dig "limits" "memory" "" ($r.resources | default dict)) }}
+{{- $q := toString $r.resources.limits.memory }}
+{{- if not (regexMatch "^[0-9]+(\\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|k|M|G|T|P)?$" $q) }}
+{{- fail (printf "redis.resources.limits.memory %q: use a plain Kubernetes quantity (e.g. 1Gi) or set redis.maxmemory" $q) }}
+{{- end }}
+{{- $number := regexFind "^[0-9]+(\\.[0-9]+)?" $q }}
+{{- $units := dict "" 1.0 "k" 1e3 "M" 1e6 "G" 1e9 "T" 1e12 "P" 1e15 "Ki" 1024.0 "Mi" 1048576.0 "Gi" 1073741824.0 "Ti" 1099511627776.0 "Pi" 1125899906842624.0 }}
+{{- $unit := get $units (trimPrefix $number $q) }}
+{{- printf "%d" (int64 (divf (mulf (float64 $number) $unit (int $r.maxmemoryPercent)) 100)) }}
+{{- end }}
+{{- end }}
