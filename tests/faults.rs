@@ -7,13 +7,20 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Client, Node, Redis, register, settings, uname};
+use std::sync::Arc;
+
+use common::{Client, Node, Proc, Redis, register, settings, uname};
 use serde_json::json;
+use switchboard::metrics::Metrics;
+use switchboard::registry::Registry;
+use switchboard::store::{RedisStore, Retention, Store};
 
 /// Creates a Redis ACL user `name` (password `pw`) allowed everything except `denied` commands,
 /// and returns the URL a node uses to connect as that user.
 fn acl_user(redis: &Redis, name: &str, denied: &[&str]) -> String {
-    let mut args = vec!["ACL", "SETUSER", name, "reset", "on", ">pw", "~*", "&*", "+@all"];
+    let mut args = vec![
+        "ACL", "SETUSER", name, "reset", "on", ">pw", "~*", "&*", "+@all",
+    ];
     let minus: Vec<String> = denied.iter().map(|c| format!("-{c}")).collect();
     args.extend(minus.iter().map(String::as_str));
     assert_eq!(redis.cli(&args), "OK");
@@ -68,7 +75,11 @@ async fn a_login_that_fails_after_session_open_leaves_no_session_record() {
         .err(json!({"op": "login", "name": name, "password": common::PASSWORD}))
         .await;
     assert_eq!(code, "unavailable");
-    assert_eq!(redis.cli(&["HLEN", &sessions]), "1", "the fault left a record");
+    assert_eq!(
+        redis.cli(&["HLEN", &sessions]),
+        "1",
+        "the fault left a record"
+    );
 
     // Redis is fine again: the record must go, as after any removal that failed.
     assert_eq!(redis.cli(&["DEL", &friends]), "1");
@@ -83,5 +94,136 @@ async fn a_login_that_fails_after_session_open_leaves_no_session_record() {
     );
     eprintln!("failed login's record removed {took:?} after Redis recovered");
     assert!(!online(node.addr, &asker, id).await);
+    node.stop().await;
+}
+
+/// The Redis store a node named `name` would use (the test plays that node's part).
+async fn store_as(redis: &Redis, name: &str) -> Arc<RedisStore> {
+    let metrics = Arc::new(Metrics::new(name));
+    let retention = Retention {
+        max_len: 1000,
+        max_age_ms: 3_600_000,
+    };
+    let registry = Arc::new(Registry::new(metrics.clone()));
+    let timeout = Duration::from_secs(2);
+    RedisStore::connect(&redis.url(), name, registry, retention, timeout, metrics)
+        .await
+        .unwrap()
+}
+
+/// Polls until `id` has no session record left (at most `limit`); the time it took.
+async fn record_gone(redis: &Redis, id: u64, limit: Duration) -> Option<Duration> {
+    let sessions = format!("sb:{{u:{id}}}:sessions");
+    within(limit, async || redis.cli(&["EXISTS", &sessions]) == "0").await
+}
+
+/// A node killed right after a login but before its first heartbeat used to stay out of
+/// `sb:nodes` for good, so no other node ever took it for dead and its users stayed online.
+/// Made deterministic with a Redis ACL: the victim's Redis user may not run ZSCORE, which only
+/// the heartbeat script uses, so every one of its beats fails (as when the node dies before the
+/// first one gets through) while its logins work. The survivor must reap the session within
+/// 2 × TTL of the kill.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_killed_before_its_first_heartbeat_is_reaped() {
+    let redis = Redis::start();
+    let ttl = 2;
+    let mut s = settings("survivor", Some(&redis));
+    s.presence_ttl_secs = ttl;
+    let survivor = Node::start(s).await;
+    let url = acl_user(&redis, "victim", &["zscore"]);
+    let ttl_env = ttl.to_string();
+    let victim = Proc::start(
+        &redis,
+        "victim",
+        &[
+            ("SWITCHBOARD_REDIS_URL", &url),
+            ("SWITCHBOARD_PRESENCE_TTL_SECS", &ttl_env),
+        ],
+    );
+    let name = uname("kv");
+    let id = register(victim.addr, &name).await;
+    let mut c = Client::connect(victim.addr).await;
+    c.login(&name).await;
+    let asker = uname("ko");
+    register(survivor.addr, &asker).await;
+    assert!(online(survivor.addr, &asker, id).await);
+    victim.signal("-KILL");
+    let killed = Instant::now();
+    let took = record_gone(&redis, id, Duration::from_secs(2 * ttl)).await;
+    assert!(
+        took.is_some(),
+        "the session of a node that never beat was not reaped within 2 x TTL"
+    );
+    eprintln!("reaped {:?} after the kill", killed.elapsed());
+    assert!(!online(survivor.addr, &asker, id).await);
+    drop(victim);
+    survivor.stop().await;
+}
+
+/// A session recorded after its node's final reap at shutdown (a connection still logging in
+/// when the drain ended) used to stay forever: the reap had taken the node out of `sb:nodes`.
+/// The test stops a real node (its final reap runs), then plays that node's late
+/// `session_open` through the same store code; another node must reap it within 2 × TTL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_opened_after_the_final_reap_is_reaped() {
+    let redis = Redis::start();
+    let ttl = 2;
+    let mut s = settings("survivor", Some(&redis));
+    s.presence_ttl_secs = ttl;
+    let survivor = Node::start(s).await;
+    let mut s = settings("late", Some(&redis));
+    s.presence_ttl_secs = ttl;
+    let late = Node::start(s).await;
+    let name = uname("lt");
+    let id = register(late.addr, &name).await;
+    late.stop().await;
+    assert_eq!(redis.cli(&["ZSCORE", "sb:nodes", "late"]), "");
+
+    let store = store_as(&redis, "late").await;
+    assert!(store.session_open(id, "late-0-1", "late", 8).await.unwrap());
+    let opened = Instant::now();
+    let took = record_gone(&redis, id, Duration::from_secs(2 * ttl)).await;
+    assert!(
+        took.is_some(),
+        "a session opened after the final reap was never reaped"
+    );
+    eprintln!("late session reaped {:?} after it was opened", opened.elapsed());
+    survivor.stop().await;
+}
+
+/// A node reaped while alive (cut off from Redis for longer than the TTL) re-registers its
+/// sessions at its next heartbeat. Now that `session_open` puts a node back into `sb:nodes`, a
+/// login on it before that heartbeat must not hide the reap: the mark the reap leaves does.
+/// The test plays the reaping node through the store code, then logs in a second user first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_reaped_while_alive_restores_its_sessions_despite_a_login() {
+    let redis = Redis::start();
+    let ttl = 2;
+    let mut s = settings("alive", Some(&redis));
+    s.presence_ttl_secs = ttl;
+    let node = Node::start(s).await;
+    let name = uname("ra");
+    let id = register(node.addr, &name).await;
+    let mut c = Client::connect(node.addr).await;
+    c.login(&name).await;
+    let other = uname("rb");
+    register(node.addr, &other).await;
+
+    let reaper = store_as(&redis, "reaper").await;
+    let users = reaper.reap("alive").await.unwrap();
+    assert_eq!(users.len(), 1);
+    // A login right after the reap, before the next heartbeat (TTL/3 away).
+    let mut d = Client::connect(node.addr).await;
+    d.login(&other).await;
+    let sessions = format!("sb:{{u:{id}}}:sessions");
+    let took = within(Duration::from_secs(2 * ttl), async || {
+        redis.cli(&["EXISTS", &sessions]) == "1"
+    })
+    .await;
+    assert!(
+        took.is_some(),
+        "the reaped node did not restore its sessions"
+    );
+    assert!(online(node.addr, &other, id).await);
     node.stop().await;
 }

@@ -136,6 +136,8 @@ pub struct RedisStore {
     timeout: Duration,
     healthy: AtomicBool,
     metrics: Arc<Metrics>,
+    /// This node's name (a reap by another node leaves its mark, see reap.lua).
+    node: String,
 }
 
 fn channel(user: UserId) -> String {
@@ -201,6 +203,7 @@ impl RedisStore {
             timeout,
             healthy: AtomicBool::new(true),
             metrics,
+            node: node.to_string(),
         }))
     }
 
@@ -860,7 +863,9 @@ impl Store for RedisStore {
     }
 
     async fn reap(&self, node: &str) -> Result<Vec<UserRef>> {
-        let rows: Vec<(UserId, String)> = self.run("reap", &self.scripts.reap, &[&node]).await?;
+        let rows: Vec<(UserId, String)> = self
+            .run("reap", &self.scripts.reap, &[&node, &self.node])
+            .await?;
         Ok(rows
             .into_iter()
             .map(|(id, name)| UserRef { id, name })
