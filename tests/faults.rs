@@ -7,13 +7,16 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use common::{Client, Node, Proc, Redis, register, settings, uname};
 use serde_json::json;
 use switchboard::metrics::Metrics;
 use switchboard::registry::Registry;
 use switchboard::store::{RedisStore, Retention, Store};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
 
 /// Creates a Redis ACL user `name` (password `pw`) allowed everything except `denied` commands,
 /// and returns the URL a node uses to connect as that user.
@@ -187,7 +190,10 @@ async fn a_session_opened_after_the_final_reap_is_reaped() {
         took.is_some(),
         "a session opened after the final reap was never reaped"
     );
-    eprintln!("late session reaped {:?} after it was opened", opened.elapsed());
+    eprintln!(
+        "late session reaped {:?} after it was opened",
+        opened.elapsed()
+    );
     survivor.stop().await;
 }
 
@@ -226,4 +232,173 @@ async fn a_node_reaped_while_alive_restores_its_sessions_despite_a_login() {
     );
     assert!(online(node.addr, &other, id).await);
     node.stop().await;
+}
+
+/// A TCP relay on 127.0.0.1 in front of Redis that can turn into a black hole: it stops
+/// forwarding in both directions and closes nothing, so both ends see a healthy socket (what a
+/// failover to another address, or a dead host behind a proxy, looks like to a client).
+struct Relay {
+    addr: std::net::SocketAddr,
+    /// One flag per connection: set means swallow everything from now on.
+    conns: Arc<Mutex<Vec<Arc<AtomicBool>>>>,
+    /// New connections are swallowed from the start while set.
+    swallow_new: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Relay {
+    async fn start(upstream: u16) -> Relay {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let conns: Arc<Mutex<Vec<Arc<AtomicBool>>>> = Arc::default();
+        let swallow_new = Arc::new(AtomicBool::new(false));
+        let (c, sn) = (conns.clone(), swallow_new.clone());
+        let task = tokio::spawn(async move {
+            // The pumps live in this set: aborting the relay's task drops them and the sockets.
+            let mut pumps = tokio::task::JoinSet::new();
+            while let Ok((down, _)) = listener.accept().await {
+                let Ok(up) = TcpStream::connect(("127.0.0.1", upstream)).await else {
+                    continue;
+                };
+                let flag = Arc::new(AtomicBool::new(sn.load(Ordering::SeqCst)));
+                c.lock().unwrap().push(flag.clone());
+                let (dr, dw) = down.into_split();
+                let (ur, uw) = up.into_split();
+                pumps.spawn(pump(dr, uw, flag.clone()));
+                pumps.spawn(pump(ur, dw, flag));
+            }
+        });
+        Relay {
+            addr,
+            conns,
+            swallow_new,
+            task,
+        }
+    }
+
+    /// Every connection open now, and every new one, stops forwarding (sockets stay open).
+    fn blackhole(&self) {
+        self.swallow_new.store(true, Ordering::SeqCst);
+        for f in self.conns.lock().unwrap().iter() {
+            f.store(true, Ordering::SeqCst);
+        }
+    }
+
+    /// New connections are forwarded again; the swallowed ones stay swallowed for good.
+    fn forward_new(&self) {
+        self.swallow_new.store(false, Ordering::SeqCst);
+    }
+
+    fn url(&self) -> String {
+        format!("redis://{}", self.addr)
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Copies `from` to `to` until the flag is set, then holds both sockets without a byte more.
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    swallow: Arc<AtomicBool>,
+) {
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        if swallow.load(Ordering::SeqCst) {
+            break;
+        }
+        let n = match tokio::time::timeout(Duration::from_millis(50), from.read(&mut buf)).await {
+            Err(_) => continue,
+            Ok(Ok(0)) | Ok(Err(_)) => return,
+            Ok(Ok(n)) => n,
+        };
+        if swallow.load(Ordering::SeqCst) || to.write_all(&buf[..n]).await.is_err() {
+            break;
+        }
+    }
+    // Swallowing: keep both halves (no FIN, no RST) until the relay is dropped.
+    let _hold = (from, to);
+    std::future::pending::<()>().await;
+}
+
+/// Node 1 reaches Redis through a relay that turns into a black hole (no FIN, no RST: a
+/// half-open connection, as after a failover to another address). Node 1 must notice within a
+/// few seconds (`/readyz` 503), replace its connections once the relay forwards new ones, and
+/// deliver to its user, in order, what node 2 sent meanwhile (via the catch-up from the inbox).
+/// Before, time-outs never counted as a lost connection and node 1 stayed deaf for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_half_open_redis_connection_is_replaced_and_sessions_catch_up() {
+    let redis = Redis::start();
+    let relay = Relay::start(redis.port).await;
+    let mut s = settings("via-relay", Some(&redis));
+    s.redis_url = Some(relay.url());
+    let node1 = Node::start(s).await;
+    let node2 = Node::start(settings("direct", Some(&redis))).await;
+    let mut alice = common::user(node1.addr, "ha").await;
+    let mut bob = common::user(node2.addr, "hb").await;
+    bob.ok(json!({"op": "send", "to": alice.id, "text": "before"}))
+        .await;
+    assert_eq!(alice.event("message").await["msg"]["text"], "before");
+
+    relay.blackhole();
+    let cut = Instant::now();
+    let detected = within(Duration::from_secs(10), async || {
+        node1.get("/readyz").await.0 == 503
+    })
+    .await;
+    assert!(
+        detected.is_some(),
+        "node 1 stayed ready on a half-open Redis"
+    );
+    eprintln!("half-open connection: /readyz 503 after {detected:?}");
+    for i in 0..3 {
+        bob.ok(json!({"op": "send", "to": alice.id, "text": format!("during {i}")}))
+            .await;
+    }
+    // Still down while nothing new is forwarded.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(node1.get("/readyz").await.0, 503);
+
+    relay.forward_new();
+    let healed = Instant::now();
+    let mut texts = Vec::new();
+    while texts.len() < 3 {
+        let left = Duration::from_secs(15).saturating_sub(healed.elapsed());
+        match alice.frame_within(left).await {
+            Ok(Some(f)) if f["event"] == "message" => {
+                texts.push(f["msg"]["text"].as_str().unwrap().to_string())
+            }
+            Ok(Some(_)) => {}
+            Ok(None) => panic!("node 1 closed the session"),
+            Err(()) => panic!("missed messages not delivered within 15 s: got {texts:?}"),
+        }
+    }
+    eprintln!(
+        "messages delivered {:?} after the relay forwarded new connections ({:?} after the cut)",
+        healed.elapsed(),
+        cut.elapsed()
+    );
+    assert_eq!(texts, ["during 0", "during 1", "during 2"]);
+    let ready = within(Duration::from_secs(10), async || {
+        node1.get("/readyz").await.0 == 200
+    })
+    .await;
+    assert!(ready.is_some(), "node 1 never became ready again");
+    // Live again, on the new connections.
+    bob.ok(json!({"op": "send", "to": alice.id, "text": "after"}))
+        .await;
+    assert_eq!(alice.event("message").await["msg"]["text"], "after");
+    let (_, metrics) = node1.get("/metrics").await;
+    assert!(
+        common::metric(
+            &metrics,
+            "switchboard_redis_reconnects_total{connection=\"sub\"}"
+        ) >= 1.0
+    );
+    node2.stop().await;
+    drop(node1);
 }
