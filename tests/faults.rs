@@ -200,11 +200,12 @@ async fn a_session_opened_after_the_final_reap_is_reaped() {
 /// A node reaped while alive (cut off from Redis for longer than the TTL) re-registers its
 /// sessions at its next heartbeat. Now that `session_open` puts a node back into `sb:nodes`, a
 /// login on it before that heartbeat must not hide the reap: the mark the reap leaves does.
-/// The test plays the reaping node through the store code, then logs in a second user first.
+/// The test plays the reaping node through the store code right after one of the node's beats
+/// (so the next one is TTL/3 = 1 s away), then logs in a second user, well before that beat.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_reaped_while_alive_restores_its_sessions_despite_a_login() {
     let redis = Redis::start();
-    let ttl = 2;
+    let ttl = 3;
     let mut s = settings("alive", Some(&redis));
     s.presence_ttl_secs = ttl;
     let node = Node::start(s).await;
@@ -216,6 +217,12 @@ async fn a_node_reaped_while_alive_restores_its_sessions_despite_a_login() {
     register(node.addr, &other).await;
 
     let reaper = store_as(&redis, "reaper").await;
+    let beat = redis.cli(&["ZSCORE", "sb:nodes", "alive"]);
+    let next = within(Duration::from_secs(ttl), async || {
+        redis.cli(&["ZSCORE", "sb:nodes", "alive"]) != beat
+    })
+    .await;
+    assert!(next.is_some(), "the node does not beat");
     let users = reaper.reap("alive").await.unwrap();
     assert_eq!(users.len(), 1);
     // A login right after the reap, before the next heartbeat (TTL/3 away).
