@@ -248,7 +248,8 @@ impl RedisStore {
 
     /// Runs forever: publishes a canary every interval and judges the live path by whether the
     /// previous one came back; after the subscriber connection dropped, polls it until every
-    /// channel is subscribed again, then lets the sessions catch up from their inboxes.
+    /// channel is subscribed again, then lets the sessions catch up from their inboxes; replaces
+    /// a connection that stopped answering (half-open), which the redis client never does.
     pub async fn watch_health(self: Arc<Self>) {
         let mut sent: u64 = 0;
         let mut last_ok = tokio::time::Instant::now();
@@ -279,7 +280,8 @@ impl RedisStore {
             if tokio::time::Instant::now() < next_canary {
                 continue;
             }
-            next_canary += CANARY_INTERVAL;
+            // Not a burst of ticks after the loop was held up (time-outs, reconnects).
+            next_canary = (next_canary + CANARY_INTERVAL).max(tokio::time::Instant::now());
             if sent > 0 && self.bus.canary_seen.load(Ordering::Acquire) >= sent {
                 last_ok = tokio::time::Instant::now();
             }
