@@ -409,3 +409,42 @@ async fn a_half_open_redis_connection_is_replaced_and_sessions_catch_up() {
     node2.stop().await;
     drop(node1);
 }
+
+/// A failover as clients meet it: the old connections go silent (no FIN), new ones work at
+/// once. Node 1 must notice and move over on its own within seconds, and deliver in order what
+/// was sent meanwhile; before, it never did.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_silent_failover_sessions_get_live_messages_within_seconds() {
+    let redis = Redis::start();
+    let relay = Relay::start(redis.port).await;
+    let mut s = settings("via-relay", Some(&redis));
+    s.redis_url = Some(relay.url());
+    let node1 = Node::start(s).await;
+    let node2 = Node::start(settings("direct", Some(&redis))).await;
+    let mut alice = common::user(node1.addr, "fa").await;
+    let mut bob = common::user(node2.addr, "fb").await;
+
+    relay.blackhole();
+    relay.forward_new();
+    let cut = Instant::now();
+    for i in 0..3 {
+        bob.ok(json!({"op": "send", "to": alice.id, "text": format!("m{i}")}))
+            .await;
+    }
+    let mut texts = Vec::new();
+    while texts.len() < 3 {
+        let left = Duration::from_secs(10).saturating_sub(cut.elapsed());
+        match alice.frame_within(left).await {
+            Ok(Some(f)) if f["event"] == "message" => {
+                texts.push(f["msg"]["text"].as_str().unwrap().to_string())
+            }
+            Ok(Some(_)) => {}
+            Ok(None) => panic!("node 1 closed the session"),
+            Err(()) => panic!("messages not delivered within 10 s of the failover: {texts:?}"),
+        }
+    }
+    eprintln!("failover: delivered {:?} after the cut", cut.elapsed());
+    assert_eq!(texts, ["m0", "m1", "m2"]);
+    node2.stop().await;
+    drop(node1);
+}
