@@ -56,6 +56,8 @@ pub struct Metrics {
     pub errors: IntCounterVec,
     /// Failed or timed-out Redis requests by operation.
     pub redis_errors: IntCounterVec,
+    /// Redis connections replaced because they stopped answering, by connection.
+    pub redis_reconnects: IntCounterVec,
 }
 
 impl Metrics {
@@ -207,6 +209,11 @@ impl Metrics {
                 "Redis requests that failed or timed out, by operation.",
                 &["op"],
             ),
+            redis_reconnects: counter_vec(
+                "switchboard_redis_reconnects_total",
+                "Redis connections replaced because they stopped answering (half-open), by connection (cmd, sub).",
+                &["connection"],
+            ),
             registry,
         };
         metrics.zero_labels();
@@ -242,6 +249,9 @@ impl Metrics {
         for op in ["send", "inbox_read", "subscribe", "publish", "canary"] {
             self.redis_latency.with_label_values(&[op]);
             self.redis_errors.with_label_values(&[op]);
+        }
+        for connection in ["cmd", "sub"] {
+            self.redis_reconnects.with_label_values(&[connection]);
         }
     }
 

@@ -113,7 +113,23 @@ impl<S: Store> Node<S> {
         }
     }
 
-    /// Retries session removals that failed while the store was down.
+    /// Removes the record of a session that never went live (a login that failed after
+    /// `session_open`): nothing was announced, so nothing is announced now. A failed removal
+    /// is deferred to [`Node::retry_orphans`] like any other, or the record would hold one of
+    /// the user's `max_sessions_per_user` slots and show them online until this node dies.
+    pub async fn discard_session(&self, user: &UserRef, session: Arc<str>) {
+        let node = &self.settings.node_name;
+        if let Err(e) = self.store.session_close(user.id, &session, node).await {
+            tracing::warn!(user = user.id, error = %e, "removal of a failed login deferred");
+            self.orphans
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push((user.clone(), session));
+        }
+    }
+
+    /// Retries session removals that failed while the store was down. A retry announces the
+    /// user offline when theirs was the last session (the record was visible meanwhile).
     pub async fn retry_orphans(&self) {
         let orphans = std::mem::take(&mut *self.orphans.lock().unwrap_or_else(|e| e.into_inner()));
         for (user, session) in orphans {

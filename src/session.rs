@@ -716,11 +716,9 @@ impl<S: Store> Session<S> {
             Ok(v) => v,
             Err(e) => {
                 node.registry.detach(&*node.store, user.id, &outbox).await;
-                // Never announced online, so no offline announcement either.
-                let _ = node
-                    .store
-                    .session_close(user.id, &self.id, &s.node_name)
-                    .await;
+                // Never announced online, so no offline announcement either; a failed
+                // removal is retried (the record must not outlive the login).
+                node.discard_session(&user, self.id.clone()).await;
                 return Err(e);
             }
         };

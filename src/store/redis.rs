@@ -4,12 +4,13 @@
 //! (requests from all sessions pipeline on it) and one RESP3 subscriber connection that carries
 //! every user channel of this node, re-subscribed automatically after a reconnect.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{FromRedisValue, PushKind, Script, Value};
+use redis::io::tcp::{TcpSettings, socket2::TcpKeepalive};
+use redis::{FromRedisValue, IntoConnectionInfo, PushKind, Script, Value};
 
 use crate::error::{Code, Error, Result};
 use crate::metrics::Metrics;
@@ -30,6 +31,19 @@ const RESUBSCRIBE_BATCH: usize = 1000;
 const RESUBSCRIBE_POLL: Duration = Duration::from_millis(50);
 /// Upper bound of the reconnect backoff of both connections.
 const RECONNECT_MAX_DELAY: Duration = Duration::from_secs(2);
+/// TCP keepalive of both connections: an idle connection whose peer vanished without a FIN
+/// (a failover to another address, a dead host) fails after 2 s + 3 × 1 s of unanswered
+/// probes, and the redis client reconnects as after any dropped connection.
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(2);
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(1);
+const KEEPALIVE_PROBES: u32 = 3;
+/// Data sent and not acknowledged by the peer for this long fails the connection as well
+/// (`TCP_USER_TIMEOUT`; keepalive probes do not run while data is outstanding).
+const TCP_USER_TIMEOUT: Duration = Duration::from_secs(5);
+/// Consecutive requests on the command connection that timed out before it is replaced: the
+/// redis client counts a response time-out as a slow reply, never as a lost connection, so a
+/// half-open connection whose socket looks fine (a proxy that swallows traffic) stays forever.
+const CMD_TIMEOUTS_BEFORE_RECONNECT: u32 = 3;
 
 macro_rules! script {
     ($name:literal) => {
@@ -130,14 +144,25 @@ impl Bus {
 
 /// The Redis store of one node.
 pub struct RedisStore {
-    cmd: ConnectionManager,
-    sub: ConnectionManager,
+    /// Replaced as a whole when it stops answering (see `watch_health`); clone to use.
+    cmd: RwLock<ConnectionManager>,
+    /// Replaced as a whole when it stops answering; then every channel is subscribed again.
+    sub: RwLock<ConnectionManager>,
+    client: redis::Client,
+    cmd_config: ConnectionManagerConfig,
+    sub_config: ConnectionManagerConfig,
+    /// Requests on the command connection that timed out since the last one that did not.
+    cmd_timeouts: AtomicU32,
+    /// How many times the subscriber connection was replaced.
+    sub_generation: AtomicU64,
     scripts: Scripts,
     bus: Arc<Bus>,
     retention: Retention,
     timeout: Duration,
     healthy: AtomicBool,
     metrics: Arc<Metrics>,
+    /// This node's name (a reap by another node leaves its mark, see reap.lua).
+    node: String,
 }
 
 fn channel(user: UserId) -> String {
@@ -169,7 +194,17 @@ impl RedisStore {
         timeout: Duration,
         metrics: Arc<Metrics>,
     ) -> anyhow::Result<Arc<RedisStore>> {
-        let client = redis::Client::open(with_resp3(url))?;
+        let keepalive = TcpKeepalive::new()
+            .with_time(KEEPALIVE_IDLE)
+            .with_interval(KEEPALIVE_INTERVAL)
+            .with_retries(KEEPALIVE_PROBES);
+        let tcp = TcpSettings::default()
+            .set_keepalive(keepalive)
+            .set_user_timeout(TCP_USER_TIMEOUT);
+        let info = with_resp3(url)
+            .into_connection_info()?
+            .set_tcp_settings(tcp);
+        let client = redis::Client::open(info)?;
         let base = ConnectionManagerConfig::new()
             .set_response_timeout(Some(timeout))
             .set_connection_timeout(Some(timeout))
@@ -180,35 +215,43 @@ impl RedisStore {
             canary_channel: format!("sb:{{n:{node}}}:canary"),
             canary_seen: AtomicU64::new(0),
         });
+        let cmd_config = base.clone();
         let cmd = client
-            .get_connection_manager_with_config(base.clone())
+            .get_connection_manager_with_config(cmd_config.clone())
             .await?;
         let push_bus = bus.clone();
+        let sub_config = base
+            .set_push_sender(move |p| {
+                push_bus.on_push(p);
+                Ok::<(), std::convert::Infallible>(())
+            })
+            .set_automatic_resubscription();
         let mut sub = client
-            .get_connection_manager_with_config(
-                base.set_push_sender(move |p| {
-                    push_bus.on_push(p);
-                    Ok::<(), std::convert::Infallible>(())
-                })
-                .set_automatic_resubscription(),
-            )
+            .get_connection_manager_with_config(sub_config.clone())
             .await?;
         sub.subscribe(&bus.canary_channel).await?;
         Ok(Arc::new(RedisStore {
-            cmd,
-            sub,
+            cmd: RwLock::new(cmd),
+            sub: RwLock::new(sub),
+            client,
+            cmd_config,
+            sub_config,
+            cmd_timeouts: AtomicU32::new(0),
+            sub_generation: AtomicU64::new(0),
             scripts: Scripts::new(),
             bus,
             retention,
             timeout,
             healthy: AtomicBool::new(true),
             metrics,
+            node: node.to_string(),
         }))
     }
 
     /// Runs forever: publishes a canary every interval and judges the live path by whether the
     /// previous one came back; after the subscriber connection dropped, polls it until every
-    /// channel is subscribed again, then lets the sessions catch up from their inboxes.
+    /// channel is subscribed again, then lets the sessions catch up from their inboxes; replaces
+    /// a connection that stopped answering (half-open), which the redis client never does.
     pub async fn watch_health(self: Arc<Self>) {
         let mut sent: u64 = 0;
         let mut last_ok = tokio::time::Instant::now();
@@ -218,17 +261,29 @@ impl RedisStore {
             let registry = &self.bus.registry;
             if registry.paused() {
                 let losses = registry.losses();
-                if self.ping_subscriber().await && self.resubscribe_all().await {
-                    tracing::info!(
-                        "redis channels re-subscribed; sessions catch up from their inboxes"
-                    );
-                    registry.resume(losses);
+                match self.ping(self.sub()).await {
+                    Ping::Answered => {
+                        if self.resubscribe_all().await {
+                            tracing::info!(
+                                "redis channels re-subscribed; sessions catch up from their inboxes"
+                            );
+                            registry.resume(losses);
+                        }
+                    }
+                    Ping::TimedOut => {
+                        self.replace_sub().await;
+                    }
+                    Ping::Failed => {}
                 }
+            }
+            if self.cmd_timeouts.load(Ordering::Acquire) >= CMD_TIMEOUTS_BEFORE_RECONNECT {
+                self.replace_cmd().await;
             }
             if tokio::time::Instant::now() < next_canary {
                 continue;
             }
-            next_canary += CANARY_INTERVAL;
+            // Not a burst of ticks after the loop was held up (time-outs, reconnects).
+            next_canary = (next_canary + CANARY_INTERVAL).max(tokio::time::Instant::now());
             if sent > 0 && self.bus.canary_seen.load(Ordering::Acquire) >= sent {
                 last_ok = tokio::time::Instant::now();
             }
@@ -244,18 +299,34 @@ impl RedisStore {
                 tracing::warn!("redis live path down: not ready");
             }
             if !healthy {
-                // Commands are what drive a ConnectionManager's reconnects, and nothing else
-                // is sent on the subscriber connection.
-                self.ping_subscriber().await;
+                // Commands are what drive a ConnectionManager's reconnects (nothing else is sent
+                // on the subscriber connection), but a request that times out never does: a
+                // half-open connection is replaced here, the live path is down meanwhile.
+                let (sub, cmd) = tokio::join!(self.ping(self.sub()), self.ping(self.cmd()));
+                let (sub, cmd) = (sub == Ping::TimedOut, cmd == Ping::TimedOut);
+                tokio::join!(
+                    async {
+                        if sub {
+                            self.replace_sub().await;
+                        }
+                    },
+                    async {
+                        if cmd {
+                            self.replace_cmd().await;
+                        }
+                    }
+                );
             }
             sent += 1;
-            let mut con = self.cmd.clone();
+            let mut con = self.cmd();
             let cmd = redis::cmd("PUBLISH")
                 .arg(&self.bus.canary_channel)
                 .arg(sent)
                 .clone();
             let publish = cmd.query_async::<i64>(&mut con);
-            if !matches!(tokio::time::timeout(self.timeout, publish).await, Ok(Ok(_))) {
+            let published = tokio::time::timeout(self.timeout, publish).await;
+            self.count_timeout(&published);
+            if !matches!(published, Ok(Ok(_))) {
                 self.metrics
                     .redis_errors
                     .with_label_values(&["canary"])
@@ -276,7 +347,7 @@ impl RedisStore {
             .collect();
         channels.push(self.bus.canary_channel.clone());
         for chunk in channels.chunks(RESUBSCRIBE_BATCH) {
-            let mut sub = self.sub.clone();
+            let mut sub = self.sub();
             if self.call("subscribe", sub.subscribe(chunk)).await.is_err() {
                 return false;
             }
@@ -284,13 +355,91 @@ impl RedisStore {
         true
     }
 
-    /// PINGs the subscriber connection (valid in RESP3 subscribed mode); true when answered.
-    async fn ping_subscriber(&self) -> bool {
-        let mut sub = self.sub.clone();
+    /// The command connection (a cheap handle; it may be replaced at any time).
+    fn cmd(&self) -> ConnectionManager {
+        self.cmd.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The subscriber connection (a cheap handle; it may be replaced at any time).
+    fn sub(&self) -> ConnectionManager {
+        self.sub.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// PINGs a connection (valid in RESP3 subscribed mode too).
+    async fn ping(&self, mut con: ConnectionManager) -> Ping {
         let ping = redis::cmd("PING").clone();
-        let answered =
-            tokio::time::timeout(self.timeout, ping.query_async::<String>(&mut sub)).await;
-        matches!(answered, Ok(Ok(_)))
+        match tokio::time::timeout(self.timeout, ping.query_async::<String>(&mut con)).await {
+            Ok(Ok(_)) => Ping::Answered,
+            Ok(Err(e)) if !e.is_timeout() => Ping::Failed,
+            _ => Ping::TimedOut,
+        }
+    }
+
+    /// A new connection manager with `config`, or `None` when Redis does not answer in time.
+    async fn connect_again(&self, config: &ConnectionManagerConfig) -> Option<ConnectionManager> {
+        let fresh = self
+            .client
+            .get_connection_manager_with_config(config.clone());
+        match tokio::time::timeout(self.timeout, fresh).await {
+            Ok(Ok(con)) => Some(con),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "redis reconnect failed");
+                None
+            }
+            Err(_) => {
+                tracing::warn!("redis reconnect timed out");
+                None
+            }
+        }
+    }
+
+    /// Replaces a command connection that stopped answering (half-open: the peer is gone but
+    /// no FIN or RST ever came); requests still waiting on the old one time out.
+    async fn replace_cmd(&self) {
+        // Whatever the outcome, count afresh: a failed attempt is retried after more time-outs
+        // or at the next failed canary.
+        self.cmd_timeouts.store(0, Ordering::Release);
+        if let Some(con) = self.connect_again(&self.cmd_config).await {
+            *self.cmd.write().unwrap_or_else(|e| e.into_inner()) = con;
+            self.metrics
+                .redis_reconnects
+                .with_label_values(&["cmd"])
+                .inc();
+            tracing::warn!("redis command connection stopped answering: replaced");
+        }
+    }
+
+    /// Replaces a subscriber connection that stopped answering. The new one has no channels
+    /// yet: live deliveries are held back ([`Registry::pause`]) until `watch_health` has
+    /// subscribed every channel on it, then every session catches up from its inbox.
+    async fn replace_sub(&self) {
+        if let Some(con) = self.connect_again(&self.sub_config).await {
+            self.bus.registry.pause();
+            *self.sub.write().unwrap_or_else(|e| e.into_inner()) = con;
+            self.sub_generation.fetch_add(1, Ordering::AcqRel);
+            self.metrics
+                .redis_reconnects
+                .with_label_values(&["sub"])
+                .inc();
+            tracing::warn!("redis subscriber connection stopped answering: replaced");
+        }
+    }
+
+    /// Counts consecutive time-outs of requests on the command connection.
+    fn count_timeout<T>(
+        &self,
+        result: &std::result::Result<redis::RedisResult<T>, tokio::time::error::Elapsed>,
+    ) {
+        match result {
+            Err(_) => {
+                self.cmd_timeouts.fetch_add(1, Ordering::AcqRel);
+            }
+            Ok(Err(e)) if e.is_timeout() => {
+                self.cmd_timeouts.fetch_add(1, Ordering::AcqRel);
+            }
+            // An answer, even an error reply, shows the connection works.
+            _ => self.cmd_timeouts.store(0, Ordering::Release),
+        }
     }
 
     /// Bounds a backend call by the Redis timeout and maps failures to `unavailable`.
@@ -301,6 +450,9 @@ impl RedisStore {
     ) -> Result<T> {
         let started = std::time::Instant::now();
         let result = tokio::time::timeout(self.timeout, fut).await;
+        if !matches!(op, "subscribe" | "unsubscribe") {
+            self.count_timeout(&result);
+        }
         self.metrics
             .redis_latency
             .with_label_values(&[op])
@@ -336,7 +488,7 @@ impl RedisStore {
         for a in args {
             inv.arg(a.to_string());
         }
-        let mut con = self.cmd.clone();
+        let mut con = self.cmd();
         self.call(op, inv.invoke_async(&mut con)).await
     }
 
@@ -359,7 +511,7 @@ impl RedisStore {
     }
 
     async fn query<T: FromRedisValue>(&self, op: &'static str, cmd: &redis::Cmd) -> Result<T> {
-        let mut con = self.cmd.clone();
+        let mut con = self.cmd();
         self.call(op, cmd.query_async(&mut con)).await
     }
 }
@@ -368,6 +520,16 @@ impl RedisStore {
 /// ...`, also when raised by a `redis.call` inside a script).
 fn is_oom(e: &redis::RedisError) -> bool {
     e.code() == Some("OOM") || e.to_string().contains("OOM command not allowed")
+}
+
+/// How a connection answered a PING.
+#[derive(PartialEq, Eq)]
+enum Ping {
+    Answered,
+    /// An error: the redis client knows the connection is lost and reconnects by itself.
+    Failed,
+    /// No answer in time: possibly half-open, which the redis client never notices.
+    TimedOut,
 }
 
 trait ErrorKindStr {
@@ -535,7 +697,7 @@ impl Store for RedisStore {
         for k in keys {
             inv.arg(k);
         }
-        let mut con = self.cmd.clone();
+        let mut con = self.cmd();
         let added: i64 = self
             .call("attempt_reserve", inv.invoke_async(&mut con))
             .await?;
@@ -547,7 +709,7 @@ impl Store for RedisStore {
         for k in keys {
             pipe.cmd("ZREM").arg(format!("sb:{k}")).arg(member).ignore();
         }
-        let mut con = self.cmd.clone();
+        let mut con = self.cmd();
         self.call("attempt_release", pipe.query_async::<()>(&mut con))
             .await
     }
@@ -858,17 +1020,25 @@ impl Store for RedisStore {
         for &u in users {
             pipe.cmd("PUBLISH").arg(channel(u)).arg(&payload).ignore();
         }
-        let mut con = self.cmd.clone();
+        let mut con = self.cmd();
         self.call("publish", pipe.query_async::<()>(&mut con)).await
     }
 
     async fn subscribe(&self, user: UserId) -> Result<()> {
-        let mut sub = self.sub.clone();
-        self.call("subscribe", sub.subscribe(channel(user))).await
+        loop {
+            let generation = self.sub_generation.load(Ordering::Acquire);
+            let mut sub = self.sub();
+            self.call("subscribe", sub.subscribe(channel(user))).await?;
+            // Replaced meanwhile: the channel may be missing from the new connection's list
+            // if `watch_health` took it before this user was recorded as subscribed.
+            if self.sub_generation.load(Ordering::Acquire) == generation {
+                return Ok(());
+            }
+        }
     }
 
     async fn unsubscribe(&self, user: UserId) -> Result<()> {
-        let mut sub = self.sub.clone();
+        let mut sub = self.sub();
         self.call("unsubscribe", sub.unsubscribe(channel(user)))
             .await
     }
@@ -890,7 +1060,9 @@ impl Store for RedisStore {
     }
 
     async fn reap(&self, node: &str) -> Result<Vec<UserRef>> {
-        let rows: Vec<(UserId, String)> = self.run("reap", &self.scripts.reap, &[&node]).await?;
+        let rows: Vec<(UserId, String)> = self
+            .run("reap", &self.scripts.reap, &[&node, &self.node])
+            .await?;
         Ok(rows
             .into_iter()
             .map(|(id, name)| UserRef { id, name })

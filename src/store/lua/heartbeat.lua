@@ -2,11 +2,13 @@
 -- Time comes from Redis, so nodes' clocks do not matter. A node that was itself cut off for
 -- longer than the TTL (its own previous beat is missing or stale) declares nobody dead this
 -- round: after a Redis outage every score is old, and only nodes that stay silent once the
--- others beat again are dead.
+-- others beat again are dead. A node another node reaped (the mark left by reap.lua) counts as
+-- not registered even when a session_open has put it back into sb:nodes since.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local ttl = tonumber(ARGV[3])
 local prev = redis.call('ZSCORE', 'sb:nodes', ARGV[1])
+if redis.call('DEL', 'sb:{n:' .. ARGV[1] .. '}:reaped') == 1 then prev = nil end
 redis.call('ZADD', 'sb:nodes', now, ARGV[1])
 local out = {prev and 1 or 0}
 if not prev or tonumber(prev) < now - ttl then return out end
