@@ -40,7 +40,9 @@ pub async fn heartbeat<S: Store>(node: Arc<Node<S>>) {
     let mut ticker = tokio::time::interval(Duration::from_millis((ttl_ms / 3).max(100)));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let me = node.settings.node_name.clone();
-    let mut first = true;
+    // Sessions still to put back after this node was reaped while alive (a restore can fail
+    // halfway, right after an outage): retried every tick until all are back.
+    let mut restore_owed = false;
     loop {
         tokio::select! {
             _ = node.closing.cancelled() => return,
@@ -49,13 +51,16 @@ pub async fn heartbeat<S: Store>(node: Arc<Node<S>>) {
         let now = crate::clock::now_ms();
         match node.store.heartbeat(&me, now, ttl_ms).await {
             Ok((registered, dead)) => {
-                if !registered && !first {
-                    // Another node took us for dead (we lost Redis for longer than the TTL):
-                    // put our sessions back.
-                    tracing::warn!("this node was reaped while alive; re-registering its sessions");
-                    restore(&node).await;
+                if !registered || restore_owed {
+                    // Another node took us for dead (we lost Redis for longer than the TTL),
+                    // or not registered yet: put our sessions back (none on a fresh node).
+                    if !registered && !node.local_sessions().is_empty() {
+                        tracing::warn!(
+                            "this node was reaped while alive; re-registering its sessions"
+                        );
+                    }
+                    restore_owed = !restore(&node).await;
                 }
-                first = false;
                 // Off the heartbeat task: reaping a big node must not delay our own beat.
                 for d in dead.into_iter().filter(|d| *d != me) {
                     let node = node.clone();
@@ -68,8 +73,10 @@ pub async fn heartbeat<S: Store>(node: Arc<Node<S>>) {
     }
 }
 
-async fn restore<S: Store>(node: &Node<S>) {
+/// Re-registers every local session; false when some could not be (retried next tick).
+async fn restore<S: Store>(node: &Node<S>) -> bool {
     let s = &node.settings;
+    let mut all = true;
     for (user, session) in node.local_sessions() {
         match node
             .store
@@ -82,7 +89,11 @@ async fn restore<S: Store>(node: &Node<S>) {
             }
             Ok(true) => node.announce_presence(&user, true).await,
             Ok(false) => {}
-            Err(e) => tracing::warn!(user = user.id, error = %e, "session not restored"),
+            Err(e) => {
+                tracing::warn!(user = user.id, error = %e, "session not restored; retrying");
+                all = false;
+            }
         }
     }
+    all
 }

@@ -166,9 +166,11 @@ impl Registry {
     /// session re-reads its inbox, then writes what is queued. A loss after `upto` keeps the
     /// pause.
     pub fn resume(&self, upto: u64) {
+        // Lagged first: once `paused()` turns false, a session that is not marked yet could
+        // write a live message that follows one only the inbox has.
+        self.mark_all_lagged();
         self.resumed
             .fetch_max(upto, std::sync::atomic::Ordering::AcqRel);
-        self.mark_all_lagged();
     }
 
     /// Marks every local session lagged, so each re-reads its inbox (after a bus outage).

@@ -98,6 +98,9 @@ struct Session<S> {
     bucket: Bucket,
     login: Option<LoggedIn>,
     goaway_sent: bool,
+    /// A write failed or timed out: what was buffered is gone, so nothing more may be written
+    /// (a later write would follow a hole in the stream of positions).
+    broken: bool,
     /// This connection's place among its address's not-logged-in connections.
     slot: Option<Slot>,
     /// When a connection that is not logged in is closed.
@@ -178,6 +181,7 @@ pub async fn serve<S: Store>(node: Arc<Node<S>>, mut stream: TcpStream, mut peer
             errors: 0,
             login: None,
             goaway_sent: false,
+            broken: false,
             slot: Some(slot),
             login_by: None,
         };
@@ -700,10 +704,19 @@ impl<S: Store> Session<S> {
     async fn establish(&mut self, user: UserRef, token: String, digest: String) -> Result<Value> {
         let node = self.node.clone();
         let s = &node.settings;
-        let first = node
+        let first = match node
             .store
             .session_open(user.id, &self.id, &s.node_name, s.max_sessions_per_user)
-            .await?;
+            .await
+        {
+            Ok(first) => first,
+            // A time-out does not mean the script did not run: remove what it may have written.
+            Err(e) if e.code == Code::Unavailable => {
+                node.discard_session(&user, self.id.clone()).await;
+                return Err(e);
+            }
+            Err(e) => return Err(e),
+        };
         let outbox = Arc::new(Outbox::new(self.id.clone(), user.clone(), s.outbound_queue));
         let setup = async {
             node.registry
@@ -867,11 +880,19 @@ impl<S: Store> Session<S> {
         }
         let login = self.login.as_mut().expect("checked");
         // Also for a repeated client_id: the original may not have reached this session yet.
-        if sent.seq > login.last_seq && !login.own.contains(&sent.seq) {
+        let inserted = sent.seq > login.last_seq && !login.own.contains(&sent.seq);
+        if inserted {
             let at = login.own.partition_point(|&s| s < sent.seq);
             login.own.insert(at, sent.seq);
         }
-        self.reach(stored.prev).await?;
+        if let Err(e) = self.reach(stored.prev).await {
+            // Not answered: this seq must not waive the check of a later send (`reach`), so it
+            // is no longer "own"; it reaches the session as a message event like any other.
+            if let Some(login) = self.login.as_mut().filter(|_| inserted) {
+                login.own.retain(|&s| s != sent.seq);
+            }
+            return Err(e);
+        }
         Ok(json!({"msg": sent}))
     }
 
@@ -889,11 +910,15 @@ impl<S: Store> Session<S> {
             self.write_queued(losses, paused);
         }
         let login = self.login.as_ref().expect("checked");
-        // An own send needs nothing more: it was answered under this same rule.
+        // An own send needs nothing more: it was answered `ok` under this same rule (a send
+        // whose reply failed is taken out of `own`).
         let behind = prev.is_some_and(|p| p > login.last_seq && !login.own.contains(&p));
         if behind {
             self.node.metrics.prefix_catch_ups.inc();
             self.catch_up().await?;
+        }
+        if self.broken {
+            return Err(Error::unavailable("connection lost"));
         }
         Ok(())
     }
@@ -1055,9 +1080,13 @@ impl<S: Store> Session<S> {
         // is in this batch only if that loss is already counted. Then the catch-up above may
         // have missed what was published during the loss; the messages are all in the inbox,
         // so drop them here and catch up again once the channels are back.
-        if paused || registry.losses() != losses {
+        // Likewise if the session was marked lagged meanwhile (an overflow, or a resume that
+        // marks every session): the catch-up that the mark asks for must come first.
+        let lost = paused || registry.losses() != losses;
+        if lost || login.outbox.is_lagged() {
             queued.retain(|live| matches!(**live, Live::Event { .. }));
-            login.retry_at = Some(Instant::now() + PAUSED_POLL);
+            let wait = if lost { PAUSED_POLL } else { Duration::ZERO };
+            login.retry_at = Some(Instant::now() + wait);
         }
         let metrics = &self.node.metrics;
         let now = crate::clock::now_ms();
@@ -1127,7 +1156,8 @@ impl<S: Store> Session<S> {
                 break;
             }
             if !self.flush().await {
-                return Ok(());
+                // The page is lost with the connection; the run loop closes it.
+                return Err(Error::unavailable("connection lost"));
             }
         }
         let login = self.login.as_mut().expect("logged in");
@@ -1161,6 +1191,9 @@ impl<S: Store> Session<S> {
 
     /// Writes pending output within the write timeout; false when the connection is unusable.
     async fn flush(&mut self) -> bool {
+        if self.broken {
+            return false;
+        }
         if self.out.is_empty() {
             return true;
         }
@@ -1176,6 +1209,7 @@ impl<S: Store> Session<S> {
         };
         // Release the buffer: idle sessions hold none.
         self.out = Vec::new();
+        self.broken = !ok;
         ok
     }
 }

@@ -288,6 +288,12 @@ async fn client_id_records_of_the_previous_release_still_dedupe() {
         m["ts"],
         m["seq"].as_str().unwrap()
     );
+    // This release writes the record in the same three fields, so nodes of 0.1.x (a rolling
+    // upgrade, a rollback) still read it; the fingerprint has a key of its own.
+    assert_eq!(redis.cli(&["GET", &key]), record);
+    // A record of 0.1.x has no fingerprint key.
+    let fp = format!("sb:{{u:{}}}:cidfp:k-old", a.id);
+    assert_eq!(redis.cli(&["DEL", &fp]), "1");
     assert_eq!(redis.cli(&["SET", &key, &record, "EX", "100"]), "OK");
     let again = a
         .ok(json!({"op": "send", "to": bid, "text": "old", "client_id": "k-old"}))

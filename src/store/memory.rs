@@ -480,7 +480,7 @@ impl Store for MemoryStore {
         // The quota: text bytes per stored copy (the sender's own included) in a sliding 24 h.
         let charge = msg.text_bytes * (recipients.len() as u64 + 1);
         let buckets = st.sent_bytes.entry(msg.from).or_default();
-        let oldest = now.saturating_sub(QUOTA_WINDOW_MS - QUOTA_BUCKET_MS) / QUOTA_BUCKET_MS;
+        let oldest = now.saturating_sub(QUOTA_WINDOW_MS) / QUOTA_BUCKET_MS;
         buckets.retain(|&b, _| b >= oldest);
         if buckets.values().sum::<u64>() + charge > msg.quota {
             return Err(over_quota());

@@ -876,7 +876,7 @@ impl Store for RedisStore {
         let cutoff = now.saturating_sub(self.retention.max_age_ms);
         let cutoff_id = format!("{}-{}", cutoff.saturating_sub(1), u64::MAX);
         let bucket = now / QUOTA_BUCKET_MS;
-        let oldest = now.saturating_sub(QUOTA_WINDOW_MS - QUOTA_BUCKET_MS) / QUOTA_BUCKET_MS;
+        let oldest = now.saturating_sub(QUOTA_WINDOW_MS) / QUOTA_BUCKET_MS;
         let v: Value = self
             .run(
                 "send",

@@ -8,8 +8,15 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local ttl = tonumber(ARGV[3])
 local prev = redis.call('ZSCORE', 'sb:nodes', ARGV[1])
-if redis.call('DEL', 'sb:{n:' .. ARGV[1] .. '}:reaped') == 1 then prev = nil end
+local mark = 'sb:{n:' .. ARGV[1] .. '}:reaped'
+local reaped = redis.call('EXISTS', mark) == 1
+-- ZADD first: under maxmemory the script must be refused at its first write, before the DEL
+-- consumes the mark (a DEL would let the rest of the script through).
 redis.call('ZADD', 'sb:nodes', now, ARGV[1])
+if reaped then
+  redis.call('DEL', mark)
+  prev = nil
+end
 local out = {prev and 1 or 0}
 if not prev or tonumber(prev) < now - ttl then return out end
 for _, n in ipairs(redis.call('ZRANGEBYSCORE', 'sb:nodes', '-inf', '(' .. (now - ttl))) do

@@ -4,7 +4,7 @@
 -- ('' for none), 7 msg id, 8 ts, 9 inbox max len, 10 retention cut-off id ("ms-max"),
 -- 11 client_id ttl secs, 12 trace context (W3C traceparent or '-'), 13 request fingerprint,
 -- 14 text bytes, 15 daily quota (bytes), 16 current quota bucket, 17 oldest bucket still in the
--- window, 18 inbox hard max len.
+-- window, 18 inbox hard max len. Keys: docs/data-model.md.
 -- Returns {'ok', own seq, prev} or {'dup', "id ts seq", prev} or {error code}; prev is the
 -- sender's inbox entry just before own seq ('' if none), see protocol guarantee 8.
 local from, json = ARGV[1], ARGV[4]
@@ -14,17 +14,20 @@ local function before(seq)
   if #e == 1 then return e[1][1] end
   return ''
 end
-local cidkey
+-- The client_id record keeps the three fields of 0.1.x ("id ts seq"), which nodes of that
+-- release parse; the fingerprint of the request lives in a key of its own (none: a record of
+-- 0.1.x, which counts as a match).
+local cidkey, fpkey
 if ARGV[6] ~= '' then
   cidkey = ukey(from, ':cid:' .. ARGV[6])
+  fpkey = ukey(from, ':cidfp:' .. ARGV[6])
   local prev = redis.call('GET', cidkey)
   if prev then
-    -- "id ts seq fingerprint"; records of releases before the fingerprint have three fields
-    -- and count as a match (they can't tell).
-    local id, ts, seq, fp = string.match(prev, '^(%S+) (%S+) (%S+) ?(%S*)$')
+    local id, ts, seq = string.match(prev, '^(%S+) (%S+) (%S+)$')
     if not id then return {'internal'} end
-    if fp ~= '' and fp ~= ARGV[13] then return {'client_id_conflict'} end
-    return {'dup', id .. ' ' .. ts .. ' ' .. seq, before(seq)}
+    local fp = redis.call('GET', fpkey)
+    if fp and fp ~= ARGV[13] then return {'client_id_conflict'} end
+    return {'dup', prev, before(seq)}
   end
 end
 local recipients
@@ -45,16 +48,19 @@ for _, r in ipairs(recipients) do
 end
 local charge = tonumber(ARGV[14]) * copies
 local qkey, bucket, oldest = ukey(from, ':quota'), tonumber(ARGV[16]), tonumber(ARGV[17])
-local flat, used = redis.call('HGETALL', qkey), 0
+local flat, used, stale = redis.call('HGETALL', qkey), 0, {}
 for i = 1, #flat, 2 do
   if tonumber(flat[i]) < oldest then
-    redis.call('HDEL', qkey, flat[i])
+    stale[#stale + 1] = flat[i]
   else
     used = used + tonumber(flat[i + 1])
   end
 end
 if used + charge > tonumber(ARGV[15]) then return {'rate_limited'} end
+-- HINCRBY is the first write on purpose: under maxmemory Redis refuses a script at its first
+-- write that may grow memory, but not after any earlier write (HDEL would let it through).
 redis.call('HINCRBY', qkey, bucket, charge)
+if #stale > 0 then redis.call('HDEL', qkey, unpack(stale)) end
 redis.call('EXPIRE', qkey, 90000)
 local maxlen, cutoff, hardmax = tonumber(ARGV[9]), ARGV[10], tonumber(ARGV[18])
 -- Trims entries that are both beyond the newest `maxlen` and older than the cut-off, and
@@ -89,6 +95,7 @@ for _, r in ipairs(recipients) do
   if r ~= from then append(r) end
 end
 if cidkey then
-  redis.call('SET', cidkey, ARGV[7] .. ' ' .. ARGV[8] .. ' ' .. own .. ' ' .. ARGV[13], 'EX', ARGV[11])
+  redis.call('SET', cidkey, ARGV[7] .. ' ' .. ARGV[8] .. ' ' .. own, 'EX', ARGV[11])
+  redis.call('SET', fpkey, ARGV[13], 'EX', ARGV[11])
 end
 return {'ok', own, prev}
