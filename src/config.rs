@@ -80,6 +80,8 @@ pub struct Settings {
     pub log_format: LogFormat,
     /// Log filter (tracing `EnvFilter` syntax); `RUST_LOG` wins when set.
     pub log: String,
+    /// Password hashes computed at once; each slot keeps `argon2_memory_kib` for good.
+    pub argon2_slots: u32,
 }
 
 impl Default for Settings {
@@ -114,6 +116,7 @@ impl Default for Settings {
             proxy_protocol: false,
             log_format: LogFormat::Text,
             log: "info".into(),
+            argon2_slots: 2,
         }
     }
 }
@@ -267,6 +270,11 @@ impl Settings {
             .is_ok(),
             "argon2_memory_kib",
             "and argon2_iterations / argon2_parallelism are not valid argon2 parameters",
+        )?;
+        check(
+            (1..=64).contains(&self.argon2_slots),
+            "argon2_slots",
+            "must be between 1 and 64",
         )?;
         if let Some(url) = &self.redis_url {
             check(

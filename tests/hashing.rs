@@ -37,9 +37,15 @@ impl NodeProcess {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_switchboard"));
         cmd.arg("serve")
             .env("SWITCHBOARD_LISTEN", format!("127.0.0.1:{port}"))
-            .env("SWITCHBOARD_HTTP_LISTEN", format!("127.0.0.1:{}", free_port()))
+            .env(
+                "SWITCHBOARD_HTTP_LISTEN",
+                format!("127.0.0.1:{}", free_port()),
+            )
             .env("SWITCHBOARD_NODE_NAME", "hashing")
-            .env("SWITCHBOARD_REDIS_URL", redis.map(Redis::url).unwrap_or_default())
+            .env(
+                "SWITCHBOARD_REDIS_URL",
+                redis.map(Redis::url).unwrap_or_default(),
+            )
             .env("SWITCHBOARD_ARGON2_MEMORY_KIB", MEMORY_KIB.to_string())
             .env("SWITCHBOARD_ARGON2_ITERATIONS", "1")
             .env("SWITCHBOARD_ARGON2_SLOTS", SLOTS.to_string())
