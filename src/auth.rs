@@ -217,10 +217,7 @@ mod tests {
 
     #[tokio::test]
     async fn hash_then_verify() {
-        let mut s = Settings::default();
-        s.argon2_memory_kib = 64;
-        s.argon2_iterations = 1;
-        let p = Passwords::new(&s);
+        let p = cheap(64);
         let h = p.hash("correct horse".into()).await.unwrap();
         assert!(h.starts_with("$argon2id$"));
         assert!(p.verify("correct horse".into(), h.clone()).await.unwrap());
@@ -228,10 +225,11 @@ mod tests {
     }
 
     fn cheap(memory_kib: u32) -> Passwords {
-        let mut s = Settings::default();
-        s.argon2_memory_kib = memory_kib;
-        s.argon2_iterations = 1;
-        Passwords::new(&s)
+        Passwords::new(&Settings {
+            argon2_memory_kib: memory_kib,
+            argon2_iterations: 1,
+            ..Settings::default()
+        })
     }
 
     #[tokio::test]
