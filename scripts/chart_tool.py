@@ -775,6 +775,11 @@ NEGATIVE = [
     ("password not URL-safe", {"redis": {"password": "p@ss:word"}}, "password"),
     ("frame limit out of range", {"config": {"maxFrameBytes": 10}}, "maxFrameBytes"),
     ("HPA without metrics", {"autoscaling": {"enabled": True, "targetCPUUtilizationPercentage": None}}, "metric"),
+    # 64 MiB + 20000 × 4710 B + 64 × 19 MiB ≈ 1.3 GiB does not fit the default 512Mi.
+    ("argon2 slots that cannot fit the memory limit", {"config": {"argon2Slots": 64}}, "argon2Slots"),
+    ("connections that cannot fit the memory limit", {"config": {"maxConnections": 100000}}, "limits.memory"),
+    ("a memory limit below the baseline", {"chat": {"resources": {"limits": {"memory": "128M"}}}}, "memoryModel"),
+    ("argon2 slots out of range", {"config": {"argon2Slots": 65}}, "argon2Slots"),
 ]
 
 
