@@ -342,6 +342,19 @@ mod tests {
     }
 
     #[test]
+    fn argon2_slots_default_and_range() {
+        assert_eq!(Settings::default().argon2_slots, 2);
+        let s = Settings::load_from(None, env(&[("SWITCHBOARD_ARGON2_SLOTS", "64")])).unwrap();
+        assert_eq!(s.argon2_slots, 64);
+        for bad in ["0", "65"] {
+            let e = Settings::load_from(None, env(&[("SWITCHBOARD_ARGON2_SLOTS", bad)]))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("SWITCHBOARD_ARGON2_SLOTS"), "{e}");
+        }
+    }
+
+    #[test]
     fn file_then_environment() {
         let dir = std::env::temp_dir().join(format!("sb-cfg-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
