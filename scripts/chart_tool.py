@@ -845,6 +845,11 @@ NEGATIVE = [
     ("PROXY from the load balancer, not passed on", {"config": {"proxyProtocol": False}, "loadBalancer": {"nginx": {"acceptProxyProtocol": True, "trustedCidrs": ["192.0.2.0/24"]}}}, "proxyProtocol"),
     ("not a CIDR list", {"config": {"proxyTrustedCidrs": "10.0.0.0/8; rm -rf"}}, "proxyTrustedCidrs"),
     ("login timeout 0", {"config": {"loginTimeoutSecs": 0}}, "loginTimeoutSecs"),
+    # 64 MiB + 20000 × 4710 B + 64 × 19 MiB ≈ 1.3 GiB does not fit the default 512Mi.
+    ("argon2 slots that cannot fit the memory limit", {"config": {"argon2Slots": 64}}, "argon2Slots"),
+    ("connections that cannot fit the memory limit", {"config": {"maxConnections": 100000}}, "limits.memory"),
+    ("a memory limit below the baseline", {"chat": {"resources": {"limits": {"memory": "128M"}}}}, "memoryModel"),
+    ("argon2 slots out of range", {"config": {"argon2Slots": 65}}, "argon2Slots"),
 ]
 
 

@@ -1,5 +1,7 @@
 //! `switchboard bench`: the load generator. Scenarios `idle`, `chat`, `group` and `logins`
-//! against real nodes or a load balancer, with exact loss accounting and HDR latency histograms.
+//! against real nodes or a load balancer, with exact loss accounting and HDR latency histograms;
+//! `signup`, `backlog` and `groupview` measure a node's resident memory around a burst of a
+//! large, rare allocation (password hashes, a long login backlog, big group views).
 //!
 //! Every bench message carries `bench <key> <sent µs>` as text, where `key` is unique per
 //! (sender, message); receivers record keys, senders record the keys the server acknowledged,
@@ -39,6 +41,12 @@ pub enum Scenario {
     Group,
     /// Password logins/s and token logins/s.
     Logins,
+    /// `--count` registrations, then as many password logins; server RSS around the burst.
+    Signup,
+    /// `--count` messages to one user, then C concurrent logins reading that backlog; RSS.
+    Backlog,
+    /// A group of `--count` members, then C members reading its view (login, group.list); RSS.
+    Groupview,
 }
 
 /// Options of `switchboard bench`.
@@ -77,6 +85,9 @@ pub struct BenchArgs {
     /// Server process ids whose resident memory is sampled (idle).
     #[arg(long = "pid", value_delimiter = ',')]
     pub pids: Vec<u32>,
+    /// Users (signup, groupview) or messages (backlog) of the memory scenarios.
+    #[arg(long, default_value_t = 2000)]
+    pub count: usize,
     /// Seconds to wait for late deliveries after sending stops.
     #[arg(long, default_value_t = 5.0)]
     pub settle: f64,
@@ -103,6 +114,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         Scenario::Chat => chat(&args).await?,
         Scenario::Group => group(&args).await?,
         Scenario::Logins => logins(&args).await?,
+        Scenario::Signup => signup(&args).await?,
+        Scenario::Backlog => backlog(&args).await?,
+        Scenario::Groupview => groupview(&args).await?,
     };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -971,4 +985,237 @@ async fn logins(args: &BenchArgs) -> anyhow::Result<Value> {
             json!(done.load(Ordering::Relaxed) as f64 / secs);
     }
     Ok(report)
+}
+
+/// Resident memory of the `--pid` processes, summed (0 without `--pid`).
+fn server_rss(args: &BenchArgs) -> u64 {
+    args.pids.iter().map(|&p| rss_bytes(p)).sum()
+}
+
+/// Lets the server finish closing sessions before its memory is read.
+const MEMORY_SETTLE: Duration = Duration::from_secs(2);
+
+/// Runs `op(i)` for `i` in `0..n` from `clients` concurrent tasks; returns the seconds taken.
+async fn fan_out<F, Fut>(clients: usize, n: usize, op: F) -> anyhow::Result<f64>
+where
+    F: Fn(usize) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<()>> + Send,
+{
+    let op = Arc::new(op);
+    let next = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..clients.clamp(1, n.max(1)) {
+        let (op, next) = (op.clone(), next.clone());
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed) as usize;
+                if i >= n {
+                    return anyhow::Ok(());
+                }
+                op(i).await?;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    Ok(started.elapsed().as_secs_f64())
+}
+
+async fn signup(args: &BenchArgs) -> anyhow::Result<Value> {
+    let n = args.count;
+    let tag = rand::random::<u32>() % 1_000_000;
+    let prefix = Arc::new(format!("{}_s{tag}", args.prefix));
+    let addrs = Arc::new(args.addrs.clone());
+    let before = server_rss(args);
+    let (p, a) = (prefix.clone(), addrs.clone());
+    let register_secs = fan_out(args.clients, n, move |i| {
+        let (name, addr) = (format!("{p}_{i}"), a[i % a.len()]);
+        async move {
+            let mut c = Conn::open(addr, None).await?;
+            let r = c
+                .req(json!({"op": "register", "name": name, "password": BENCH_PASSWORD}))
+                .await?;
+            if r["ok"] != true {
+                bail!("register {name}: {r}");
+            }
+            Ok(())
+        }
+    })
+    .await?;
+    let after_registrations = server_rss(args);
+    let login_secs = fan_out(args.clients, n, move |i| {
+        let (name, addr) = (format!("{prefix}_{i}"), addrs[i % addrs.len()]);
+        async move {
+            let mut c = Conn::open(addr, None).await?;
+            let r = c
+                .req(json!({"op": "login", "name": name, "password": BENCH_PASSWORD}))
+                .await?;
+            if r["ok"] != true {
+                bail!("login {name}: {r}");
+            }
+            Ok(())
+        }
+    })
+    .await?;
+    tokio::time::sleep(MEMORY_SETTLE).await;
+    let after = server_rss(args);
+    Ok(json!({
+        "scenario": "signup",
+        "concurrency": args.clients,
+        "registrations": n,
+        "registrations_per_sec": n as f64 / register_secs,
+        "password_logins": n,
+        "password_logins_per_sec": n as f64 / login_secs,
+        "server_rss_before_bytes": before,
+        "server_rss_after_registrations_bytes": after_registrations,
+        "server_rss_after_bytes": after,
+    }))
+}
+
+async fn backlog(args: &BenchArgs) -> anyhow::Result<Value> {
+    /// Sends written before their replies are read.
+    const PIPELINE: usize = 100;
+    let users = users(args, 2).await?;
+    let (to, from) = (&users[0], &users[1]);
+    let addr = args.addrs[0];
+    // Whatever an earlier run left unread stays in the backlog; count what arrives instead.
+    let mut sender = Conn::open(addr, None).await?;
+    sender.token_login(&from.token).await?;
+    let mut sent = 0;
+    while sent < args.count {
+        let batch = PIPELINE.min(args.count - sent);
+        let mut lines = Vec::new();
+        for k in 0..batch {
+            let text = format!("backlog {} {}", sent + k, "x".repeat(64));
+            lines.extend(serde_json::to_vec(
+                &json!({"op": "send", "to": to.id, "text": text}),
+            )?);
+            lines.push(b'\n');
+        }
+        sender.wr.write_all(&lines).await?;
+        for _ in 0..batch {
+            let r = loop {
+                let f = sender.frame().await?;
+                if f.get("re").is_some() {
+                    break f;
+                }
+            };
+            if r["ok"] != true {
+                bail!(
+                    "send: {r} (start the node with a high SWITCHBOARD_SEND_RATE_PER_SEC / _BURST)"
+                );
+            }
+        }
+        sent += batch;
+    }
+    drop(sender);
+    tokio::time::sleep(MEMORY_SETTLE).await;
+    let before = server_rss(args);
+    let started = Instant::now();
+    let received = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for w in 0..args.clients.max(1) {
+        let (token, received, addr) = (
+            to.token.clone(),
+            received.clone(),
+            args.addrs[w % args.addrs.len()],
+        );
+        tasks.push(tokio::spawn(async move {
+            let mut c = Conn::open(addr, None).await?;
+            c.token_login_recording(&token, |_| {
+                received.fetch_add(1, Ordering::Relaxed);
+            })
+            .await
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    tokio::time::sleep(MEMORY_SETTLE).await;
+    let after = server_rss(args);
+    let received = received.load(Ordering::Relaxed);
+    Ok(json!({
+        "scenario": "backlog",
+        "messages_sent": sent,
+        "concurrent_logins": args.clients.max(1),
+        "backlog_messages_per_login": received as f64 / args.clients.max(1) as f64,
+        "seconds": secs,
+        "backlog_messages_per_sec": received as f64 / secs,
+        "server_rss_before_bytes": before,
+        "server_rss_after_bytes": after,
+    }))
+}
+
+async fn groupview(args: &BenchArgs) -> anyhow::Result<Value> {
+    let users = Arc::new(users(args, args.count.max(2)).await?);
+    let addr = args.addrs[0];
+    let mut owner = Conn::open(addr, None).await?;
+    owner.token_login(&users[0].token).await?;
+    let gname = format!("{}_v{}", args.prefix, rand::random::<u32>() % 1_000_000);
+    let r = owner
+        .req(json!({"op": "group.create", "name": gname}))
+        .await?;
+    let gid = r["group"]["id"].as_u64().context("group.create failed")?;
+    drop(owner);
+    let (u, addrs) = (users.clone(), Arc::new(args.addrs.clone()));
+    fan_out(SETUP_CONCURRENCY, users.len() - 1, move |i| {
+        let (token, addr) = (u[i + 1].token.clone(), addrs[i % addrs.len()]);
+        async move {
+            let mut c = Conn::open(addr, None).await?;
+            c.token_login(&token).await?;
+            let r = c.req(json!({"op": "group.join", "group": gid})).await?;
+            if r["ok"] != true {
+                bail!("group.join: {r}");
+            }
+            Ok(())
+        }
+    })
+    .await?;
+    tokio::time::sleep(MEMORY_SETTLE).await;
+    let before = server_rss(args);
+    let views = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for w in 0..args.clients.clamp(1, users.len()) {
+        let (token, views, stop) = (users[w].token.clone(), views.clone(), stop.clone());
+        let addr = args.addrs[w % args.addrs.len()];
+        tasks.push(tokio::spawn(async move {
+            // A fresh login per round: its reply carries the group view too.
+            while !stop.load(Ordering::Relaxed) {
+                let mut c = Conn::open(addr, None).await?;
+                c.token_login(&token).await?;
+                views.fetch_add(1, Ordering::Relaxed);
+                for _ in 0..10 {
+                    let r = c.req(json!({"op": "group.list"})).await?;
+                    if r["ok"] != true {
+                        bail!("group.list: {r}");
+                    }
+                    views.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            anyhow::Ok(())
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs_f64(args.duration)).await;
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        t.await??;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    tokio::time::sleep(MEMORY_SETTLE).await;
+    let after = server_rss(args);
+    let views = views.load(Ordering::Relaxed);
+    Ok(json!({
+        "scenario": "groupview",
+        "members": users.len(),
+        "clients": args.clients,
+        "group_views": views,
+        "group_views_per_sec": views as f64 / secs,
+        "server_rss_before_bytes": before,
+        "server_rss_after_bytes": after,
+    }))
 }

@@ -93,6 +93,8 @@ pub struct Settings {
     pub max_unauthenticated_per_address: u32,
     /// Successful `register`s per client address within a sliding hour.
     pub register_per_address_per_hour: u32,
+    /// Password hashes computed at once; each slot keeps `argon2_memory_kib` for good.
+    pub argon2_slots: u32,
 }
 
 impl Default for Settings {
@@ -133,6 +135,7 @@ impl Default for Settings {
             login_timeout_secs: 30,
             max_unauthenticated_per_address: 64,
             register_per_address_per_hour: 20,
+            argon2_slots: 2,
         }
     }
 }
@@ -319,6 +322,11 @@ impl Settings {
                 &format!("has {bad:?}, not a CIDR such as 10.0.0.0/8 or fd00::/8"),
             )?;
         }
+        check(
+            (1..=64).contains(&self.argon2_slots),
+            "argon2_slots",
+            "must be between 1 and 64",
+        )?;
         if let Some(url) = &self.redis_url {
             check(
                 url.starts_with("redis://"),
@@ -439,6 +447,19 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains(name), "{e}");
+    }
+
+    #[test]
+    fn argon2_slots_default_and_range() {
+        assert_eq!(Settings::default().argon2_slots, 2);
+        let s = Settings::load_from(None, env(&[("SWITCHBOARD_ARGON2_SLOTS", "64")])).unwrap();
+        assert_eq!(s.argon2_slots, 64);
+        for bad in ["0", "65"] {
+            let e = Settings::load_from(None, env(&[("SWITCHBOARD_ARGON2_SLOTS", bad)]))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("SWITCHBOARD_ARGON2_SLOTS"), "{e}");
+        }
     }
 
     #[test]

@@ -211,7 +211,42 @@ Usage: include "switchboard.topologySpread" (dict "root" $ "component" "chat")
 {{/*
 Checks that hold across sections; called from the chat Deployment.
 */}}
+{{/*
+Bytes of a Kubernetes memory quantity: a plain number, or one with a binary (Ki, Mi, Gi,
+Ti) or decimal (k, M, G, T) suffix; values.schema.json admits nothing else.
+*/}}
+{{- define "switchboard.quantityBytes" -}}
+{{- $q := toString . }}
+{{- $num := regexFind "^[0-9]+(\\.[0-9]+)?" $q }}
+{{- $unit := trimPrefix $num $q }}
+{{- $mult := get (dict "" 1 "Ki" 1024 "Mi" 1048576 "Gi" 1073741824 "Ti" 1099511627776 "k" 1000 "M" 1000000 "G" 1000000000 "T" 1000000000000) $unit }}
+{{- if or (not $num) (not $mult) }}
+{{- fail (printf "chat.resources.limits.memory %q is not a memory quantity this chart understands (e.g. 512Mi, 1Gi, 600M)" $q) }}
+{{- end }}
+{{- mulf (float64 $num) (float64 $mult) | int64 }}
+{{- end }}
+
+{{/*
+The memory a chat pod needs, in bytes: chat.memoryModel.baselineMiB +
+config.maxConnections × chat.memoryModel.perConnectionBytes + config.argon2Slots ×
+config.argon2MemoryKib (docs/configuration.md, "Memory").
+*/}}
+{{- define "switchboard.chatMemoryBytes" -}}
+{{- $m := .Values.chat.memoryModel }}
+{{- $base := mul (int64 $m.baselineMiB) 1048576 }}
+{{- $conns := mul (int64 .Values.config.maxConnections) (int64 $m.perConnectionBytes) }}
+{{- $slots := mul (int64 .Values.config.argon2Slots) (int64 .Values.config.argon2MemoryKib) 1024 }}
+{{- add $base $conns $slots }}
+{{- end }}
+
 {{- define "switchboard.validate" -}}
+{{- with (dig "resources" "limits" "memory" "" .Values.chat) }}
+{{- $limit := include "switchboard.quantityBytes" . | int64 }}
+{{- $need := include "switchboard.chatMemoryBytes" $ | int64 }}
+{{- if lt $limit $need }}
+{{- fail (printf "chat.resources.limits.memory (%s = %d MiB) cannot hold chat.memoryModel.baselineMiB (%d) + config.maxConnections (%d) × chat.memoryModel.perConnectionBytes (%d) + config.argon2Slots (%d) × config.argon2MemoryKib (%d KiB) = %d MiB; raise the limit or lower maxConnections / argon2Slots / argon2MemoryKib" (toString .) (div $limit 1048576) (int64 $.Values.chat.memoryModel.baselineMiB) (int64 $.Values.config.maxConnections) (int64 $.Values.chat.memoryModel.perConnectionBytes) (int64 $.Values.config.argon2Slots) (int64 $.Values.config.argon2MemoryKib) (div (add $need 1048575) 1048576)) }}
+{{- end }}
+{{- end }}
 {{- $grace := int .Values.chat.terminationGracePeriodSeconds }}
 {{- $needed := add (int .Values.chat.preStopSleepSeconds) (int .Values.config.drainTimeoutSecs) }}
 {{- if le $grace $needed }}
