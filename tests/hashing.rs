@@ -49,9 +49,12 @@ impl NodeProcess {
             .env("SWITCHBOARD_ARGON2_MEMORY_KIB", MEMORY_KIB.to_string())
             .env("SWITCHBOARD_ARGON2_ITERATIONS", "1")
             .env("SWITCHBOARD_ARGON2_SLOTS", SLOTS.to_string())
-            // Every client comes from 127.0.0.1; a per-address sign-up limit (where one exists)
-            // must not turn the burst into errors. Unknown keys are ignored.
+            // Every client comes from 127.0.0.1: the per-address limits (sign-ups, password
+            // logins in progress, connections not logged in) must not turn the burst into
+            // errors.
             .env("SWITCHBOARD_REGISTER_PER_ADDRESS_PER_HOUR", "1000000")
+            .env("SWITCHBOARD_LOGIN_FAILURES_MAX", "1000000")
+            .env("SWITCHBOARD_MAX_UNAUTHENTICATED_PER_ADDRESS", "1000000")
             .env("SWITCHBOARD_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::null());
