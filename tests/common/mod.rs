@@ -173,6 +173,11 @@ impl Node {
         }
     }
 
+    /// True while the node's task has not ended (it has neither returned nor panicked).
+    pub fn running(&self) -> bool {
+        self.task.as_ref().is_some_and(|t| !t.is_finished())
+    }
+
     /// Begins draining without waiting.
     pub fn begin_stop(&self) {
         self.shutdown.cancel();
