@@ -15,7 +15,6 @@
 mod common;
 
 #[path = "fuzz/src/checks.rs"]
-#[allow(dead_code)]
 mod checks;
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -544,7 +543,7 @@ async fn random_traffic_from_several_clients_against_two_nodes() {
     }
 
     // Every ok send reached its recipient: live, or in the backlog of a fresh login.
-    let book = book.lock().unwrap();
+    let book = std::mem::take(&mut *book.lock().unwrap());
     let mut missing = Vec::new();
     for (id, name) in &book.users {
         let mut c = common::Client::connect(addrs[0]).await;
