@@ -29,8 +29,11 @@ list() {
 ours() {
   local cwd
   cwd="$(readlink "/proc/$1/cwd" 2>/dev/null)" || return 1
+  cwd="${cwd% (deleted)}"
   case "$cwd" in "$root" | "$root"/*) return 0 ;; esac
-  [ -n "${SB_TEST_TMPDIR:-}" ] && case "$cwd" in "$SB_TEST_TMPDIR"/*) return 0 ;; esac
+  if [ -n "${SB_TEST_TMPDIR:-}" ]; then
+    case "$cwd" in "$SB_TEST_TMPDIR" | "$SB_TEST_TMPDIR"/*) return 0 ;; esac
+  fi
   return 1
 }
 
