@@ -3,7 +3,7 @@
 #
 #   scripts/fuzz.sh [SECONDS]
 #
-# frame_reader and request run under libFuzzer (cargo-fuzz, nightly toolchain) when both are
+# frame_reader, request and session run under libFuzzer (cargo-fuzz, nightly toolchain) when both are
 # installed (`rustup toolchain install nightly; cargo install cargo-fuzz`), otherwise under
 # the stable seeded driver (tests/fuzz_targets.rs) for the same time. The live protocol fuzz
 # (tests/fuzz_live.rs: two nodes, a real redis-server, several clients) runs last.
@@ -27,7 +27,7 @@ finish() {
 }
 trap finish EXIT
 
-targets=(frame_reader request)
+targets=(frame_reader request session)
 if cargo +nightly --version >/dev/null 2>&1 && cargo fuzz --version >/dev/null 2>&1; then
   for t in "${targets[@]}"; do
     mkdir -p "tests/fuzz/corpus/$t"

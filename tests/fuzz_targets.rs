@@ -1,4 +1,5 @@
-//! The fuzz targets of tests/fuzz on stable: replays the seed and regression inputs, then
+//! The fuzz targets of tests/fuzz on stable (the session target against an in-process node
+//! on the embedded backend): replays the seed and regression inputs, then
 //! feeds seeded random inputs (a bounded random driver; libFuzzer needs nightly, see
 //! docs/fuzzing.md) for `SWITCHBOARD_FUZZ_SECS` seconds per target (default 2, the CI pass).
 //! `SWITCHBOARD_FUZZ_SEED` repeats a run; the seed is printed either way.
@@ -63,7 +64,8 @@ fn replay(name: &str, target: fn(&[u8])) -> usize {
 }
 
 /// Replays, then fuzzes `target` with inputs from `generate` until the budget is spent.
-fn drive(name: &str, target: fn(&[u8]), generate: fn(&mut Rng) -> Vec<u8>) {
+/// At least `min` inputs even on a slow machine.
+fn drive(name: &str, target: fn(&[u8]), generate: fn(&mut Rng) -> Vec<u8>, min: u64) {
     let replayed = replay(name, target);
     assert!(replayed > 0, "{name}: no seed inputs found");
     let seed = seed();
@@ -71,7 +73,7 @@ fn drive(name: &str, target: fn(&[u8]), generate: fn(&mut Rng) -> Vec<u8>) {
     let mut rng = Rng::new(seed);
     let (start, budget) = (Instant::now(), budget());
     let mut n: u64 = 0;
-    while n < 1000 || start.elapsed() < budget {
+    while n < min || start.elapsed() < budget {
         let input = generate(&mut rng);
         check(name, target, &input);
         n += 1;
@@ -108,10 +110,15 @@ fn reader_input(rng: &mut Rng) -> Vec<u8> {
 
 #[test]
 fn frame_reader() {
-    drive("frame_reader", checks::frame_reader, reader_input);
+    drive("frame_reader", checks::frame_reader, reader_input, 1000);
 }
 
 #[test]
 fn request() {
-    drive("request", checks::request, Rng::frame);
+    drive("request", checks::request, Rng::frame, 1000);
+}
+
+#[test]
+fn session() {
+    drive("session", checks::session, Rng::session, 50);
 }

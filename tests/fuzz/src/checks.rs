@@ -297,6 +297,150 @@ pub fn seq(s: &str) {
     }
 }
 
+/// Frame bound of the session target's node (small, so inputs reach it).
+pub const SESSION_MAX_FRAME: usize = 1024;
+/// Protocol error limit of the session target's node (the default).
+const SESSION_MAX_ERRORS: u32 = 10;
+
+/// An in-process node on the embedded backend, shared by every input of the session target.
+struct SessionNode {
+    rt: tokio::runtime::Runtime,
+    addr: std::net::SocketAddr,
+}
+
+fn session_node() -> &'static SessionNode {
+    static NODE: std::sync::OnceLock<SessionNode> = std::sync::OnceLock::new();
+    NODE.get_or_init(|| {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let addr = rt.block_on(async {
+            let s = switchboard::Settings {
+                listen: "127.0.0.1:0".parse().unwrap(),
+                http_listen: "127.0.0.1:0".parse().unwrap(),
+                node_name: "fuzz".into(),
+                redis_url: None,
+                argon2_memory_kib: 64,
+                argon2_iterations: 1,
+                max_frame_bytes: SESSION_MAX_FRAME,
+                max_protocol_errors: SESSION_MAX_ERRORS,
+                // Inputs fail logins by the thousand; the seeds' logins must keep working.
+                login_failures_max: 1_000_000,
+                ..Default::default()
+            };
+            let server = switchboard::Server::bind(s).await.expect("bind");
+            let addr = server.chat_addr();
+            // Runs for the life of the process.
+            tokio::spawn(server.run(tokio_util::sync::CancellationToken::new()));
+            addr
+        });
+        SessionNode { rt, addr }
+    })
+}
+
+/// What the node must send for a line, in order (other events are not counted).
+#[derive(Debug, PartialEq)]
+enum Answer {
+    Reply(String, Option<Value>),
+    ErrorEvent(Code),
+}
+
+/// The answers the protocol prescribes for `data` sent on one connection and then
+/// half-closed: a reply per request line, an `error` event per other non-blank line, nothing
+/// after the error limit or an oversized frame (the node closes), nothing for an unfinished
+/// last line unless it is already too long.
+fn expected_answers(data: &[u8]) -> Vec<Answer> {
+    let mut out = Vec::new();
+    let mut errors = 0;
+    let mut rest = data;
+    while let Some(i) = rest.iter().position(|&b| b == b'\n') {
+        let line = &rest[..i];
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        rest = &rest[i + 1..];
+        if line.len() > SESSION_MAX_FRAME {
+            out.push(Answer::ErrorEvent(Code::FrameTooLarge));
+            return out;
+        }
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        match protocol::parse_request(line) {
+            Ok(r) => out.push(Answer::Reply(r.op, r.reference)),
+            Err(e) => {
+                out.push(Answer::ErrorEvent(e.code));
+                errors += 1;
+                if errors >= SESSION_MAX_ERRORS {
+                    return out;
+                }
+            }
+        }
+    }
+    if rest.len() > SESSION_MAX_FRAME + 1 {
+        out.push(Answer::ErrorEvent(Code::FrameTooLarge));
+    }
+    out
+}
+
+/// Session: `data` as everything a client sends on one connection to a real node (embedded
+/// backend, shared across inputs, so names registered by one input exist for the next).
+/// Reaches the per-op argument structs and checks of src/session.rs.
+///
+/// Invariants: the node answers and closes within 10 s; every output line is JSON, the first
+/// is `hello`; replies and `error` events are exactly [`expected_answers`], in order, echoing
+/// `op` and `ref`; every error code is a protocol code; an ok `send` carries its message.
+pub fn session(data: &[u8]) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let node = session_node();
+    let out = node.rt.block_on(async {
+        let exchange = async {
+            let s = tokio::net::TcpStream::connect(node.addr).await.unwrap();
+            let (mut rd, mut wr) = s.into_split();
+            // Write while reading: the node answers before it has read everything.
+            let writer = async {
+                let _ = wr.write_all(data).await;
+                let _ = wr.shutdown().await;
+            };
+            let reader = async {
+                let mut out = Vec::new();
+                let _ = rd.read_to_end(&mut out).await;
+                out
+            };
+            tokio::join!(writer, reader).1
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(10), exchange)
+            .await
+            .expect("the node answered and closed within 10 s")
+    });
+    assert_eq!(out.last(), Some(&b'\n'), "output ends with a whole line");
+    let mut got = Vec::new();
+    for (i, line) in out[..out.len() - 1].split(|&b| b == b'\n').enumerate() {
+        let v: Value = serde_json::from_slice(line).expect("every output line is JSON");
+        if i == 0 {
+            assert_eq!(v["event"], "hello");
+        }
+        if let Some(re) = v.get("re") {
+            let ok = v["ok"].as_bool().expect("ok is a bool");
+            if !ok {
+                let code = v["error"]["code"].as_str().expect("error code");
+                assert!(Code::parse(code).is_some(), "unknown code {code}");
+            } else if re == "send" {
+                assert!(
+                    v["msg"]["id"].is_string() && v["msg"]["seq"].is_string(),
+                    "{v}"
+                );
+            }
+            let re = re.as_str().expect("re is the op string").to_string();
+            got.push(Answer::Reply(re, v.get("ref").cloned()));
+        } else if v["event"] == "error" {
+            let code = v["error"]["code"].as_str().and_then(Code::parse);
+            got.push(Answer::ErrorEvent(code.expect("error event code")));
+        }
+    }
+    assert_eq!(got, expected_answers(data));
+}
+
 /// A small seeded generator (SplitMix64): runs are reproducible from the printed seed.
 pub struct Rng(u64);
 
@@ -431,6 +575,33 @@ impl Rng {
             m.insert(k, v);
         }
         Value::Object(m)
+    }
+
+    /// A session input: a login script (sometimes), then frames with mixed endings.
+    pub fn session(&mut self) -> Vec<u8> {
+        let mut v = Vec::new();
+        if !self.one_in(4) {
+            let name = format!("fz{}", self.below(4));
+            for op in ["register", "login"] {
+                let l = json!({"op": op, "name": name, "password": "fuzz password"});
+                v.extend(serde_json::to_vec(&l).unwrap());
+                v.push(b'\n');
+            }
+        }
+        for _ in 0..self.below(12) {
+            let f = if self.one_in(3) {
+                let to = 1 + self.below(4);
+                serde_json::to_vec(&json!({"op": "send", "to": to, "text": self.string()})).unwrap()
+            } else {
+                self.frame()
+            };
+            v.extend(f);
+            v.extend_from_slice(if self.one_in(4) { b"\r\n" } else { b"\n" });
+        }
+        if self.one_in(20) {
+            v.extend(std::iter::repeat_n(b'a', SESSION_MAX_FRAME + 2));
+        }
+        v
     }
 
     /// A frame for the request parser: a request, possibly mangled, or raw bytes.
