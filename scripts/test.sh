@@ -17,7 +17,25 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
+# Every redis-server / nginx / switchboard process that exists now; at the end the run fails
+# if it left any other one running (scripts/leftovers.sh: by pid, only this run's, none killed).
+# The tests get their own TMPDIR so that test Redis servers (which run in a directory under it)
+# are recognisably this run's.
+export SB_TEST_TMPDIR
+SB_TEST_TMPDIR="$(mktemp -d -t switchboard-test.XXXXXX)"
+before="$SB_TEST_TMPDIR.before"
+bash scripts/leftovers.sh list > "$before"
+finish() {
+  status=$?
+  bash scripts/leftovers.sh check "$before" || status=1
+  rm -rf "$SB_TEST_TMPDIR" "$before"
+  exit $status
+}
+trap finish EXIT
+
 # Chart checks first: they also set up the virtualenv whose Helm renders nginx.conf for the
 # loopback topology tests (tests/topology.rs).
 bash scripts/check-chart.sh
-cargo test --locked --all-targets "$@"
+# The fuzz tests (tests/fuzz_targets.rs, tests/fuzz_live.rs) run their short CI pass here,
+# about 10 s in all; scripts/fuzz.sh runs the long one (docs/fuzzing.md).
+TMPDIR="$SB_TEST_TMPDIR" cargo test --locked --all-targets "$@"

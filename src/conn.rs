@@ -102,9 +102,9 @@ impl LineReader {
         }
     }
 
-    /// Test helper: appends bytes as if read from the socket.
-    #[cfg(test)]
-    fn feed(&mut self, bytes: &[u8]) {
+    /// Appends bytes as if read from the socket (unit tests and tests/fuzz drive the reader
+    /// without a socket through this).
+    pub fn feed(&mut self, bytes: &[u8]) {
         self.buf.extend_from_slice(bytes);
     }
 }

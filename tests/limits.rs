@@ -166,6 +166,8 @@ fn embedded_backend_runs_with_nothing_configured() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
+    // Killed if an assertion fails before the TERM below.
+    let child = common::ChildGuard::new(child);
     let mut hello = String::new();
     for _ in 0..300 {
         if let Ok(s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
@@ -179,7 +181,7 @@ fn embedded_backend_runs_with_nothing_configured() {
         .args(["-TERM", &child.id().to_string()])
         .status()
         .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = child.take().wait_with_output().unwrap();
     assert!(hello.contains("\"hello\""), "{hello}");
     assert!(out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
@@ -205,6 +207,7 @@ fn otlp_export_starts_serves_and_shuts_down_cleanly() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
+    let child = common::ChildGuard::new(child);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -226,7 +229,7 @@ fn otlp_export_starts_serves_and_shuts_down_cleanly() {
         .args(["-TERM", &child.id().to_string()])
         .status()
         .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = child.take().wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
     assert!(err.contains("exporting traces over OTLP"), "{err}");

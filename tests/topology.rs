@@ -12,7 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use common::{Proc, Redis, free_port, http_get, metric};
+use common::{ChildGuard, Proc, Redis, free_port, http_get, metric, stop_tree};
 use serde_json::Value;
 
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
@@ -28,7 +28,8 @@ struct Topology {
     /// Slots nginx sends new connections to.
     upstream: Vec<usize>,
     lb_port: u16,
-    nginx: Child,
+    /// The nginx master (its workers are its children); `None` until started.
+    nginx: Option<Child>,
 }
 
 impl Topology {
@@ -50,7 +51,7 @@ impl Topology {
             nodes,
             upstream: (0..n).collect(),
             lb_port,
-            nginx: dummy_child(),
+            nginx: None,
         };
         t.render_nginx();
         let conf = t.dir.join("nginx.conf");
@@ -65,14 +66,16 @@ impl Topology {
             "nginx -t: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        t.nginx = Command::new("nginx")
-            .arg("-c")
-            .arg(&conf)
-            .args(["-g", "daemon off;"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+        t.nginx = Some(
+            Command::new("nginx")
+                .arg("-c")
+                .arg(&conf)
+                .args(["-g", "daemon off;"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
         wait_port(lb_port);
         t
     }
@@ -179,9 +182,10 @@ impl Topology {
         self.nodes[i].1
     }
 
-    /// Starts `switchboard bench chat` through nginx; returns the process (JSON on stdout).
-    fn bench(&self, clients: usize, seconds: f64, rate: f64) -> Child {
-        Command::new(env!("CARGO_BIN_EXE_switchboard"))
+    /// Starts `switchboard bench chat` through nginx; returns the process (JSON on stdout),
+    /// killed if the test fails before [`finish`] waits for it.
+    fn bench(&self, clients: usize, seconds: f64, rate: f64) -> ChildGuard {
+        let child = Command::new(env!("CARGO_BIN_EXE_switchboard"))
             .args(["bench", "chat", "--json", "--quiet", "--addr", &self.lb()])
             .env("SWITCHBOARD_BENCH_DEBUG", "1")
             .args([
@@ -198,20 +202,22 @@ impl Topology {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .unwrap()
+            .unwrap();
+        ChildGuard::new(child)
     }
 }
 
 impl Drop for Topology {
     fn drop(&mut self) {
-        let _ = self.nginx.kill();
-        let _ = self.nginx.wait();
+        // SIGTERM is nginx's fast shutdown: the master stops its workers (also those still
+        // finishing connections after a reload) and waits for them. A SIGKILLed master
+        // leaves its workers running, listening on the load balancer port.
+        if let Some(nginx) = self.nginx.as_mut() {
+            stop_tree(nginx, "-TERM", Duration::from_secs(10));
+        }
+        // Node processes and Redis stop in their own Drop (fields drop after this).
         let _ = std::fs::remove_dir_all(&self.dir);
     }
-}
-
-fn dummy_child() -> Child {
-    Command::new("true").spawn().unwrap()
 }
 
 fn start_node(redis: &Redis, i: usize, port: u16, http: u16) -> Proc {
@@ -260,8 +266,8 @@ fn wait_port(port: u16) {
 }
 
 /// Waits for the bench and checks the loss accounting.
-fn finish(bench: Child, clients: usize) -> Value {
-    let out = bench.wait_with_output().unwrap();
+fn finish(bench: ChildGuard, clients: usize) -> Value {
+    let out = bench.take().wait_with_output().unwrap();
     assert!(
         out.status.success(),
         "bench failed: {}",

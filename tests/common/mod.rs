@@ -80,10 +80,9 @@ impl Redis {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
-    /// Stops the server (SIGKILL) and waits for it.
+    /// Stops the server (SIGKILL, and any AOF rewrite child it forked) and waits for it.
     pub fn stop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        stop_tree(&mut self.child, "-KILL", Duration::ZERO);
     }
 
     /// Restarts on the same port and data directory (AOF keeps the data).
@@ -176,6 +175,11 @@ impl Node {
                 .unwrap()
                 .unwrap();
         }
+    }
+
+    /// True while the node's task has not ended (it has neither returned nor panicked).
+    pub fn running(&self) -> bool {
+        self.task.as_ref().is_some_and(|t| !t.is_finished())
     }
 
     /// Begins draining without waiting.
@@ -624,5 +628,92 @@ impl Drop for Proc {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// Pids of the processes whose parent is `pid`, with their command names (from /proc).
+pub fn children_of(pid: u32) -> Vec<(u32, String)> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|p| {
+            let (ppid, comm, _) = proc_stat(p)?;
+            (ppid == pid).then_some((p, comm))
+        })
+        .collect()
+}
+
+/// (parent pid, command name, state) of `pid`, if it exists.
+fn proc_stat(pid: u32) -> Option<(u32, String, char)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // "pid (comm) state ppid …": the name may hold spaces and parentheses, so split at the last ')'.
+    let (head, rest) = stat.rsplit_once(')')?;
+    let comm = head.split_once('(')?.1.to_string();
+    let mut f = rest.split_whitespace();
+    let state = f.next()?.chars().next()?;
+    let ppid = f.next()?.parse().ok()?;
+    Some((ppid, comm, state))
+}
+
+/// Sends `sig` (`-TERM`, `-KILL`, …) to `pid`.
+pub fn signal_pid(pid: u32, sig: &str) {
+    let _ = Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .stderr(Stdio::null())
+        .status();
+}
+
+/// Stops `child` and the processes it forked (nginx workers, a Redis AOF rewrite): `sig` to
+/// the child, up to `grace` for it to exit, then SIGKILL to it and to every process it had
+/// forked that is still there. Killing only the parent would orphan its children, which
+/// then keep running and holding ports.
+pub fn stop_tree(child: &mut Child, sig: &str, grace: Duration) {
+    if let Ok(Some(_)) = child.try_wait() {
+        return;
+    }
+    let forked = children_of(child.id());
+    signal_pid(child.id(), sig);
+    let deadline = std::time::Instant::now() + grace;
+    while matches!(child.try_wait(), Ok(None)) && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    for (pid, comm) in forked {
+        // Same pid and name as when forked, and not a zombie: still that process.
+        if proc_stat(pid).is_some_and(|(_, c, state)| c == comm && state != 'Z') {
+            signal_pid(pid, "-KILL");
+        }
+    }
+}
+
+/// A child process that is stopped (with everything it forked) when this guard drops, also
+/// when the test panics before it would have stopped it.
+pub struct ChildGuard(Option<Child>);
+
+impl ChildGuard {
+    /// Guards `child`.
+    pub fn new(child: Child) -> ChildGuard {
+        ChildGuard(Some(child))
+    }
+
+    /// The process id.
+    pub fn id(&self) -> u32 {
+        self.0.as_ref().expect("guarded").id()
+    }
+
+    /// Takes the child out (for `wait_with_output`); the caller now owns its end.
+    pub fn take(mut self) -> Child {
+        self.0.take().expect("guarded")
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if let Some(c) = self.0.as_mut() {
+            stop_tree(c, "-KILL", Duration::ZERO);
+        }
     }
 }
