@@ -28,12 +28,19 @@ struct Topology {
     /// Slots nginx sends new connections to.
     upstream: Vec<usize>,
     lb_port: u16,
+    /// `login_failures_max` of the nodes: high, as bench clients all log in from 127.0.0.1
+    /// at once; low where a test checks the per-address limit.
+    failures_max: &'static str,
     /// The nginx master (its workers are its children); `None` until started.
     nginx: Option<Child>,
 }
 
 impl Topology {
     fn start(n: usize) -> Topology {
+        Self::start_with(n, "1000")
+    }
+
+    fn start_with(n: usize, failures_max: &'static str) -> Topology {
         let redis = Redis::start();
         let dir =
             std::env::temp_dir().join(format!("sb-topo-{}-{}", std::process::id(), free_port()));
@@ -41,7 +48,7 @@ impl Topology {
         let mut nodes = Vec::new();
         for i in 0..n {
             let (port, http) = (free_port(), free_port());
-            let p = start_node(&redis, i, port, http);
+            let p = start_node(&redis, i, port, http, failures_max);
             nodes.push((port, http, Some(p)));
         }
         let lb_port = free_port();
@@ -51,6 +58,7 @@ impl Topology {
             nodes,
             upstream: (0..n).collect(),
             lb_port,
+            failures_max,
             nginx: None,
         };
         t.render_nginx();
@@ -134,7 +142,7 @@ impl Topology {
     fn scale_up(&mut self) -> usize {
         let (port, http) = (free_port(), free_port());
         let i = self.nodes.len();
-        let p = start_node(&self.redis, i, port, http);
+        let p = start_node(&self.redis, i, port, http, self.failures_max);
         self.nodes.push((port, http, Some(p)));
         self.upstream.push(i);
         self.reload_nginx();
@@ -175,7 +183,7 @@ impl Topology {
     /// Starts slot `i` again on its ports (a restarted pod behind the same Service).
     fn restart(&mut self, i: usize) {
         let (port, http, _) = self.nodes[i];
-        self.nodes[i].2 = Some(start_node(&self.redis, i, port, http));
+        self.nodes[i].2 = Some(start_node(&self.redis, i, port, http, self.failures_max));
     }
 
     fn http_port(&self, i: usize) -> u16 {
@@ -220,7 +228,7 @@ impl Drop for Topology {
     }
 }
 
-fn start_node(redis: &Redis, i: usize, port: u16, http: u16) -> Proc {
+fn start_node(redis: &Redis, i: usize, port: u16, http: u16, failures_max: &str) -> Proc {
     let p = Proc::start_on(
         redis,
         &format!("node{i}-{port}"),
@@ -237,6 +245,7 @@ fn start_node(redis: &Redis, i: usize, port: u16, http: u16) -> Proc {
             // Every simulated client shares 127.0.0.1, and reconnect waves after a drain
             // are hundreds of connections at once.
             ("SWITCHBOARD_MAX_UNAUTHENTICATED_PER_ADDRESS", "100000"),
+            ("SWITCHBOARD_LOGIN_FAILURES_MAX", failures_max),
         ],
     );
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -396,7 +405,7 @@ fn redis_restart_with_aof_under_load() {
 #[test]
 fn client_addresses_reach_the_nodes_through_nginx() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let t = Topology::start(2);
+    let t = Topology::start_with(2, "10");
     let lb: std::net::SocketAddr = t.lb().parse().unwrap();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
