@@ -201,6 +201,239 @@ impl Request {
     }
 }
 
+/// Every op of the protocol. Op names live here and nowhere else; adding a variant makes the
+/// compiler point at every `match` that must handle it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpKind {
+    /// `ping`: answered `ok`, nothing more.
+    Ping,
+    /// `register`: create an account.
+    Register,
+    /// `login`: by password or token.
+    Login,
+    /// `whois`: look a user up.
+    Whois,
+    /// `logout`: end the login and revoke its token.
+    Logout,
+    /// `send`: a 1:1 message.
+    Send,
+    /// `ack`: move the acknowledged position forward.
+    Ack,
+    /// `friend.add`: a mutual friendship.
+    FriendAdd,
+    /// `friend.remove`: end a friendship both ways.
+    FriendRemove,
+    /// `friend.list`: the caller's friends.
+    FriendList,
+    /// `group.create`: a new group with the caller as creator.
+    GroupCreate,
+    /// `group.join`: become a member.
+    GroupJoin,
+    /// `group.leave`: stop being a member.
+    GroupLeave,
+    /// `group.list`: the caller's groups.
+    GroupList,
+    /// `group.send`: a message to every member.
+    GroupSend,
+}
+
+impl OpKind {
+    /// Every op.
+    pub const ALL: [OpKind; 15] = [
+        OpKind::Ping,
+        OpKind::Register,
+        OpKind::Login,
+        OpKind::Whois,
+        OpKind::Logout,
+        OpKind::Send,
+        OpKind::Ack,
+        OpKind::FriendAdd,
+        OpKind::FriendRemove,
+        OpKind::FriendList,
+        OpKind::GroupCreate,
+        OpKind::GroupJoin,
+        OpKind::GroupLeave,
+        OpKind::GroupList,
+        OpKind::GroupSend,
+    ];
+
+    /// The op as it appears on the wire (`op`, and `re` of the reply).
+    pub fn name(self) -> &'static str {
+        match self {
+            OpKind::Ping => "ping",
+            OpKind::Register => "register",
+            OpKind::Login => "login",
+            OpKind::Whois => "whois",
+            OpKind::Logout => "logout",
+            OpKind::Send => "send",
+            OpKind::Ack => "ack",
+            OpKind::FriendAdd => "friend.add",
+            OpKind::FriendRemove => "friend.remove",
+            OpKind::FriendList => "friend.list",
+            OpKind::GroupCreate => "group.create",
+            OpKind::GroupJoin => "group.join",
+            OpKind::GroupLeave => "group.leave",
+            OpKind::GroupList => "group.list",
+            OpKind::GroupSend => "group.send",
+        }
+    }
+
+    /// The op named `name`, if the protocol has one (else the reply is `unknown_op`).
+    pub fn from_name(name: &str) -> Option<OpKind> {
+        OpKind::ALL.into_iter().find(|k| k.name() == name)
+    }
+
+    /// Whether the op answers `not_logged_in` before a login.
+    pub fn needs_login(self) -> bool {
+        !matches!(
+            self,
+            OpKind::Ping | OpKind::Register | OpKind::Login | OpKind::Whois
+        )
+    }
+}
+
+/// A request with its arguments read: what a session handles.
+#[derive(Debug)]
+pub enum Op {
+    /// `ping`.
+    Ping,
+    /// `register`.
+    Register(RegisterArgs),
+    /// `login`.
+    Login(LoginArgs),
+    /// `whois`.
+    Whois(WhoArgs),
+    /// `logout`.
+    Logout,
+    /// `send`.
+    Send(SendArgs),
+    /// `ack`.
+    Ack(AckArgs),
+    /// `friend.add`.
+    FriendAdd(UserArg),
+    /// `friend.remove`.
+    FriendRemove(UserArg),
+    /// `friend.list`.
+    FriendList,
+    /// `group.create`.
+    GroupCreate(CreateArgs),
+    /// `group.join`.
+    GroupJoin(GroupArg),
+    /// `group.leave`.
+    GroupLeave(GroupArg),
+    /// `group.list`.
+    GroupList,
+    /// `group.send`.
+    GroupSend(GroupSendArgs),
+}
+
+impl Request {
+    /// Reads the arguments of op `kind`; a missing or ill-typed field is `bad_request`.
+    /// Unknown fields are ignored, as the protocol says.
+    pub fn parse(&self, kind: OpKind) -> Result<Op> {
+        Ok(match kind {
+            OpKind::Ping => Op::Ping,
+            OpKind::Register => Op::Register(self.args()?),
+            OpKind::Login => Op::Login(self.args()?),
+            OpKind::Whois => Op::Whois(self.args()?),
+            OpKind::Logout => Op::Logout,
+            OpKind::Send => Op::Send(self.args()?),
+            OpKind::Ack => Op::Ack(self.args()?),
+            OpKind::FriendAdd => Op::FriendAdd(self.args()?),
+            OpKind::FriendRemove => Op::FriendRemove(self.args()?),
+            OpKind::FriendList => Op::FriendList,
+            OpKind::GroupCreate => Op::GroupCreate(self.args()?),
+            OpKind::GroupJoin => Op::GroupJoin(self.args()?),
+            OpKind::GroupLeave => Op::GroupLeave(self.args()?),
+            OpKind::GroupList => Op::GroupList,
+            OpKind::GroupSend => Op::GroupSend(self.args()?),
+        })
+    }
+}
+
+/// `register` arguments.
+#[derive(Debug, Deserialize)]
+pub struct RegisterArgs {
+    /// The new user's name.
+    pub name: String,
+    /// The new user's password.
+    pub password: String,
+}
+
+/// `login` arguments: `name` or `id` with `password`, or `token`.
+#[derive(Debug, Deserialize)]
+pub struct LoginArgs {
+    /// The user's name.
+    pub name: Option<String>,
+    /// The user's id (when no name is given).
+    pub id: Option<UserId>,
+    /// The password (wins over a token).
+    pub password: Option<String>,
+    /// A token from an earlier password login.
+    pub token: Option<String>,
+}
+
+/// `whois` arguments: `name` or `id`.
+#[derive(Debug, Deserialize)]
+pub struct WhoArgs {
+    /// The user's name (case-insensitive).
+    pub name: Option<String>,
+    /// The user's id (when no name is given).
+    pub id: Option<UserId>,
+}
+
+/// `send` arguments.
+#[derive(Debug, Deserialize)]
+pub struct SendArgs {
+    /// Recipient id.
+    pub to: UserId,
+    /// Message text.
+    pub text: String,
+    /// Idempotency key.
+    pub client_id: Option<String>,
+}
+
+/// `group.send` arguments.
+#[derive(Debug, Deserialize)]
+pub struct GroupSendArgs {
+    /// Group id.
+    pub group: GroupId,
+    /// Message text.
+    pub text: String,
+    /// Idempotency key.
+    pub client_id: Option<String>,
+}
+
+/// `ack` arguments.
+#[derive(Debug, Deserialize)]
+pub struct AckArgs {
+    /// The position to acknowledge (checked by [`Seq`]'s parser).
+    pub seq: String,
+}
+
+/// Arguments naming one user (`friend.add`, `friend.remove`).
+#[derive(Debug, Deserialize)]
+pub struct UserArg {
+    /// The user's id.
+    pub user: UserId,
+}
+
+/// Arguments naming one group (`group.join`, `group.leave`).
+#[derive(Debug, Deserialize)]
+pub struct GroupArg {
+    /// The group's id.
+    pub group: GroupId,
+}
+
+/// `group.create` arguments.
+#[derive(Debug, Deserialize)]
+pub struct CreateArgs {
+    /// The group's name.
+    pub name: String,
+    /// Its description (0 to 256 characters).
+    pub desc: Option<String>,
+}
+
 /// Parses one frame (a line without its ending). `Err` is an `error` *event*, not a reply.
 pub fn parse_request(line: &[u8]) -> Result<Request> {
     let value: Value = serde_json::from_slice(line)
@@ -333,6 +566,29 @@ pub fn check_client_id(client_id: &Option<String>) -> Result<()> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn op_names_round_trip_and_login_rule() {
+        for kind in OpKind::ALL {
+            assert_eq!(OpKind::from_name(kind.name()), Some(kind));
+        }
+        assert_eq!(
+            OpKind::from_name("Send"),
+            None,
+            "op names are case-sensitive"
+        );
+        let open: Vec<&str> = OpKind::ALL
+            .into_iter()
+            .filter(|k| !k.needs_login())
+            .map(OpKind::name)
+            .collect();
+        assert_eq!(open, ["ping", "register", "login", "whois"]);
+        // Unknown fields are ignored; a missing argument is `bad_request` naming the op.
+        let req = parse_request(br#"{"op":"send","to":2,"text":"hi","x":[1]}"#).unwrap();
+        assert!(matches!(req.parse(OpKind::Send), Ok(Op::Send(a)) if a.to == 2));
+        let e = req.parse(OpKind::Ack).unwrap_err();
+        assert_eq!(e.code, Code::BadRequest);
+    }
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(20_000))]

@@ -7,7 +7,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -22,8 +21,9 @@ use crate::error::{Code, Error, Result};
 use crate::node::Node;
 use crate::outbox::{Live, Outbox};
 use crate::protocol::{
-    self, GroupId, Message, PROTOCOL_VERSION, Request, Seq, Target, UserId, UserRef,
-    check_client_id, check_text, valid_name, valid_password,
+    self, AckArgs, CreateArgs, GroupArg, GroupId, GroupSendArgs, LoginArgs, Message, Op, OpKind,
+    PROTOCOL_VERSION, RegisterArgs, Request, SendArgs, Seq, Target, UserArg, UserId, UserRef,
+    WhoArgs, check_client_id, check_text, valid_name, valid_password,
 };
 use crate::store::{Outgoing, Recipient, Store, Who};
 
@@ -232,61 +232,6 @@ async fn linger(mut rd: OwnedReadHalf) {
         }
     })
     .await;
-}
-
-#[derive(Deserialize)]
-struct RegisterArgs {
-    name: String,
-    password: String,
-}
-
-#[derive(Deserialize)]
-struct LoginArgs {
-    name: Option<String>,
-    id: Option<UserId>,
-    password: Option<String>,
-    token: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct WhoArgs {
-    name: Option<String>,
-    id: Option<UserId>,
-}
-
-#[derive(Deserialize)]
-struct SendArgs {
-    to: UserId,
-    text: String,
-    client_id: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct GroupSendArgs {
-    group: GroupId,
-    text: String,
-    client_id: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct AckArgs {
-    seq: String,
-}
-
-#[derive(Deserialize)]
-struct UserArg {
-    user: UserId,
-}
-
-#[derive(Deserialize)]
-struct GroupArg {
-    group: GroupId,
-}
-
-#[derive(Deserialize)]
-struct CreateArgs {
-    name: String,
-    desc: Option<String>,
 }
 
 impl<S: Store> Session<S> {
@@ -516,40 +461,42 @@ impl<S: Store> Session<S> {
     }
 
     async fn dispatch(&mut self, req: &Request) -> Result<Value> {
-        match req.op.as_str() {
-            "ping" => Ok(json!({})),
-            "register" => self.register(req.args()?).await,
-            "login" => self.login(req.args()?).await,
-            "whois" => self.whois(req.args()?).await,
-            "logout" | "send" | "ack" | "friend.add" | "friend.remove" | "friend.list"
-            | "group.create" | "group.join" | "group.leave" | "group.list" | "group.send" => {
-                if self.login.is_none() {
-                    return Err(Error::new(
-                        Code::NotLoggedIn,
-                        format!("{} needs a login", req.op),
-                    ));
-                }
-                match req.op.as_str() {
-                    "logout" => self.logout().await,
-                    "send" => self.send(req.args()?).await,
-                    "group.send" => self.group_send(req.args()?).await,
-                    "ack" => self.ack(req.args()?).await,
-                    "friend.add" => self.friend_add(req.args()?).await,
-                    "friend.remove" => self.friend_remove(req.args()?).await,
-                    "friend.list" => {
-                        let friends = self.node.store.friends(self.me().id).await?;
-                        Ok(json!({"friends": friends}))
-                    }
-                    "group.create" => self.group_create(req.args()?).await,
-                    "group.join" => self.group_join(req.args()?).await,
-                    "group.leave" => self.group_leave(req.args()?).await,
-                    _ => {
-                        let groups = self.node.store.groups(self.me().id).await?;
-                        Ok(json!({"groups": groups}))
-                    }
-                }
+        let Some(kind) = OpKind::from_name(&req.op) else {
+            return Err(Error::new(
+                Code::UnknownOp,
+                format!("unknown op {:?}", req.op),
+            ));
+        };
+        // Checked before the arguments: a request that needs a login answers `not_logged_in`
+        // whatever its arguments.
+        if kind.needs_login() && self.login.is_none() {
+            return Err(Error::new(
+                Code::NotLoggedIn,
+                format!("{} needs a login", kind.name()),
+            ));
+        }
+        match req.parse(kind)? {
+            Op::Ping => Ok(json!({})),
+            Op::Register(args) => self.register(args).await,
+            Op::Login(args) => self.login(args).await,
+            Op::Whois(args) => self.whois(args).await,
+            Op::Logout => self.logout().await,
+            Op::Send(args) => self.send(args).await,
+            Op::GroupSend(args) => self.group_send(args).await,
+            Op::Ack(args) => self.ack(args).await,
+            Op::FriendAdd(args) => self.friend_add(args).await,
+            Op::FriendRemove(args) => self.friend_remove(args).await,
+            Op::FriendList => {
+                let friends = self.node.store.friends(self.me().id).await?;
+                Ok(json!({"friends": friends}))
             }
-            op => Err(Error::new(Code::UnknownOp, format!("unknown op {op:?}"))),
+            Op::GroupCreate(args) => self.group_create(args).await,
+            Op::GroupJoin(args) => self.group_join(args).await,
+            Op::GroupLeave(args) => self.group_leave(args).await,
+            Op::GroupList => {
+                let groups = self.node.store.groups(self.me().id).await?;
+                Ok(json!({"groups": groups}))
+            }
         }
     }
 

@@ -5,11 +5,10 @@
 #![allow(dead_code)]
 
 use bytes::BytesMut;
-use serde::Deserialize;
 use serde_json::{Value, json};
 use switchboard::conn::{Frame, LineReader};
 use switchboard::error::{Code, Error};
-use switchboard::protocol::{self, Request, Seq};
+use switchboard::protocol::{self, Op, OpKind, Request, Seq};
 
 /// Frame reader: `data[0]` picks the bound (0..=63) and whether the first chunk arrives as
 /// the PROXY-header leftover (`with_buffered`), `data[1]` the number of chunk sizes that
@@ -104,49 +103,6 @@ fn expected_frames(payload: &[u8], max: usize) -> Vec<Option<Vec<u8>>> {
     out
 }
 
-// Mirrors of the argument structs in src/session.rs (private there): what each op reads.
-#[derive(Deserialize)]
-struct RegisterArgs {
-    name: String,
-    password: String,
-}
-#[derive(Deserialize)]
-struct LoginArgs {
-    name: Option<String>,
-    id: Option<u64>,
-    password: Option<String>,
-    token: Option<String>,
-}
-#[derive(Deserialize)]
-struct SendArgs {
-    to: u64,
-    text: String,
-    client_id: Option<String>,
-}
-#[derive(Deserialize)]
-struct GroupSendArgs {
-    group: u64,
-    text: String,
-    client_id: Option<String>,
-}
-#[derive(Deserialize)]
-struct AckArgs {
-    seq: String,
-}
-#[derive(Deserialize)]
-struct UserArg {
-    user: u64,
-}
-#[derive(Deserialize)]
-struct GroupArg {
-    group: u64,
-}
-#[derive(Deserialize)]
-struct CreateArgs {
-    name: String,
-    desc: Option<String>,
-}
-
 /// Request parser: any bytes as one frame.
 ///
 /// Invariants: never a panic; `Ok` exactly for a JSON object with a string `op` and a scalar
@@ -215,17 +171,9 @@ fn check_reply(req: &Request, out: &[u8], ok: bool) -> Value {
     v
 }
 
-/// Parses the arguments of every op from the frame, whatever its op, and checks the values.
+/// Parses the arguments of every op (the server's own types) from the frame, whatever its op,
+/// and checks the values.
 fn arguments(req: &Request) {
-    fn args<T: serde::de::DeserializeOwned>(req: &Request) -> Option<T> {
-        match req.args::<T>() {
-            Ok(a) => Some(a),
-            Err(e) => {
-                assert_eq!(e.code, Code::BadRequest, "{e}");
-                None
-            }
-        }
-    }
     fn code_in(r: switchboard::error::Result<()>, allowed: &[Code]) {
         if let Err(e) = r {
             assert!(allowed.contains(&e.code), "{e}");
@@ -245,33 +193,43 @@ fn arguments(req: &Request) {
             (1..=protocol::MAX_CLIENT_ID_BYTES).contains(&len)
         );
     }
-    if let Some(a) = args::<RegisterArgs>(req) {
-        let _ = protocol::valid_name(&a.name);
-        let _ = protocol::valid_password(&a.password);
-    }
-    if let Some(a) = args::<LoginArgs>(req) {
-        let _ = (a.id, a.password, a.token);
-        if let Some(n) = a.name {
-            let ok = protocol::valid_name(&n);
-            assert_eq!(ok, name_rule(&n), "name {n:?}");
+    for kind in OpKind::ALL {
+        assert_eq!(OpKind::from_name(kind.name()), Some(kind));
+        let op = match req.parse(kind) {
+            Ok(op) => op,
+            Err(e) => {
+                assert_eq!(e.code, Code::BadRequest, "{e}");
+                continue;
+            }
+        };
+        match op {
+            Op::Register(a) => {
+                let _ = protocol::valid_name(&a.name);
+                let _ = protocol::valid_password(&a.password);
+            }
+            Op::Login(a) => {
+                let _ = (a.id, a.password, a.token);
+                if let Some(n) = a.name {
+                    assert_eq!(protocol::valid_name(&n), name_rule(&n), "name {n:?}");
+                }
+            }
+            Op::Send(a) => text(&a.text, &a.client_id),
+            Op::GroupSend(a) => text(&a.text, &a.client_id),
+            Op::Ack(a) => seq(&a.seq),
+            Op::GroupCreate(a) => {
+                assert_eq!(protocol::valid_name(&a.name), name_rule(&a.name));
+                let _ = a.desc;
+            }
+            Op::Whois(_)
+            | Op::FriendAdd(_)
+            | Op::FriendRemove(_)
+            | Op::GroupJoin(_)
+            | Op::GroupLeave(_)
+            | Op::Ping
+            | Op::Logout
+            | Op::FriendList
+            | Op::GroupList => {}
         }
-    }
-    if let Some(a) = args::<SendArgs>(req) {
-        let _ = a.to;
-        text(&a.text, &a.client_id);
-    }
-    if let Some(a) = args::<GroupSendArgs>(req) {
-        let _ = a.group;
-        text(&a.text, &a.client_id);
-    }
-    if let Some(a) = args::<AckArgs>(req) {
-        seq(&a.seq);
-    }
-    let _ = args::<UserArg>(req).map(|a| a.user);
-    let _ = args::<GroupArg>(req).map(|a| a.group);
-    if let Some(a) = args::<CreateArgs>(req) {
-        assert_eq!(protocol::valid_name(&a.name), name_rule(&a.name));
-        let _ = a.desc;
     }
 }
 
