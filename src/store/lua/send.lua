@@ -59,9 +59,9 @@ end
 if used + charge > tonumber(ARGV[15]) then return {'rate_limited'} end
 -- HINCRBY is the first write on purpose: under maxmemory Redis refuses a script at its first
 -- write that may grow memory, but not after any earlier write (HDEL would let it through).
-redis.call('HINCRBY', qkey, bucket, charge)
+-- The key outlives its newest bucket by 25 h, so its TTL is set only when a bucket starts.
+if redis.call('HINCRBY', qkey, bucket, charge) == charge then redis.call('EXPIRE', qkey, 90000) end
 if #stale > 0 then redis.call('HDEL', qkey, unpack(stale)) end
-redis.call('EXPIRE', qkey, 90000)
 local maxlen, cutoff, hardmax = tonumber(ARGV[9]), ARGV[10], tonumber(ARGV[18])
 -- Trims entries that are both beyond the newest `maxlen` and older than the cut-off, and
 -- whatever lies beyond the newest `hardmax`.
