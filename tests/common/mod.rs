@@ -264,18 +264,23 @@ impl Client {
     }
 
     async fn over(stream: TcpStream) -> Client {
+        let mut c = Self::raw_over(stream);
+        c.hello = c.frame().await.expect("hello");
+        assert_eq!(c.hello["event"], "hello");
+        c
+    }
+
+    /// A client on `stream` that has read nothing yet.
+    fn raw_over(stream: TcpStream) -> Client {
         let (rd, wr) = stream.into_split();
-        let mut c = Client {
+        Client {
             rd: BufReader::new(rd),
             wr,
             events: VecDeque::new(),
             hello: Value::Null,
             token: None,
             id: 0,
-        };
-        c.hello = c.frame().await.expect("hello");
-        assert_eq!(c.hello["event"], "hello");
-        c
+        }
     }
 
     /// Connects from the local address `from` (any of 127.0.0.0/8) and reads `hello`.
@@ -298,15 +303,7 @@ impl Client {
             .await
             .unwrap()
             .unwrap();
-        let (rd, wr) = stream.into_split();
-        Client {
-            rd: BufReader::new(rd),
-            wr,
-            events: VecDeque::new(),
-            hello: Value::Null,
-            token: None,
-            id: 0,
-        }
+        Self::raw_over(stream)
     }
 
     /// Writes raw bytes.
