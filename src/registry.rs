@@ -3,6 +3,9 @@
 //! The registry also owns the rule "subscribe to a user's channel when their first session on
 //! this node logs in, unsubscribe after their last", serialised per user so that a logout racing
 //! a login can never leave a session without a live subscription.
+//!
+//! It is the backends' [`LiveSink`]: they hand it channel payloads and report the state of
+//! their live path, without knowing the registry (the store does not import this module).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -18,8 +21,6 @@ const SUB_LOCK_SHARDS: usize = 1024;
 
 /// Local routing table of one node.
 pub struct Registry {
-    /// The live path is broken (subscriber connection lost, channels not re-subscribed yet):
-    /// sessions must not write queued deliveries, which could jump over missed ones.
     /// Subscriber connection losses so far; while it differs from `resumed`, the live path is
     /// broken and sessions must not write queued deliveries (they could jump over missed ones).
     lost: std::sync::atomic::AtomicU64,

@@ -21,7 +21,9 @@ pub trait LiveSink: Send + Sync + 'static {
     fn paused(&self) -> bool;
     /// Every channel is subscribed again as of loss count `upto` (read with
     /// [`LiveSink::losses`] before re-subscribing): every session must re-read its inbox, and
-    /// only then may queued deliveries flow again.
+    /// only then may queued deliveries flow again. Implementations mark the sessions lagged
+    /// *before* [`LiveSink::paused`] turns false, or a session not marked yet could write a live
+    /// message that follows one only the inbox has. A loss counted after `upto` keeps the pause.
     fn resume(&self, upto: u64);
     /// Every local session must re-read its inbox (live deliveries may have been missed
     /// without a loss of the connection, e.g. canaries that did not come back).
