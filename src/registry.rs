@@ -3,23 +3,24 @@
 //! The registry also owns the rule "subscribe to a user's channel when their first session on
 //! this node logs in, unsubscribe after their last", serialised per user so that a logout racing
 //! a login can never leave a session without a live subscription.
+//!
+//! It is the backends' [`LiveSink`]: they hand it channel payloads and report the state of
+//! their live path, without knowing the registry (the store does not import this module).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use crate::error::Result;
 use crate::metrics::Metrics;
-use crate::outbox::{Live, Outbox};
-use crate::protocol::{Seq, UserId, UserRef, message_event};
-use crate::store::Store;
+use crate::outbox::Outbox;
+use crate::protocol::{UserId, UserRef};
+use crate::store::{LiveSink, Store, payload};
 
 /// Number of per-user subscription locks (users hash onto them).
 const SUB_LOCK_SHARDS: usize = 1024;
 
 /// Local routing table of one node.
 pub struct Registry {
-    /// The live path is broken (subscriber connection lost, channels not re-subscribed yet):
-    /// sessions must not write queued deliveries, which could jump over missed ones.
     /// Subscriber connection losses so far; while it differs from `resumed`, the live path is
     /// broken and sessions must not write queued deliveries (they could jump over missed ones).
     lost: std::sync::atomic::AtomicU64,
@@ -123,7 +124,7 @@ impl Registry {
 
     /// Hands a payload received on `user`'s channel to that user's local sessions.
     pub fn dispatch(&self, user: UserId, payload: &[u8]) {
-        let Some(live) = parse_payload(payload) else {
+        let Some(live) = payload::parse(payload) else {
             self.metrics.bus_bad_payloads.inc();
             tracing::warn!(user, "unparseable channel payload dropped");
             // It may have been a message: the user's sessions re-read their inbox.
@@ -207,66 +208,33 @@ impl Registry {
     }
 }
 
-/// Parses a channel payload (`M <seq> <origin> <ts> <trace> <json>` or `E <origin> <line>`).
-pub fn parse_payload(payload: &[u8]) -> Option<Live> {
-    let text = std::str::from_utf8(payload).ok()?;
-    let (kind, rest) = text.split_once(' ')?;
-    match kind {
-        "M" => {
-            let (seq, rest) = rest.split_once(' ')?;
-            let (origin, rest) = rest.split_once(' ')?;
-            let (ts, rest) = rest.split_once(' ')?;
-            let (trace, json) = rest.split_once(' ')?;
-            let parsed: Seq = seq.parse().ok()?;
-            Some(Live::Message {
-                seq: parsed,
-                origin: origin.into(),
-                ts: ts.parse().ok()?,
-                trace: (trace != "-").then(|| trace.into()),
-                line: message_event(seq, json).into(),
-            })
-        }
-        "E" => {
-            let (origin, line) = rest.split_once(' ')?;
-            Some(Live::Event {
-                origin: origin.into(),
-                line: line.into(),
-            })
-        }
-        _ => None,
+/// The backends deliver through this; the inherent methods above are what it forwards to.
+impl LiveSink for Registry {
+    fn dispatch(&self, user: UserId, payload: &[u8]) {
+        Registry::dispatch(self, user, payload)
     }
-}
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+    fn pause(&self) -> u64 {
+        Registry::pause(self)
+    }
 
-    #[test]
-    fn payloads_parse() {
-        match parse_payload(br#"M 5-1 n-1-2 77 - {"id":"x"}"#).unwrap() {
-            Live::Message {
-                seq,
-                origin,
-                line,
-                ts,
-                trace,
-            } => {
-                assert_eq!((ts, trace), (77, None));
-                assert_eq!(seq, Seq { ms: 5, n: 1 });
-                assert_eq!(&*origin, "n-1-2");
-                assert_eq!(
-                    &*line,
-                    r#"{"event":"message","seq":"5-1","msg":{"id":"x"}}"#
-                );
-            }
-            other => panic!("{other:?}"),
-        }
-        assert!(matches!(
-            parse_payload(b"E - {\"event\":\"x\"}"),
-            Some(Live::Event { .. })
-        ));
-        assert!(parse_payload(b"M x - 1 - {}").is_none());
-        assert!(parse_payload(b"M 1-0 - x - {}").is_none());
-        assert!(parse_payload(b"Q - {}").is_none());
+    fn losses(&self) -> u64 {
+        Registry::losses(self)
+    }
+
+    fn paused(&self) -> bool {
+        Registry::paused(self)
+    }
+
+    fn resume(&self, upto: u64) {
+        Registry::resume(self, upto)
+    }
+
+    fn mark_all_lagged(&self) {
+        Registry::mark_all_lagged(self)
+    }
+
+    fn subscribed_users(&self) -> Vec<UserId> {
+        Registry::subscribed_users(self)
     }
 }

@@ -390,3 +390,69 @@ async fn full_outbound_queue_loses_nothing(c: Cluster) {
         "the queue bound was never hit, so this test proved nothing"
     );
 }
+
+/// The `M` payload that the real send.lua publishes on `sb:{u:ID}:ch` parses with the node's
+/// parser (`store::payload`), field for field: the two builders of the format agree.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_lua_payload_parses() {
+    use switchboard::outbox::Live;
+    use switchboard::protocol::Seq;
+    use switchboard::store::payload;
+
+    let c = Cluster::redis(1).await;
+    let redis = c.redis.as_ref().unwrap();
+    let mut a = user(c.addr(0), "al").await;
+    let mut b = user(c.addr(0), "bo").await;
+    // A subscriber of our own, next to the node's (RESP3: pushes arrive on the channel).
+    let client = redis::Client::open(format!("{}?protocol=resp3", redis.url())).unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let config = redis::AsyncConnectionConfig::new().set_push_sender(tx);
+    let mut con = client
+        .get_multiplexed_async_connection_with_config(&config)
+        .await
+        .unwrap();
+    con.subscribe(format!("sb:{{u:{}}}:ch", b.id))
+        .await
+        .unwrap();
+
+    // Spaces (runs of them, and field-like words) in the JSON must stay in the last field.
+    let text = "two  spaces - 7 M 1-0 end ";
+    let sent = a.ok(json!({"op": "send", "to": b.id, "text": text})).await;
+    let payload = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            let push = rx.recv().await.expect("subscriber connection closed");
+            if push.kind != redis::PushKind::Message {
+                continue;
+            }
+            if let [_, redis::Value::BulkString(p)] = &push.data[..] {
+                return p.clone();
+            }
+        }
+    })
+    .await
+    .expect("no payload published within 5 s");
+    let live = payload::parse(&payload)
+        .unwrap_or_else(|| panic!("{:?} does not parse", String::from_utf8_lossy(&payload)));
+    let delivered = b.event("message").await;
+    let Live::Message {
+        seq,
+        origin,
+        ts,
+        trace,
+        line,
+    } = live
+    else {
+        panic!("not a message: {live:?}");
+    };
+    let node = &c.nodes[0].name;
+    assert!(origin.starts_with(&format!("{node}-")), "origin {origin}");
+    assert_eq!(ts, sent["msg"]["ts"].as_u64().unwrap());
+    assert_eq!(trace, None);
+    let line: Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(line, delivered);
+    assert_eq!(line["msg"]["text"], text);
+    assert_eq!(
+        seq,
+        delivered["seq"].as_str().unwrap().parse::<Seq>().unwrap()
+    );
+}

@@ -1,8 +1,8 @@
 //! The embedded backend: all state in one process, nothing kept across restarts.
 //!
 //! It follows the Redis data model one to one (see docs/data-model.md) so that the protocol
-//! suite means the same on both; "publishing" hands payloads straight to the local registry
-//! while the state lock is held, so live order equals inbox order, as with Redis.
+//! suite means the same on both; "publishing" hands payloads straight to the node's
+//! [`LiveSink`] (its registry) while the state lock is held, so live order equals inbox order, as with Redis.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -10,11 +10,11 @@ use std::time::{Duration, Instant};
 
 use crate::error::{Code, Error, Result};
 use crate::protocol::{Friend, Group, GroupId, GroupRef, Member, Role, Sent, Seq, UserId, UserRef};
-use crate::registry::Registry;
+use crate::store::payload::{event_payload, message_payload};
 use crate::store::{
-    Account, CLIENT_ID_TTL_SECS, Entry, Membership, Outgoing, QUOTA_BUCKET_MS, QUOTA_WINDOW_MS,
-    Recipient, Retention, Store, Stored, Who, client_id_conflict, event_payload, fold,
-    message_payload, over_quota,
+    Account, CLIENT_ID_TTL_SECS, Entry, LiveSink, Membership, Outgoing, QUOTA_BUCKET_MS,
+    QUOTA_WINDOW_MS, Recipient, Retention, Store, Stored, Who, client_id_conflict, fold,
+    over_quota,
 };
 
 #[derive(Default)]
@@ -128,16 +128,16 @@ impl State {
 /// The in-memory store of a single embedded node.
 pub struct MemoryStore {
     state: Mutex<State>,
-    registry: Arc<Registry>,
+    sink: Arc<dyn LiveSink>,
     retention: Retention,
 }
 
 impl MemoryStore {
-    /// An empty store delivering live payloads to `registry`.
-    pub fn new(registry: Arc<Registry>, retention: Retention) -> MemoryStore {
+    /// An empty store delivering live payloads to `sink` (the node's registry).
+    pub fn new(sink: Arc<dyn LiveSink>, retention: Retention) -> MemoryStore {
         MemoryStore {
             state: Mutex::new(State::default()),
-            registry,
+            sink,
             retention,
         }
     }
@@ -492,12 +492,11 @@ impl Store for MemoryStore {
             .and_then(|i| i.entries.back())
             .map(|e| e.seq);
         let own = st.append(msg.from, msg.from, msg.json, now, self.retention);
-        self.registry
+        self.sink
             .dispatch(msg.from, message_payload(own, &msg).as_bytes());
         for r in recipients {
             let seq = st.append(r, msg.from, msg.json, now, self.retention);
-            self.registry
-                .dispatch(r, message_payload(seq, &msg).as_bytes());
+            self.sink.dispatch(r, message_payload(seq, &msg).as_bytes());
         }
         let sent = Sent {
             id: msg.id.to_string(),
@@ -563,7 +562,7 @@ impl Store for MemoryStore {
         let payload = event_payload(origin, line);
         let _st = self.state();
         for &u in users {
-            self.registry.dispatch(u, payload.as_bytes());
+            self.sink.dispatch(u, payload.as_bytes());
         }
         Ok(())
     }

@@ -2,10 +2,13 @@
 //!
 //! Live delivery is part of the store, because it must agree with durability: a message is
 //! appended to an inbox and published to the inbox owner's channel in one atomic step, and
-//! whatever a node receives on a user's channel is handed to the local [`Registry`].
+//! whatever a node receives on a user's channel is handed to the node's [`LiveSink`] (the
+//! registry, which the store does not know by name). The payload format is in [`payload`].
 
 pub mod memory;
+pub mod payload;
 pub mod redis;
+pub mod sink;
 
 use std::future::Future;
 
@@ -14,6 +17,7 @@ use crate::protocol::{Friend, Group, GroupId, GroupRef, Sent, Seq, UserId, UserR
 
 pub use memory::MemoryStore;
 pub use redis::RedisStore;
+pub use sink::LiveSink;
 
 /// Seconds a `client_id` is remembered for idempotent sends.
 pub const CLIENT_ID_TTL_SECS: u64 = 24 * 3600;
@@ -262,17 +266,6 @@ pub trait Store: Send + Sync + 'static {
     fn reap(&self, node: &str) -> impl Future<Output = Result<Vec<UserRef>>> + Send;
     /// Whether the backend is reachable and the live path works.
     fn healthy(&self) -> bool;
-}
-
-/// A channel payload for a message copy: `M <seq> <origin> <ts> <traceparent or -> <json>`.
-pub fn message_payload(seq: Seq, msg: &Outgoing<'_>) -> String {
-    let trace = msg.trace.unwrap_or("-");
-    format!("M {seq} {} {} {trace} {}", msg.origin, msg.ts, msg.json)
-}
-
-/// A channel payload for an event: `E <origin> <line>`.
-pub fn event_payload(origin: &str, line: &str) -> String {
-    format!("E {origin} {line}")
 }
 
 /// Lower-case form of a name, the key of case-insensitive uniqueness.

@@ -15,10 +15,11 @@ use redis::{FromRedisValue, IntoConnectionInfo, PushKind, Script, Value};
 use crate::error::{Code, Error, Result};
 use crate::metrics::Metrics;
 use crate::protocol::{Friend, Group, GroupId, GroupRef, Member, Role, Sent, Seq, UserId, UserRef};
-use crate::registry::Registry;
+use crate::store::payload::event_payload;
 use crate::store::{
-    Account, CLIENT_ID_TTL_SECS, Entry, Membership, Outgoing, QUOTA_BUCKET_MS, QUOTA_WINDOW_MS,
-    Recipient, Retention, Store, Stored, Who, client_id_conflict, event_payload, fold, over_quota,
+    Account, CLIENT_ID_TTL_SECS, Entry, LiveSink, Membership, Outgoing, QUOTA_BUCKET_MS,
+    QUOTA_WINDOW_MS, Recipient, Retention, Store, Stored, Who, client_id_conflict, fold,
+    over_quota,
 };
 
 /// Interval of the subscriber-path health check (a canary published to this node's channel).
@@ -105,7 +106,8 @@ impl Scripts {
 
 /// State the subscriber callback shares with the health check.
 struct Bus {
-    registry: Arc<Registry>,
+    /// The node's routing side (its registry).
+    sink: Arc<dyn LiveSink>,
     canary_channel: String,
     /// Last canary number seen on the subscriber connection.
     canary_seen: AtomicU64,
@@ -128,14 +130,14 @@ impl Bus {
                         self.canary_seen.fetch_max(n, Ordering::AcqRel);
                     }
                 } else if let Some(user) = user_of_channel(channel) {
-                    self.registry.dispatch(user, payload);
+                    self.sink.dispatch(user, payload);
                 }
             }
             PushKind::Disconnection => {
                 // Whatever is published until every channel is subscribed again reaches only
                 // the inboxes; the health check makes sessions catch up once it is.
                 tracing::warn!("redis subscriber connection lost");
-                self.registry.pause();
+                self.sink.pause();
             }
             _ => {}
         }
@@ -189,7 +191,7 @@ impl RedisStore {
     pub async fn connect(
         url: &str,
         node: &str,
-        registry: Arc<Registry>,
+        sink: Arc<dyn LiveSink>,
         retention: Retention,
         timeout: Duration,
         metrics: Arc<Metrics>,
@@ -211,7 +213,7 @@ impl RedisStore {
             .set_max_delay(RECONNECT_MAX_DELAY)
             .set_number_of_retries(2);
         let bus = Arc::new(Bus {
-            registry,
+            sink,
             canary_channel: format!("sb:{{n:{node}}}:canary"),
             canary_seen: AtomicU64::new(0),
         });
@@ -258,16 +260,16 @@ impl RedisStore {
         let mut next_canary = tokio::time::Instant::now();
         loop {
             tokio::time::sleep(RESUBSCRIBE_POLL).await;
-            let registry = &self.bus.registry;
-            if registry.paused() {
-                let losses = registry.losses();
+            let sink = &self.bus.sink;
+            if sink.paused() {
+                let losses = sink.losses();
                 match self.ping(self.sub()).await {
                     Ping::Answered => {
                         if self.resubscribe_all().await {
                             tracing::info!(
                                 "redis channels re-subscribed; sessions catch up from their inboxes"
                             );
-                            registry.resume(losses);
+                            sink.resume(losses);
                         }
                     }
                     Ping::TimedOut => {
@@ -291,9 +293,9 @@ impl RedisStore {
             let was = self.healthy.swap(healthy, Ordering::AcqRel);
             if healthy && !was {
                 tracing::info!("redis live path recovered");
-                if !self.bus.registry.paused() {
+                if !self.bus.sink.paused() {
                     // Canaries lost without a disconnect: sessions catch up all the same.
-                    self.bus.registry.mark_all_lagged();
+                    self.bus.sink.mark_all_lagged();
                 }
             } else if !healthy && was {
                 tracing::warn!("redis live path down: not ready");
@@ -340,7 +342,7 @@ impl RedisStore {
     async fn resubscribe_all(&self) -> bool {
         let mut channels: Vec<String> = self
             .bus
-            .registry
+            .sink
             .subscribed_users()
             .into_iter()
             .map(channel)
@@ -410,11 +412,11 @@ impl RedisStore {
     }
 
     /// Replaces a subscriber connection that stopped answering. The new one has no channels
-    /// yet: live deliveries are held back ([`Registry::pause`]) until `watch_health` has
+    /// yet: live deliveries are held back ([`LiveSink::pause`]) until `watch_health` has
     /// subscribed every channel on it, then every session catches up from its inbox.
     async fn replace_sub(&self) {
         if let Some(con) = self.connect_again(&self.sub_config).await {
-            self.bus.registry.pause();
+            self.bus.sink.pause();
             *self.sub.write().unwrap_or_else(|e| e.into_inner()) = con;
             self.sub_generation.fetch_add(1, Ordering::AcqRel);
             self.metrics

@@ -79,6 +79,8 @@ local function trim(key)
   if #nxt == 1 then redis.call('XTRIM', key, 'MINID', nxt[1][1]) end
 end
 -- Channel payload: M <seq> <origin session> <ts> <traceparent> <json> (see docs/data-model.md).
+-- The same bytes as message_payload in src/store/payload.rs, which also parses them; change
+-- both together (tests/delivery.rs send_lua_payload_parses checks that they agree).
 local tail = ' ' .. ARGV[5] .. ' ' .. ARGV[8] .. ' ' .. ARGV[12] .. ' ' .. json
 local function append(uid)
   local key = ukey(uid, ':inbox')
