@@ -165,7 +165,7 @@ fn print_table(report: &Value) {
 /// The `cpu` object of a report as a table: one row per process, then the sums.
 fn print_cpu(cpu: &Value) {
     println!(
-        "server CPU over the {:.2} s window, per each of {} delivered messages:",
+        "server CPU within the {:.2} s window, {} delivered messages:",
         cpu["window_seconds"].as_f64().unwrap_or(0.0),
         cpu["messages"]
     );
