@@ -48,6 +48,9 @@ pids+=($!); nginx_pid=$!
 sleep 1
 lb=127.0.0.1:$((BASE+1))
 both=127.0.0.1:$((BASE+11)),127.0.0.1:$((BASE+12))
+# The bench itself reads the nodes' and Redis's CPU over its measured window (the report's
+# "cpu" object: CPU seconds, cores and µs per delivered message, per process and summed).
+cpuargs=(--pids "$n1,$n2" --redis-pids "$redis_pid")
 
 cpu() { # total utime+stime seconds of a pid and its children (nginx workers)
   local t=0 p
@@ -85,12 +88,12 @@ if want redis; then
       | tr '\r' '\n' | grep -v '^ *$' | tail -1 | tee "$OUT/redis-publish-P$p.txt"
   done
 fi
-want chat2k && measure chat2k $bin bench chat --addr "$lb" -c 1000 -d 10 --rate 2000
-want chat50k && measure chat50k $bin bench chat --addr "$lb" -c 1000 -d 10 --rate 50000 --settle 20
-want chatmax && measure chatmax $bin bench chat --addr "$lb" -c 1000 -d 10 --window 8 --settle 20
-want samenode && measure samenode $bin bench chat --addr "127.0.0.1:$((BASE+11))" -c 200 -d 10 --window 8
-want crossnode && measure crossnode $bin bench chat --addr "$both" -c 200 -d 10 --window 8
-want group && measure group $bin bench group --addr "$lb" -c 1000 --senders 1 -d 10 --window 16 --settle 20
+want chat2k && measure chat2k $bin bench chat --addr "$lb" -c 1000 -d 10 --rate 2000 "${cpuargs[@]}"
+want chat50k && measure chat50k $bin bench chat --addr "$lb" -c 1000 -d 10 --rate 50000 --settle 20 "${cpuargs[@]}"
+want chatmax && measure chatmax $bin bench chat --addr "$lb" -c 1000 -d 10 --window 8 --settle 20 "${cpuargs[@]}"
+want samenode && measure samenode $bin bench chat --addr "127.0.0.1:$((BASE+11))" -c 200 -d 10 --window 8 "${cpuargs[@]}"
+want crossnode && measure crossnode $bin bench chat --addr "$both" -c 200 -d 10 --window 8 "${cpuargs[@]}"
+want group && measure group $bin bench group --addr "$lb" -c 1000 --senders 1 -d 10 --window 16 --settle 20 "${cpuargs[@]}"
 want logins && measure logins $bin bench logins --addr "$lb" -c 64 -d 10
 if want idle; then
   # Users are registered first through a set-up node with cheap password hashing (19,000

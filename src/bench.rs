@@ -85,6 +85,12 @@ pub struct BenchArgs {
     /// Server process ids whose resident memory is sampled (idle).
     #[arg(long = "pid", value_delimiter = ',')]
     pub pids: Vec<u32>,
+    /// Node process ids whose CPU time per delivered message is reported (chat, group).
+    #[arg(long = "pids", value_delimiter = ',')]
+    pub node_pids: Vec<u32>,
+    /// Redis process ids whose CPU time per delivered message is reported (chat, group).
+    #[arg(long = "redis-pids", value_delimiter = ',')]
+    pub redis_pids: Vec<u32>,
     /// Users (signup, groupview) or messages (backlog) of the memory scenarios.
     #[arg(long, default_value_t = 2000)]
     pub count: usize,
@@ -109,6 +115,17 @@ struct BenchUser {
 
 /// Runs the scenario and prints its summary.
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let cpu_pids = args.node_pids.iter().chain(&args.redis_pids);
+    if cpu_pids.clone().next().is_some() {
+        if !matches!(args.scenario, Scenario::Chat | Scenario::Group) {
+            bail!("--pids and --redis-pids apply to the chat and group scenarios");
+        }
+        // Fail before the set-up, not after the run, on a wrong pid.
+        clock_ticks_per_sec()?;
+        for &pid in cpu_pids {
+            cpu_ticks(pid).with_context(|| format!("CPU time of pid {pid}"))?;
+        }
+    }
     let report = match args.scenario {
         Scenario::Idle => idle(&args).await?,
         Scenario::Chat => chat(&args).await?,
@@ -130,6 +147,9 @@ fn print_table(report: &Value) {
     let Value::Object(map) = report else { return };
     let width = map.keys().map(|k| k.len()).max().unwrap_or(0);
     for (k, v) in map {
+        if k == "cpu" {
+            continue;
+        }
         let v = match v {
             Value::Number(n) if n.is_f64() => format!("{:.2}", n.as_f64().unwrap_or(0.0)),
             Value::String(s) => s.clone(),
@@ -137,6 +157,141 @@ fn print_table(report: &Value) {
         };
         println!("{k:<width$}  {v}");
     }
+    if let Some(cpu) = map.get("cpu") {
+        print_cpu(cpu);
+    }
+}
+
+/// The `cpu` object of a report as a table: one row per process, then the sums.
+fn print_cpu(cpu: &Value) {
+    println!(
+        "server CPU within the {:.2} s window, {} delivered messages:",
+        cpu["window_seconds"].as_f64().unwrap_or(0.0),
+        cpu["messages"]
+    );
+    let row = |label: String, v: &Value| match v["cpu_seconds"].as_f64() {
+        Some(s) => println!(
+            "  {label:<16} {s:>9.2} s CPU  {:>6.2} cores  {:>9.1} µs/message",
+            v["cores"].as_f64().unwrap_or(0.0),
+            v["us_per_message"].as_f64().unwrap_or(0.0)
+        ),
+        None => println!(
+            "  {label:<16} {}",
+            v["error"].as_str().unwrap_or("unreadable")
+        ),
+    };
+    for (group, name) in [("nodes", "node"), ("redis", "redis")] {
+        let Some(procs) = cpu[group].as_array() else {
+            continue;
+        };
+        for p in procs {
+            row(format!("{name} {}", p["pid"]), p);
+        }
+        row(
+            format!("{group} total"),
+            &cpu[format!("{group}_total").as_str()],
+        );
+    }
+    row("total".into(), &cpu["total"]);
+}
+
+/// Clock ticks per second, the unit of the CPU times in /proc/PID/stat.
+fn clock_ticks_per_sec() -> anyhow::Result<f64> {
+    match nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK) {
+        Ok(Some(t)) if t > 0 => Ok(t as f64),
+        other => bail!("sysconf(_SC_CLK_TCK): {other:?}"),
+    }
+}
+
+/// utime + stime (clock ticks, all threads) from the text of /proc/PID/stat.
+///
+/// The second field is the command name in parentheses, which may itself contain spaces and
+/// parentheses, so the fields are counted from the last `)`.
+fn parse_stat_ticks(stat: &str) -> Option<u64> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    // `rest` starts at field 3 (state); utime and stime are fields 14 and 15.
+    let mut fields = rest.split_ascii_whitespace();
+    let utime: u64 = fields.nth(11)?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(utime + stime)
+}
+
+/// CPU time used so far by process `pid`, in clock ticks.
+fn cpu_ticks(pid: u32) -> anyhow::Result<u64> {
+    let path = format!("/proc/{pid}/stat");
+    let stat = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    parse_stat_ticks(&stat).with_context(|| format!("parsing {path}: {stat:?}"))
+}
+
+/// CPU ticks of the `--pids` and `--redis-pids` processes at one instant (`None`: gone).
+#[derive(Debug, Clone, Default)]
+struct CpuSample {
+    nodes: Vec<Option<u64>>,
+    redis: Vec<Option<u64>>,
+}
+
+impl CpuSample {
+    fn take(args: &BenchArgs) -> CpuSample {
+        let read = |pids: &[u32]| pids.iter().map(|&p| cpu_ticks(p).ok()).collect();
+        CpuSample {
+            nodes: read(&args.node_pids),
+            redis: read(&args.redis_pids),
+        }
+    }
+}
+
+/// The measured window of a run: its length and the CPU samples at its two ends.
+struct Window {
+    /// Seconds from the first to the last send; the denominator of the per-second figures.
+    secs: f64,
+    start: CpuSample,
+    end: CpuSample,
+}
+
+/// The `cpu` object of a report (`None` without `--pids`/`--redis-pids`): per process and
+/// summed, CPU seconds within the window, cores (CPU seconds per wall second of the window)
+/// and µs of CPU per delivered message.
+fn cpu_report(args: &BenchArgs, w: &Window, messages: u64) -> anyhow::Result<Option<Value>> {
+    if args.node_pids.is_empty() && args.redis_pids.is_empty() {
+        return Ok(None);
+    }
+    let hz = clock_ticks_per_sec()?;
+    let figures = |cpu: f64| {
+        json!({
+            "cpu_seconds": cpu,
+            "cores": cpu / w.secs,
+            "us_per_message": if messages > 0 { cpu * 1e6 / messages as f64 } else { 0.0 },
+        })
+    };
+    let mut total = 0.0;
+    let mut out =
+        json!({"window_seconds": w.secs, "messages": messages, "clock_ticks_per_sec": hz});
+    for (group, pids, start, end) in [
+        ("nodes", &args.node_pids, &w.start.nodes, &w.end.nodes),
+        ("redis", &args.redis_pids, &w.start.redis, &w.end.redis),
+    ] {
+        let mut sum = 0.0;
+        let mut procs = Vec::new();
+        for (i, &pid) in pids.iter().enumerate() {
+            let mut p = match (start[i], end[i]) {
+                (Some(a), Some(b)) => {
+                    let cpu = b.saturating_sub(a) as f64 / hz;
+                    sum += cpu;
+                    figures(cpu)
+                }
+                // A process that exited (or restarted) within the window: its share is unknown
+                // and left out of the sums rather than guessed.
+                _ => json!({"error": "process gone during the window"}),
+            };
+            p["pid"] = json!(pid);
+            procs.push(p);
+        }
+        out[group] = json!(procs);
+        out[format!("{group}_total")] = figures(sum);
+        total += sum;
+    }
+    out["total"] = figures(total);
+    Ok(Some(out))
 }
 
 /// A line-based protocol connection.
@@ -766,7 +921,10 @@ async fn drive(
     args: &BenchArgs,
     tally: &Arc<Tally>,
     handles: Vec<tokio::task::JoinHandle<()>>,
-) -> f64 {
+) -> Window {
+    // The CPU samples are taken at the two instants that bound `secs`, so CPU per second and
+    // per message cover exactly the window of the delivered/s figure.
+    let cpu_start = CpuSample::take(args);
     let started = Instant::now();
     let mut last = (0u64, 0u64);
     while started.elapsed().as_secs_f64() < args.duration {
@@ -789,6 +947,7 @@ async fn drive(
         }
     }
     let sending = started.elapsed().as_secs_f64();
+    let cpu_end = CpuSample::take(args);
     // Stop sending; wait until every acknowledged message arrived or the settle time ran out.
     let deadline = Instant::now() + Duration::from_secs_f64(args.settle);
     tally.stop.store(true, Ordering::Relaxed);
@@ -811,7 +970,11 @@ async fn drive(
     for h in handles {
         h.abort();
     }
-    sending
+    Window {
+        secs: sending,
+        start: cpu_start,
+        end: cpu_end,
+    }
 }
 
 fn latency_report(tally: &Tally, report: &mut Value) {
@@ -865,7 +1028,8 @@ async fn chat(args: &BenchArgs) -> anyhow::Result<Value> {
             0,
         ));
     }
-    let secs = drive(args, &tally, handles).await;
+    let window = drive(args, &tally, handles).await;
+    let secs = window.secs;
     let mut report = json!({
         "scenario": "chat",
         "clients": users.len(),
@@ -879,6 +1043,9 @@ async fn chat(args: &BenchArgs) -> anyhow::Result<Value> {
         "delivered_per_sec": tally.delivered.load(Ordering::Relaxed) as f64 / secs,
     });
     latency_report(&tally, &mut report);
+    if let Some(cpu) = cpu_report(args, &window, tally.delivered.load(Ordering::Relaxed))? {
+        report["cpu"] = cpu;
+    }
     Ok(report)
 }
 
@@ -924,7 +1091,8 @@ async fn group(args: &BenchArgs) -> anyhow::Result<Value> {
             members,
         ));
     }
-    let secs = drive(args, &tally, handles).await;
+    let window = drive(args, &tally, handles).await;
+    let secs = window.secs;
     let mut report = json!({
         "scenario": "group",
         "members": members,
@@ -938,6 +1106,9 @@ async fn group(args: &BenchArgs) -> anyhow::Result<Value> {
         "deliveries_per_sec": tally.delivered.load(Ordering::Relaxed) as f64 / secs,
     });
     latency_report(&tally, &mut report);
+    if let Some(cpu) = cpu_report(args, &window, tally.delivered.load(Ordering::Relaxed))? {
+        report["cpu"] = cpu;
+    }
     Ok(report)
 }
 
@@ -1218,4 +1389,46 @@ async fn groupview(args: &BenchArgs) -> anyhow::Result<Value> {
         "server_rss_before_bytes": before,
         "server_rss_after_bytes": after,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A /proc/PID/stat line with `comm` in place and utime 1234, stime 567.
+    fn stat_line(comm: &str) -> String {
+        format!(
+            "4242 ({comm}) S 1 4242 4242 0 -1 4194560 9135 0 0 0 1234 567 0 0 20 0 9 0 \
+             123456 123456789 4321 18446744073709551615 1 1 0 0 0 0 0 4096 17638 0 0 0 17 1 0 0"
+        )
+    }
+
+    #[test]
+    fn bench_stat_parser_counts_fields_after_the_last_paren() {
+        assert_eq!(parse_stat_ticks(&stat_line("switchboard")), Some(1801));
+        // A command name with spaces and parentheses (any process can rename itself so).
+        assert_eq!(parse_stat_ticks(&stat_line("a) 7 8 (b c) 9")), Some(1801));
+        assert_eq!(parse_stat_ticks(&stat_line(")")), Some(1801));
+        assert_eq!(parse_stat_ticks("4242 (x) S 1 2 3"), None, "truncated");
+        assert_eq!(parse_stat_ticks("no paren at all"), None);
+    }
+
+    #[test]
+    fn bench_cpu_ticks_of_this_process_grow_while_it_computes() {
+        let hz = clock_ticks_per_sec().unwrap();
+        assert!(hz >= 1.0, "{hz}");
+        let me = std::process::id();
+        let before = cpu_ticks(me).unwrap();
+        let started = Instant::now();
+        let mut x = 1u64;
+        // Bounded: a few ticks of CPU are a few tens of milliseconds.
+        while cpu_ticks(me).unwrap() < before + 3 && started.elapsed() < Duration::from_secs(20) {
+            for i in 0..1_000_000u64 {
+                x = x.wrapping_mul(6364136223846793005).wrapping_add(i);
+            }
+            std::hint::black_box(x);
+        }
+        assert!(cpu_ticks(me).unwrap() >= before + 3, "CPU time never grew");
+        assert!(cpu_ticks(u32::MAX).is_err(), "no such process");
+    }
 }

@@ -193,8 +193,14 @@ impl Topology {
     /// Starts `switchboard bench chat` through nginx; returns the process (JSON on stdout),
     /// killed if the test fails before [`finish`] waits for it.
     fn bench(&self, clients: usize, seconds: f64, rate: f64) -> ChildGuard {
+        self.bench_with(clients, seconds, rate, &[])
+    }
+
+    /// [`Topology::bench`] with extra `switchboard bench` arguments.
+    fn bench_with(&self, clients: usize, seconds: f64, rate: f64, extra: &[String]) -> ChildGuard {
         let child = Command::new(env!("CARGO_BIN_EXE_switchboard"))
             .args(["bench", "chat", "--json", "--quiet", "--addr", &self.lb()])
+            .args(extra)
             .env("SWITCHBOARD_BENCH_DEBUG", "1")
             .args([
                 "-c",
@@ -317,7 +323,19 @@ fn open_connections(t: &Topology, i: usize) -> f64 {
 fn chat_across_nodes_through_nginx() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let t = Topology::start(2);
-    let bench = t.bench(200, 6.0, 2000.0);
+    // The bench also reports the CPU the nodes and Redis spent per delivered message: the
+    // node pids given one per flag, Redis by `--redis-pids`.
+    let node_pids: Vec<u32> = t
+        .nodes
+        .iter()
+        .map(|n| n.2.as_ref().unwrap().child.id())
+        .collect();
+    let mut extra = Vec::new();
+    for pid in &node_pids {
+        extra.extend(["--pids".to_string(), pid.to_string()]);
+    }
+    extra.extend(["--redis-pids".to_string(), t.redis.pid().to_string()]);
+    let bench = t.bench_with(200, 6.0, 2000.0, &extra);
     // least_conn spreads the clients over both nodes (polled: on a loaded machine the 200
     // clients take a while to connect).
     let mut counts = (0.0, 0.0);
@@ -332,6 +350,33 @@ fn chat_across_nodes_through_nginx() {
     assert!(a >= 50.0 && b >= 50.0, "connections per node: {a} / {b}");
     let r = finish(bench, 200);
     assert_eq!(r["reconnects"], 0);
+    let cpu = &r["cpu"];
+    assert_eq!(cpu["window_seconds"], r["seconds"], "{cpu}");
+    assert_eq!(cpu["messages"], r["delivered"], "{cpu}");
+    // Each node and Redis did work for the ~12,000 messages: some CPU, but below the window
+    // times this machine's cores (a unit error, e.g. ticks taken for seconds, would not be).
+    let cores = std::thread::available_parallelism().map_or(64, |n| n.get()) as f64;
+    let positive = |v: &Value, what: &str| {
+        let us = v["us_per_message"].as_f64().unwrap_or(0.0);
+        let secs = v["cpu_seconds"].as_f64().unwrap_or(0.0);
+        assert!(us > 0.0 && secs > 0.0, "{what}: no CPU per message: {cpu}");
+        assert!(v["cores"].as_f64().unwrap() <= cores, "{what}: {cpu}");
+    };
+    let nodes = cpu["nodes"].as_array().expect("per node figures");
+    assert_eq!(nodes.len(), 2, "{cpu}");
+    for (n, pid) in nodes.iter().zip(&node_pids) {
+        assert_eq!(n["pid"], *pid, "{cpu}");
+        positive(n, "node");
+    }
+    assert_eq!(cpu["redis"][0]["pid"], t.redis.pid(), "{cpu}");
+    positive(&cpu["redis"][0], "redis");
+    positive(&cpu["total"], "total");
+    let sum = cpu["nodes_total"]["cpu_seconds"].as_f64().unwrap()
+        + cpu["redis_total"]["cpu_seconds"].as_f64().unwrap();
+    assert!(
+        (cpu["total"]["cpu_seconds"].as_f64().unwrap() - sum).abs() < 1e-9,
+        "{cpu}"
+    );
 }
 
 #[test]

@@ -80,6 +80,11 @@ impl Redis {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
+    /// Process id of the redis-server (for `switchboard bench --redis-pids`).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Stops the server (SIGKILL, and any AOF rewrite child it forked) and waits for it.
     pub fn stop(&mut self) {
         stop_tree(&mut self.child, "-KILL", Duration::ZERO);
