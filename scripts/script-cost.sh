@@ -40,5 +40,6 @@ fi
 redis-benchmark -p "$port" -n "$calls" -c 1 -q "${args[@]}" >/dev/null
 got=$(r INFO commandstats | grep -o 'cmdstat_evalsha:calls=[0-9]*' | cut -d= -f2)
 kill -INT "$vg"; wait "$vg" 2>/dev/null || true; vg=""
-total=$(callgrind_annotate "$work/cg.out" 2>/dev/null | grep -m1 'PROGRAM TOTALS' | awk '{gsub(",", "", $1); print $1}')
+# awk reads all of callgrind_annotate's output (a grep -m1 would end the pipe early: SIGPIPE).
+total=$(callgrind_annotate "$work/cg.out" 2>/dev/null | awk '/PROGRAM TOTALS/ && !n {gsub(",", "", $1); print $1; n = 1}')
 echo "$script: $got calls, $((total / got)) instructions per call"
