@@ -6,9 +6,11 @@
 //! dead node's users go offline within TTL + TTL/3, inside the protocol's 2 × TTL.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use crate::node::Node;
+use crate::protocol::UserRef;
 use crate::store::Store;
 
 /// Removes the sessions a previous run of this node left behind (same node name).
@@ -34,15 +36,21 @@ async fn reap<S: Store>(node: &Node<S>, dead: &str) {
     }
 }
 
+/// A local session to register again: its user and global session id.
+type Restore = (UserRef, Arc<str>);
+
 /// Beats until the node has drained (a draining node's sessions are still live).
 pub async fn heartbeat<S: Store>(node: Arc<Node<S>>) {
     let ttl_ms = node.settings.presence_ttl_secs * 1000;
     let mut ticker = tokio::time::interval(Duration::from_millis((ttl_ms / 3).max(100)));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let me = node.settings.node_name.clone();
-    // Sessions still to put back after this node was reaped while alive (a restore can fail
-    // halfway, right after an outage): retried every tick until all are back.
-    let mut restore_owed = false;
+    // Putting sessions back after this node was reaped while alive runs off the heartbeat task
+    // (a slow Redis must not delay our own beat, or we would be reaped again), one restore at a
+    // time. The mutex holds the sessions a restore could not put back (retried each tick);
+    // `reaped` remembers a reap seen while a restore was running.
+    let owed: Arc<tokio::sync::Mutex<Vec<Restore>>> = Default::default();
+    let reaped = Arc::new(AtomicBool::new(false));
     loop {
         tokio::select! {
             _ = node.closing.cancelled() => return,
@@ -51,15 +59,28 @@ pub async fn heartbeat<S: Store>(node: Arc<Node<S>>) {
         let now = crate::clock::now_ms();
         match node.store.heartbeat(&me, now, ttl_ms).await {
             Ok((registered, dead)) => {
-                if !registered || restore_owed {
-                    // Another node took us for dead (we lost Redis for longer than the TTL),
-                    // or not registered yet: put our sessions back (none on a fresh node).
-                    if !registered && !node.local_sessions().is_empty() {
+                if !registered {
+                    if !node.local_sessions().is_empty() {
                         tracing::warn!(
                             "this node was reaped while alive; re-registering its sessions"
                         );
                     }
-                    restore_owed = !restore(&node).await;
+                    reaped.store(true, Ordering::Release);
+                }
+                if let Ok(mut pending) = owed.clone().try_lock_owned() {
+                    let full = reaped.swap(false, Ordering::AcqRel);
+                    if full || !pending.is_empty() {
+                        let node = node.clone();
+                        tokio::spawn(async move {
+                            let retried = std::mem::take(&mut *pending);
+                            let todo = if full {
+                                node.local_sessions()
+                            } else {
+                                retried.clone()
+                            };
+                            *pending = restore(&node, todo, &retried).await;
+                        });
+                    }
                 }
                 // Off the heartbeat task: reaping a big node must not delay our own beat.
                 for d in dead.into_iter().filter(|d| *d != me) {
@@ -73,11 +94,18 @@ pub async fn heartbeat<S: Store>(node: Arc<Node<S>>) {
     }
 }
 
-/// Re-registers every local session; false when some could not be (retried next tick).
-async fn restore<S: Store>(node: &Node<S>) -> bool {
+/// Re-registers `todo`; returns the sessions that could not be (retried next tick). A session
+/// is announced online when it is its user's first again, or when an earlier attempt failed
+/// (that attempt may have registered it without anyone hearing of it; a second announcement
+/// is harmless).
+async fn restore<S: Store>(
+    node: &Node<S>,
+    todo: Vec<Restore>,
+    retried: &[Restore],
+) -> Vec<Restore> {
     let s = &node.settings;
-    let mut all = true;
-    for (user, session) in node.local_sessions() {
+    let mut failed = Vec::new();
+    for (user, session) in todo {
         match node
             .store
             .session_open(user.id, &session, &s.node_name, u32::MAX)
@@ -87,13 +115,16 @@ async fn restore<S: Store>(node: &Node<S>) -> bool {
             Ok(_) if !node.registry.has_session(user.id, &session) => {
                 node.close_session(&user, session).await;
             }
-            Ok(true) => node.announce_presence(&user, true).await,
-            Ok(false) => {}
+            Ok(first) => {
+                if first || retried.iter().any(|(_, r)| *r == session) {
+                    node.announce_presence(&user, true).await;
+                }
+            }
             Err(e) => {
                 tracing::warn!(user = user.id, error = %e, "session not restored; retrying");
-                all = false;
+                failed.push((user, session));
             }
         }
     }
-    all
+    failed
 }

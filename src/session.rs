@@ -362,6 +362,10 @@ impl<S: Store> Session<S> {
             if let Some(close) = self.track_login() {
                 return Err(close);
             }
+            // A failed write is final: requests read with it would have effects and no reply.
+            if self.broken {
+                return Err(Close::Now);
+            }
             if self.out.len() >= self.node.settings.max_frame_bytes && !self.flush().await {
                 return Err(Close::Now);
             }
@@ -834,7 +838,8 @@ impl<S: Store> Session<S> {
         }
         if let Err(e) = self.reach(stored.prev).await {
             // Not answered: this seq must not waive the check of a later send (`reach`), so it
-            // is no longer "own"; it reaches the session as a message event like any other.
+            // is no longer "own". A later catch-up writes it as a message event; its live copy
+            // is still skipped as this session's own (origin), which guarantee 8 allows.
             if let Some(login) = self.login.as_mut().filter(|_| inserted) {
                 login.own.retain(|&s| s != sent.seq);
             }
