@@ -246,12 +246,16 @@ struct Window {
     secs: f64,
     start: CpuSample,
     end: CpuSample,
+    /// Messages delivered by the end of the window (the CPU figures' denominator: deliveries
+    /// during the settle time that follows are not in the CPU window).
+    delivered: u64,
 }
 
 /// The `cpu` object of a report (`None` without `--pids`/`--redis-pids`): per process and
 /// summed, CPU seconds within the window, cores (CPU seconds per wall second of the window)
 /// and µs of CPU per delivered message.
-fn cpu_report(args: &BenchArgs, w: &Window, messages: u64) -> anyhow::Result<Option<Value>> {
+fn cpu_report(args: &BenchArgs, w: &Window) -> anyhow::Result<Option<Value>> {
+    let messages = w.delivered;
     if args.node_pids.is_empty() && args.redis_pids.is_empty() {
         return Ok(None);
     }
@@ -948,6 +952,7 @@ async fn drive(
     }
     let sending = started.elapsed().as_secs_f64();
     let cpu_end = CpuSample::take(args);
+    let delivered_in_window = tally.delivered.load(Ordering::Relaxed);
     // Stop sending; wait until every acknowledged message arrived or the settle time ran out.
     let deadline = Instant::now() + Duration::from_secs_f64(args.settle);
     tally.stop.store(true, Ordering::Relaxed);
@@ -974,6 +979,7 @@ async fn drive(
         secs: sending,
         start: cpu_start,
         end: cpu_end,
+        delivered: delivered_in_window,
     }
 }
 
@@ -1043,7 +1049,7 @@ async fn chat(args: &BenchArgs) -> anyhow::Result<Value> {
         "delivered_per_sec": tally.delivered.load(Ordering::Relaxed) as f64 / secs,
     });
     latency_report(&tally, &mut report);
-    if let Some(cpu) = cpu_report(args, &window, tally.delivered.load(Ordering::Relaxed))? {
+    if let Some(cpu) = cpu_report(args, &window)? {
         report["cpu"] = cpu;
     }
     Ok(report)
@@ -1106,7 +1112,7 @@ async fn group(args: &BenchArgs) -> anyhow::Result<Value> {
         "deliveries_per_sec": tally.delivered.load(Ordering::Relaxed) as f64 / secs,
     });
     latency_report(&tally, &mut report);
-    if let Some(cpu) = cpu_report(args, &window, tally.delivered.load(Ordering::Relaxed))? {
+    if let Some(cpu) = cpu_report(args, &window)? {
         report["cpu"] = cpu;
     }
     Ok(report)

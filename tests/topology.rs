@@ -352,7 +352,13 @@ fn chat_across_nodes_through_nginx() {
     assert_eq!(r["reconnects"], 0);
     let cpu = &r["cpu"];
     assert_eq!(cpu["window_seconds"], r["seconds"], "{cpu}");
-    assert_eq!(cpu["messages"], r["delivered"], "{cpu}");
+    // The CPU window ends when sending stops: deliveries during the settle time after it are
+    // not in it, so at most all of them are.
+    let in_window = cpu["messages"].as_u64().unwrap();
+    assert!(
+        in_window > 0 && in_window <= r["delivered"].as_u64().unwrap(),
+        "{cpu}"
+    );
     // Each node and Redis did work for the ~12,000 messages: some CPU, but below the window
     // times this machine's cores (a unit error, e.g. ticks taken for seconds, would not be).
     let cores = std::thread::available_parallelism().map_or(64, |n| n.get()) as f64;
