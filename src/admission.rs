@@ -25,6 +25,19 @@ impl TrustedProxies {
     }
 }
 
+/// The address a per-address limit counts: IPv4 as is (also when seen as `::ffff:a.b.c.d`),
+/// IPv6 by its /64 prefix, because one host commonly holds a whole /64 and could otherwise
+/// rotate through addresses to dodge every limit.
+pub fn client_key(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => {
+            let prefix = u128::from(v6) & !((1u128 << 64) - 1);
+            IpAddr::V6(prefix.into())
+        }
+        v4 => v4,
+    }
+}
+
 /// Counts connections that have not logged in, per client address, up to a cap.
 #[derive(Debug)]
 pub struct Unauthenticated {
@@ -86,6 +99,17 @@ impl Drop for Slot {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn limits_count_ipv4_hosts_and_ipv6_slash_64s() {
+        let key = |s: &str| client_key(s.parse().unwrap()).to_string();
+        assert_eq!(key("192.0.2.7"), "192.0.2.7");
+        assert_eq!(key("::ffff:192.0.2.7"), "192.0.2.7");
+        assert_eq!(key("2001:db8:1:2:aaaa:bbbb:cccc:dddd"), "2001:db8:1:2::");
+        assert_eq!(key("2001:db8:1:2::1"), key("2001:db8:1:2:ffff::9"));
+        assert_ne!(key("2001:db8:1:2::1"), key("2001:db8:1:3::1"));
+        assert_eq!(key("::1"), "::");
+    }
 
     #[test]
     fn trust_list_matches_v4_v6_and_mapped() {

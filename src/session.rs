@@ -14,7 +14,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::time::{Instant, sleep_until, timeout};
 use tracing::Instrument;
 
-use crate::admission::Slot;
+use crate::admission::{Slot, client_key};
 use crate::auth::{new_token, token_digest};
 use crate::conn::{Frame, LineReader};
 use crate::error::{Code, Error, Result};
@@ -145,7 +145,7 @@ pub async fn serve<S: Store>(node: Arc<Node<S>>, mut stream: TcpStream, mut peer
             }
         }
     }
-    let Some(slot) = node.unauthenticated.take(peer.ip()) else {
+    let Some(slot) = node.unauthenticated.take(client_key(peer.ip())) else {
         node.metrics
             .connections_rejected
             .with_label_values(&["unauthenticated_per_address"])
@@ -395,7 +395,7 @@ impl<S: Store> Session<S> {
                 self.slot = None;
                 self.login_by = None;
             }
-            (false, false) => match self.node.unauthenticated.take(self.peer.ip()) {
+            (false, false) => match self.node.unauthenticated.take(client_key(self.peer.ip())) {
                 Some(slot) => {
                     self.slot = Some(slot);
                     self.login_by = Some(Instant::now() + self.login_timeout());
@@ -524,7 +524,7 @@ impl<S: Store> Session<S> {
         let node = self.node.clone();
         // Reserved before hashing, so a burst cannot pass the check all at once; only a
         // successful registration keeps the reservation.
-        let keys = [format!("register:addr:{}", self.peer.ip())];
+        let keys = [format!("register:addr:{}", client_key(self.peer.ip()))];
         let reservation = node
             .store
             .attempt_reserve(
@@ -597,7 +597,7 @@ impl<S: Store> Session<S> {
         };
         let keys = [
             format!("loginfail:{name_key}"),
-            format!("loginfail:addr:{}", self.peer.ip()),
+            format!("loginfail:addr:{}", client_key(self.peer.ip())),
         ];
         let window_ms = s.login_failure_window_secs * 1000;
         let now = crate::clock::now_ms();
