@@ -118,21 +118,22 @@ impl Drop for Redis {
 
 /// Settings for a test node: loopback, free ports, cheap password hashing.
 pub fn settings(name: &str, redis: Option<&Redis>) -> Settings {
-    let mut s = Settings::default();
-    s.listen = "127.0.0.1:0".parse().unwrap();
-    s.http_listen = "127.0.0.1:0".parse().unwrap();
-    s.node_name = name.to_string();
-    s.redis_url = redis.map(|r| r.url());
-    s.argon2_memory_kib = 64;
-    s.argon2_iterations = 1;
-    s.presence_ttl_secs = 2;
-    s.drain_timeout_secs = 2;
-    // Every test client comes from 127.0.0.1: one address registering many users, and
-    // logging many in at once (a login in progress holds one of the address's
-    // `login_failures_max` slots). Tests of these limits set them low again.
-    s.register_per_address_per_hour = 1_000_000;
-    s.login_failures_max = 1000;
-    s
+    Settings {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        http_listen: "127.0.0.1:0".parse().unwrap(),
+        node_name: name.to_string(),
+        redis_url: redis.map(|r| r.url()),
+        argon2_memory_kib: 64,
+        argon2_iterations: 1,
+        presence_ttl_secs: 2,
+        drain_timeout_secs: 2,
+        // Every test client comes from 127.0.0.1: one address registering many users, and
+        // logging many in at once (a login in progress holds one of the address's
+        // `login_failures_max` slots). Tests of these limits set them low again.
+        register_per_address_per_hour: 1_000_000,
+        login_failures_max: 1000,
+        ..Settings::default()
+    }
 }
 
 /// An in-process node.
