@@ -1166,13 +1166,13 @@ impl<S: Store> Session<S> {
     }
 }
 
-/// Moves `last_seq` to `seq` if it is new; true when the entry must be written (it is new and
-/// not one of this session's own sends).
 /// The node part of a global session id (`node-boot-n`).
 fn origin_node(origin: &str) -> &str {
     origin.rsplitn(3, '-').nth(2).unwrap_or("")
 }
 
+/// Moves `last_seq` to `seq` if it is new; true when the entry must be written (it is new and
+/// not one of this session's own sends).
 fn advance(login: &mut LoggedIn, seq: Seq) -> bool {
     if seq <= login.last_seq {
         return false;

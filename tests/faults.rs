@@ -100,6 +100,13 @@ async fn a_login_that_fails_after_session_open_leaves_no_session_record() {
     node.stop().await;
 }
 
+/// An in-process node on `redis` whose presence TTL is `ttl` seconds.
+async fn node_with_ttl(redis: &Redis, name: &str, ttl: u64) -> Node {
+    let mut s = settings(name, Some(redis));
+    s.presence_ttl_secs = ttl;
+    Node::start(s).await
+}
+
 /// The Redis store a node named `name` would use (the test plays that node's part).
 async fn store_as(redis: &Redis, name: &str) -> Arc<RedisStore> {
     let metrics = Arc::new(Metrics::new(name));
@@ -131,9 +138,7 @@ async fn record_gone(redis: &Redis, id: u64, limit: Duration) -> Option<Duration
 async fn a_node_killed_before_its_first_heartbeat_is_reaped() {
     let redis = Redis::start();
     let ttl = 2;
-    let mut s = settings("survivor", Some(&redis));
-    s.presence_ttl_secs = ttl;
-    let survivor = Node::start(s).await;
+    let survivor = node_with_ttl(&redis, "survivor", ttl).await;
     let url = acl_user(&redis, "victim", &["zscore"]);
     let ttl_env = ttl.to_string();
     let victim = Proc::start(
@@ -172,12 +177,8 @@ async fn a_node_killed_before_its_first_heartbeat_is_reaped() {
 async fn a_session_opened_after_the_final_reap_is_reaped() {
     let redis = Redis::start();
     let ttl = 2;
-    let mut s = settings("survivor", Some(&redis));
-    s.presence_ttl_secs = ttl;
-    let survivor = Node::start(s).await;
-    let mut s = settings("late", Some(&redis));
-    s.presence_ttl_secs = ttl;
-    let late = Node::start(s).await;
+    let survivor = node_with_ttl(&redis, "survivor", ttl).await;
+    let late = node_with_ttl(&redis, "late", ttl).await;
     let name = uname("lt");
     let id = register(late.addr, &name).await;
     late.stop().await;
@@ -207,9 +208,7 @@ async fn a_session_opened_after_the_final_reap_is_reaped() {
 async fn a_node_reaped_while_alive_restores_its_sessions_despite_a_login() {
     let redis = Redis::start();
     let ttl = 3;
-    let mut s = settings("alive", Some(&redis));
-    s.presence_ttl_secs = ttl;
-    let node = Node::start(s).await;
+    let node = node_with_ttl(&redis, "alive", ttl).await;
     let name = uname("ra");
     let id = register(node.addr, &name).await;
     let mut c = Client::connect(node.addr).await;
