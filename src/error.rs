@@ -104,14 +104,29 @@ impl Code {
     }
 }
 
+impl serde::Serialize for Code {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Code {
+    /// A code this version does not know reads as `internal` (clients act on known codes).
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Code, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        Ok(Code::parse(&s).unwrap_or(Code::Internal))
+    }
+}
+
 impl fmt::Display for Code {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
     }
 }
 
-/// An operation failed with a protocol `code` and a message for people.
-#[derive(Debug, Clone, thiserror::Error)]
+/// An operation failed with a protocol `code` and a message for people; on the wire, the
+/// `error` object `{code,message}` of an error reply or event.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
 #[error("{code}: {message}")]
 pub struct Error {
     /// What clients act on.

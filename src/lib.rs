@@ -3,24 +3,14 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
-pub mod admission;
-pub mod auth;
 pub mod bench;
 pub mod chat;
 pub mod clock;
 pub mod config;
-pub mod conn;
 pub mod error;
-pub mod http;
 pub mod metrics;
-pub mod node;
-pub mod outbox;
-pub mod presence;
 pub mod protocol;
-pub mod proxy;
-pub mod registry;
 pub mod server;
-pub mod session;
 pub mod store;
 pub mod telemetry;
 

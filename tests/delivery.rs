@@ -395,8 +395,8 @@ async fn full_outbound_queue_loses_nothing(c: Cluster) {
 /// parser (`store::payload`), field for field: the two builders of the format agree.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn send_lua_payload_parses() {
-    use switchboard::outbox::Live;
     use switchboard::protocol::Seq;
+    use switchboard::server::outbox::Live;
     use switchboard::store::payload;
 
     let c = Cluster::redis(1).await;

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use common::{Client, Node, Proc, Redis, register, settings, uname};
 use serde_json::json;
 use switchboard::metrics::Metrics;
-use switchboard::registry::Registry;
+use switchboard::server::registry::Registry;
 use switchboard::store::{RedisStore, Retention, Store};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};

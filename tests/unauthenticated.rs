@@ -196,7 +196,7 @@ async fn trickle_redis() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn frames_before_login_are_small() {
     let c = Cluster::memory().await;
-    let limit = switchboard::session::PRE_LOGIN_FRAME_BYTES;
+    let limit = switchboard::server::session::PRE_LOGIN_FRAME_BYTES;
     let mut x = Client::connect(c.addr(0)).await;
     x.raw(&vec![b'x'; limit + 2]).await;
     closed_with(&mut x, "frame_too_large").await;

@@ -11,8 +11,8 @@
 //! `M` payload in Lua (Redis backend): a change here must be made there too, and
 //! `tests/delivery.rs` (`send_lua_payload_parses`) checks that the two agree.
 
-use crate::outbox::Live;
 use crate::protocol::{Seq, message_event};
+use crate::server::outbox::Live;
 use crate::store::Outgoing;
 
 /// A channel payload for a message copy: `M <seq> <origin> <ts> <traceparent or -> <json>`.

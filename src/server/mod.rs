@@ -1,4 +1,6 @@
-//! A node's lifecycle: bind, start the backend, accept clients, drain on shutdown.
+//! The chat server: a node's lifecycle (bind, start the backend, accept clients, drain on
+//! shutdown) in this file; one connection's handling in [`session`] (the connection loop),
+//! [`ops`] (one file per op group) and [`delivery`] (live, catch-up, prefix, acks).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -10,15 +12,27 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub mod admission;
+pub mod auth;
+pub mod conn;
+mod delivery;
+pub mod http;
+pub mod node;
+mod ops;
+pub mod outbox;
+pub mod presence;
+pub mod proxy;
+pub mod registry;
+pub mod session;
+
 use crate::config::Settings;
 use crate::error::{Code, Error};
-use crate::http::Health;
 use crate::metrics::Metrics;
-use crate::node::Node;
-use crate::protocol;
-use crate::registry::Registry;
+use crate::protocol::Event;
+use crate::server::http::Health;
+use crate::server::node::Node;
+use crate::server::registry::Registry;
 use crate::store::{MemoryStore, RedisStore, Retention, Store};
-use crate::{http, presence, session};
 
 /// Pause after a failed `accept` (for example out of file descriptors) before the next one.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
@@ -227,8 +241,8 @@ async fn accept_loop<S: Store>(
                 .inc();
             tokio::spawn(async move {
                 let err = Error::new(Code::Unavailable, "server full; try another node");
-                let mut line = protocol::error_event(&err).into_bytes();
-                line.push(b'\n');
+                let mut line = Vec::new();
+                Event::Error { error: err }.write(&mut line);
                 let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(&line)).await;
                 let _ = stream.shutdown().await;
             });

@@ -14,7 +14,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
-use crate::node::Node;
+use crate::server::node::Node;
 use crate::store::Store;
 
 fn respond(

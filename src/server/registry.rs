@@ -12,8 +12,8 @@ use std::sync::{Arc, Mutex};
 
 use crate::error::Result;
 use crate::metrics::Metrics;
-use crate::outbox::Outbox;
 use crate::protocol::{UserId, UserRef};
+use crate::server::outbox::Outbox;
 use crate::store::{LiveSink, Store, payload};
 
 /// Number of per-user subscription locks (users hash onto them).

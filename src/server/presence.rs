@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use crate::node::Node;
 use crate::protocol::UserRef;
+use crate::server::node::Node;
 use crate::store::Store;
 
 /// Removes the sessions a previous run of this node left behind (same node name).

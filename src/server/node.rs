@@ -3,15 +3,14 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use crate::admission::{TrustedProxies, Unauthenticated};
-use crate::auth::Passwords;
 use crate::config::Settings;
 use crate::metrics::Metrics;
-use crate::protocol::{UserRef, event};
-use crate::registry::Registry;
+use crate::protocol::{Event, Friend, UserRef};
+use crate::server::admission::{TrustedProxies, Unauthenticated};
+use crate::server::auth::Passwords;
+use crate::server::registry::Registry;
 use crate::store::Store;
 
 /// The shared context of one node.
@@ -79,10 +78,14 @@ impl<S: Store> Node<S> {
 
     /// Tells `user`'s friends and fellow group members that they came online or went offline.
     pub async fn announce_presence(&self, user: &UserRef, online: bool) {
-        let line = event(
-            "presence",
-            json!({"user": {"id": user.id, "name": user.name, "online": online}}),
-        );
+        let line = Event::Presence {
+            user: Friend {
+                id: user.id,
+                name: user.name.clone(),
+                online,
+            },
+        }
+        .line();
         let result = async {
             let audience = self.store.audience(user.id).await?;
             self.store.publish_event(&audience, "-", &line).await
