@@ -58,6 +58,23 @@ pub struct Metrics {
     pub redis_errors: IntCounterVec,
     /// Redis connections replaced because they stopped answering, by connection.
     pub redis_reconnects: IntCounterVec,
+    /// The per-message children of the series above, resolved once.
+    pub hot: Hot,
+}
+
+/// Label children counted once or more per message, resolved at start-up: looking a label
+/// set up hashes it and takes a lock, which the hot path should not pay per message.
+pub struct Hot {
+    /// `messages{kind="direct"}`.
+    pub sent_direct: IntCounter,
+    /// `messages{kind="group"}`.
+    pub sent_group: IntCounter,
+    /// `deliveries{path="live_local"}`.
+    pub live_local: IntCounter,
+    /// `deliveries{path="live_remote"}`.
+    pub live_remote: IntCounter,
+    /// `deliveries{path="backlog"}`.
+    pub backlog: IntCounter,
 }
 
 impl Metrics {
@@ -109,6 +126,16 @@ impl Metrics {
         build
             .with_label_values(&[env!("CARGO_PKG_VERSION"), node])
             .set(1);
+        let messages = counter_vec(
+            "switchboard_messages_accepted_total",
+            "Messages stored, by kind (direct, group).",
+            &["kind"],
+        );
+        let deliveries = counter_vec(
+            "switchboard_deliveries_total",
+            "Messages written to client sockets, by path (live_local: sent on this node, live_remote: sent on another node, backlog: read from the inbox).",
+            &["path"],
+        );
         let metrics = Metrics {
             connections_open: gauge("switchboard_connections_open", "Open client connections."),
             connections_accepted: counter(
@@ -129,16 +156,6 @@ impl Metrics {
                 "switchboard_logins_total",
                 "Login attempts by method (password, token) and result.",
                 &["method", "result"],
-            ),
-            messages: counter_vec(
-                "switchboard_messages_accepted_total",
-                "Messages stored, by kind (direct, group).",
-                &["kind"],
-            ),
-            deliveries: counter_vec(
-                "switchboard_deliveries_total",
-                "Messages written to client sockets, by path (live_local: sent on this node, live_remote: sent on another node, backlog: read from the inbox).",
-                &["path"],
             ),
             delivery_latency: histogram(
                 "switchboard_delivery_latency_seconds",
@@ -214,6 +231,15 @@ impl Metrics {
                 "Redis connections replaced because they stopped answering (half-open), by connection (cmd, sub).",
                 &["connection"],
             ),
+            hot: Hot {
+                sent_direct: messages.with_label_values(&["direct"]),
+                sent_group: messages.with_label_values(&["group"]),
+                live_local: deliveries.with_label_values(&["live_local"]),
+                live_remote: deliveries.with_label_values(&["live_remote"]),
+                backlog: deliveries.with_label_values(&["backlog"]),
+            },
+            messages,
+            deliveries,
             registry,
         };
         metrics.zero_labels();

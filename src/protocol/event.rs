@@ -111,6 +111,18 @@ pub fn message_event(seq: &str, msg_json: &str) -> String {
     line
 }
 
+/// Appends the `message` event line for an inbox entry, and a newline, to `out` (the catch-up
+/// path: no intermediate strings).
+pub fn write_message_event(out: &mut Vec<u8>, seq: Seq, msg_json: &str) {
+    use std::io::Write;
+    out.extend_from_slice(b"{\"event\":\"message\",\"seq\":\"");
+    // Writing into a Vec cannot fail.
+    let _ = write!(out, "{seq}");
+    out.extend_from_slice(b"\",\"msg\":");
+    out.extend_from_slice(msg_json.as_bytes());
+    out.extend_from_slice(b"}\n");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -132,6 +144,9 @@ mod tests {
         };
         let json = serde_json::to_string(&msg).unwrap();
         let spliced = message_event("7-0", &json);
+        let mut written = Vec::new();
+        write_message_event(&mut written, Seq { ms: 7, n: 0 }, &json);
+        assert_eq!(written, format!("{spliced}\n").into_bytes());
         let read: Event = serde_json::from_str(&spliced).unwrap();
         assert_eq!(
             read,

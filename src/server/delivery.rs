@@ -16,8 +16,10 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::error::{Error, Result};
-use crate::protocol::{Event, Seq, message_event};
+use crate::protocol::event::write_message_event;
+use crate::protocol::{Event, Seq};
 use crate::server::outbox::Live;
+use crate::server::spare;
 use crate::server::session::{LoggedIn, Session};
 use crate::store::Store;
 
@@ -100,10 +102,11 @@ impl<S: Store> Session<S> {
     /// path's state from before any catch-up this follows.
     pub(super) fn write_queued(&mut self, losses: u64, paused: bool) {
         let registry = self.node.registry.clone();
+        self.take_buffer();
         let Some(login) = self.login.as_mut() else {
             return;
         };
-        let mut queued = Vec::new();
+        let mut queued = spare::lives();
         login.outbox.drain_into(&mut queued);
         // Checked after draining: a live message that arrived after a loss of the live path
         // is in this batch only if that loss is already counted. Then the catch-up above may
@@ -119,7 +122,7 @@ impl<S: Store> Session<S> {
         }
         let metrics = &self.node.metrics;
         let now = crate::clock::now_ms();
-        for live in queued {
+        for live in queued.drain(..) {
             match &*live {
                 Live::Message {
                     seq,
@@ -137,8 +140,12 @@ impl<S: Store> Session<S> {
                         self.out.extend_from_slice(line.as_bytes());
                         self.out.push(b'\n');
                         let local = origin_node(origin) == self.node.settings.node_name;
-                        let path = if local { "live_local" } else { "live_remote" };
-                        metrics.deliveries.with_label_values(&[path]).inc();
+                        let path = if local {
+                            &metrics.hot.live_local
+                        } else {
+                            &metrics.hot.live_remote
+                        };
+                        path.inc();
                         metrics
                             .delivery_latency
                             .observe(now.saturating_sub(*ts) as f64 / 1000.0);
@@ -152,6 +159,7 @@ impl<S: Store> Session<S> {
                 }
             }
         }
+        spare::give_lives(queued);
     }
 
     /// Writes every inbox entry after `last_seq`, page by page; ends a login backlog with `synced`.
@@ -168,19 +176,14 @@ impl<S: Store> Session<S> {
             let mut delivered = 0;
             for entry in &page {
                 if advance(login, entry.seq) {
-                    let line = message_event(&entry.seq.to_string(), &entry.json);
-                    self.out.extend_from_slice(line.as_bytes());
-                    self.out.push(b'\n');
+                    write_message_event(&mut self.out, entry.seq, &entry.json);
                     delivered += 1;
                     if entry.from != user {
                         unread += 1;
                     }
                 }
             }
-            node.metrics
-                .deliveries
-                .with_label_values(&["backlog"])
-                .inc_by(delivered);
+            node.metrics.hot.backlog.inc_by(delivered);
             if page.len() < INBOX_PAGE {
                 break;
             }

@@ -24,6 +24,7 @@ pub mod presence;
 pub mod proxy;
 pub mod registry;
 pub mod session;
+mod spare;
 
 use crate::config::Settings;
 use crate::error::{Code, Error};

@@ -21,6 +21,7 @@ use crate::server::admission::{Slot, client_key};
 use crate::server::conn::{Frame, LineReader};
 use crate::server::node::Node;
 use crate::server::outbox::Outbox;
+use crate::server::spare;
 use crate::store::Store;
 
 /// How long a closing connection keeps discarding input so its last error is not reset away.
@@ -316,6 +317,7 @@ impl<S: Store> Session<S> {
     /// that was not blank, `Err` when the connection must close.
     async fn handle_frames(&mut self, reader: &mut LineReader) -> std::result::Result<bool, Close> {
         let mut any = false;
+        self.take_buffer();
         loop {
             // The bound follows the login state, which the previous frame may have changed.
             let max = self.frame_limit();
@@ -473,12 +475,20 @@ impl<S: Store> Session<S> {
         .write(&mut self.out);
     }
 
+    /// Gives the session a spare write buffer if it holds none (see [`spare`]).
+    pub(super) fn take_buffer(&mut self) {
+        if self.out.capacity() == 0 {
+            self.out = spare::bytes();
+        }
+    }
+
     /// Writes pending output within the write timeout; false when the connection is unusable.
     pub(super) async fn flush(&mut self) -> bool {
         if self.broken {
             return false;
         }
         if self.out.is_empty() {
+            spare::give_bytes(std::mem::take(&mut self.out));
             return true;
         }
         let limit = Duration::from_secs(self.node.settings.write_timeout_secs);
@@ -491,8 +501,9 @@ impl<S: Store> Session<S> {
                 false
             }
         };
-        // Release the buffer: idle sessions hold none.
-        self.out = Vec::new();
+        // Release the buffer: idle sessions hold none (the next wake-up on this thread
+        // takes it again).
+        spare::give_bytes(std::mem::take(&mut self.out));
         self.broken = !ok;
         ok
     }

@@ -102,7 +102,13 @@ impl<S: Store> Session<S> {
             .await?;
         let (id, sent) = (msg.id, stored.sent);
         if sent.id == id {
-            node.metrics.messages.with_label_values(&[kind]).inc();
+            let hot = &node.metrics.hot;
+            let counter = if kind == "direct" {
+                &hot.sent_direct
+            } else {
+                &hot.sent_group
+            };
+            counter.inc();
         }
         let login = self.login.as_mut().expect("checked");
         // Also for a repeated client_id: the original may not have reached this session yet.
