@@ -5,6 +5,11 @@
 #
 #   scripts/script-cost.sh [SEND_LUA] [CALLS]      (defaults: src/store/lua/send.lua, 3000)
 #   OLD=1 scripts/script-cost.sh old-send.lua      (a send.lua of 0.1.x: 12 arguments)
+#   BUCKETS=25 scripts/script-cost.sh              (the sender's quota hash already holds 24
+#                                                   older buckets of the window, as for a sender
+#                                                   active every hour; default 0)
+#   KEEP=/tmp/cg.out scripts/script-cost.sh        (keep the callgrind output, for
+#                                                   callgrind_annotate --inclusive=yes)
 #
 # Needs valgrind, redis-server, redis-cli and redis-benchmark (Debian: valgrind, redis-server,
 # redis-tools). Prints instructions per call counted inside evalGenericCommand.
@@ -17,6 +22,7 @@ port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); p
 vg=""
 cleanup() {
   [ -n "$vg" ] && kill "$vg" 2>/dev/null && wait "$vg" 2>/dev/null
+  [ -n "${KEEP:-}" ] && [ -e "$work/cg.out" ] && cp "$work/cg.out" "$KEEP"
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -32,6 +38,9 @@ r HSET 'sb:{u:2}' name b >/dev/null
 sha=$(r SCRIPT LOAD "$(cat "$work/send.lua")")
 json='{"id":"01X","from":{"id":1,"name":"a"},"to":{"user":2},"text":"hello there, this is a benchmark message","ts":1}'
 now=$(($(date +%s) * 1000))
+for ((b = 1; b < ${BUCKETS:-0}; b++)); do
+  r HSET 'sb:{u:1}:quota' $((now / 3600000 - b)) 1000 >/dev/null
+done
 cutoff="$((now - 2592000000))-18446744073709551615"
 args=(EVALSHA "$sha" 0 1 u 2 "$json" node-1-1 "" 01X 1 1000 "$cutoff" 86400 -)
 if [ -z "${OLD:-}" ]; then
