@@ -8,6 +8,10 @@
 #   BUCKETS=25 scripts/script-cost.sh              (the sender's quota hash already holds 24
 #                                                   older buckets of the window, as for a sender
 #                                                   active every hour; default 0)
+#   AGED=1 scripts/script-cost.sh                 (every entry counts as older than the retention
+#                                                   cut-off: the steady state of an inbox over
+#                                                   inbox_max_len whose oldest entries are older
+#                                                   than inbox_retention_days, trimmed as it grows)
 #   KEEP=/tmp/cg.out scripts/script-cost.sh        (keep the callgrind output, for
 #                                                   callgrind_annotate --inclusive=yes)
 #
@@ -42,6 +46,7 @@ for ((b = 1; b < ${BUCKETS:-0}; b++)); do
   r HSET 'sb:{u:1}:quota' $((now / 3600000 - b)) 1000 >/dev/null
 done
 cutoff="$((now - 2592000000))-18446744073709551615"
+[ -n "${AGED:-}" ] && cutoff="$((now + 86400000))-0"
 args=(EVALSHA "$sha" 0 1 u 2 "$json" node-1-1 "" 01X 1 1000 "$cutoff" 86400 -)
 if [ -z "${OLD:-}" ]; then
   args+=(0123456789abcdef0123456789abcdef 40 67108864000 $((now / 3600000)) $((now / 3600000 - 24)) 100000)

@@ -62,21 +62,19 @@ if used + charge > tonumber(ARGV[15]) then return {'rate_limited'} end
 -- The key outlives its newest bucket by 25 h, so its TTL is set only when a bucket starts.
 if redis.call('HINCRBY', qkey, bucket, charge) == charge then redis.call('EXPIRE', qkey, 90000) end
 if #stale > 0 then redis.call('HDEL', qkey, unpack(stale)) end
-local maxlen, cutoff, hardmax = tonumber(ARGV[9]), ARGV[10], tonumber(ARGV[18])
--- Trims entries that are both beyond the newest `maxlen` and older than the cut-off, and
--- whatever lies beyond the newest `hardmax`.
+local hardmax = ARGV[18]
+-- Retention: trims entries that are both beyond the newest `maxlen` and older than the cut-off.
+-- MINID ~ removes only whole stream nodes older than the cut-off, and LIMIT only as many
+-- entries as lie beyond the newest `maxlen` (at most 1000), so nothing else is ever trimmed and
+-- no entry is read. Deleting entries inside a node frees no memory before the whole node goes.
 local function trim(key)
-  local len = redis.call('XLEN', key)
-  if len > hardmax then
-    redis.call('XTRIM', key, 'MAXLEN', hardmax)
-    len = hardmax
+  local excess = redis.call('XLEN', key) - tonumber(ARGV[9])
+  if excess > 0 then
+    -- The cut-off "ms-max" is the newest old id; MINID keeps ids from (ms + 1)-0 on.
+    local minid = string.format('%d', tonumber(string.match(ARGV[10], '^%d+')) + 1) .. '-0'
+    local limit = string.format('%d', math.min(excess, 1000))
+    redis.call('XTRIM', key, 'MINID', '~', minid, 'LIMIT', limit)
   end
-  local excess = len - maxlen
-  if excess <= 0 then return end
-  local old = redis.call('XRANGE', key, '-', cutoff, 'COUNT', math.min(excess, 1000))
-  if #old == 0 then return end
-  local nxt = redis.call('XRANGE', key, '(' .. old[#old][1], '+', 'COUNT', 1)
-  if #nxt == 1 then redis.call('XTRIM', key, 'MINID', nxt[1][1]) end
 end
 -- Channel payload: M <seq> <origin session> <ts> <traceparent> <json> (see docs/data-model.md).
 -- The same bytes as message_payload in src/store/payload.rs, which also parses them; change
@@ -84,8 +82,12 @@ end
 local tail = ' ' .. ARGV[5] .. ' ' .. ARGV[8] .. ' ' .. ARGV[12] .. ' ' .. json
 local function append(uid)
   local key = ukey(uid, ':inbox')
-  local seq = redis.call('XADD', key, '*', 'f', from, 'm', json)
-  trim(key)
+  -- The hard bound, exact (only ever one entry beyond it): no check of its own.
+  local seq = redis.call('XADD', key, 'MAXLEN', hardmax, '*', 'f', from, 'm', json)
+  -- The retention trim only when the id's millisecond part ends in 00: decided by the seq,
+  -- about one append in a hundred (an inbox holds that many more old entries at most, on
+  -- average; nothing that the rule keeps is ever trimmed).
+  if string.find(seq, '00-', 1, true) then trim(key) end
   redis.call('PUBLISH', ukey(uid, ':ch'), 'M ' .. seq .. tail)
   return seq
 end
