@@ -12,6 +12,8 @@
 #                                                   cut-off: the steady state of an inbox over
 #                                                   inbox_max_len whose oldest entries are older
 #                                                   than inbox_retention_days, trimmed as it grows)
+#   CID=1 scripts/script-cost.sh                  (every send with a new client_id, as the load
+#                                                   generator sends them)
 #   KEEP=/tmp/cg.out scripts/script-cost.sh        (keep the callgrind output, for
 #                                                   callgrind_annotate --inclusive=yes)
 #
@@ -47,11 +49,15 @@ for ((b = 1; b < ${BUCKETS:-0}; b++)); do
 done
 cutoff="$((now - 2592000000))-18446744073709551615"
 [ -n "${AGED:-}" ] && cutoff="$((now + 86400000))-0"
-args=(EVALSHA "$sha" 0 1 u 2 "$json" node-1-1 "" 01X 1 1000 "$cutoff" 86400 -)
+cid=""
+rand=()
+# redis-benchmark replaces __rand_int__ by a random 12-digit number on every call (-r).
+[ -n "${CID:-}" ] && cid="c-__rand_int__" && rand=(-r 100000000)
+args=(EVALSHA "$sha" 0 1 u 2 "$json" node-1-1 "$cid" 01X 1 1000 "$cutoff" 86400 -)
 if [ -z "${OLD:-}" ]; then
   args+=(0123456789abcdef0123456789abcdef 40 67108864000 $((now / 3600000)) $((now / 3600000 - 24)) 100000)
 fi
-redis-benchmark -p "$port" -n "$calls" -c 1 -q "${args[@]}" >/dev/null
+redis-benchmark -p "$port" -n "$calls" -c 1 -q "${rand[@]}" "${args[@]}" >/dev/null
 got=$(r INFO commandstats | grep -o 'cmdstat_evalsha:calls=[0-9]*' | cut -d= -f2)
 kill -INT "$vg"; wait "$vg" 2>/dev/null || true; vg=""
 # awk reads all of callgrind_annotate's output (a grep -m1 would end the pipe early: SIGPIPE).

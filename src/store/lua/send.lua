@@ -10,7 +10,7 @@
 local from, json = ARGV[1], ARGV[4]
 local ownkey = ukey(from, ':inbox')
 local function before(seq)
-  local e = redis.call('XREVRANGE', ownkey, '(' .. seq, '-', 'COUNT', 1)
+  local e = redis.call('XREVRANGE', ownkey, '(' .. seq, '-', 'COUNT', '1')
   if #e == 1 then return e[1][1] end
   return ''
 end
@@ -118,7 +118,7 @@ local function append(uid)
   redis.call('PUBLISH', ukey(uid, ':ch'), 'M ' .. seq .. tail)
   return seq
 end
-local last = redis.call('XREVRANGE', ownkey, '+', '-', 'COUNT', 1)
+local last = redis.call('XREVRANGE', ownkey, '+', '-', 'COUNT', '1')
 local prev = ''
 if #last == 1 then prev = last[1][1] end
 local own = append(from)
