@@ -112,8 +112,8 @@ local function append(uid)
   -- The hard bound, exact (only ever one entry beyond it): no check of its own.
   local seq = redis.call('XADD', key, 'MAXLEN', hardmax, '*', 'f', from, 'm', json)
   -- The retention trim only when the id's millisecond part ends in 00: decided by the seq,
-  -- about one append in a hundred (an inbox holds that many more old entries at most, on
-  -- average; nothing that the rule keeps is ever trimmed).
+  -- about one append in a hundred (old entries may stay that many appends longer; nothing
+  -- that the rule keeps is ever trimmed).
   if string.find(seq, '00-', 1, true) then trim(key) end
   redis.call('PUBLISH', ukey(uid, ':ch'), 'M ' .. seq .. tail)
   return seq
