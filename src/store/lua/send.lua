@@ -10,7 +10,7 @@
 local from, json = ARGV[1], ARGV[4]
 local ownkey = ukey(from, ':inbox')
 local function before(seq)
-  local e = redis.call('XREVRANGE', ownkey, '(' .. seq, '-', 'COUNT', 1)
+  local e = redis.call('XREVRANGE', ownkey, '(' .. seq, '-', 'COUNT', '1')
   if #e == 1 then return e[1][1] end
   return ''
 end
@@ -41,42 +41,67 @@ else
   recipients = redis.call('HKEYS', mkey)
 end
 -- Quota: text bytes per stored copy (the sender's own included), counted in time buckets of
--- the sliding 24 h window; buckets that left the window are dropped here.
+-- the sliding 24 h window (field <bucket> → bytes, as in 0.2.0). Field "-<bucket>" holds the sum
+-- of every other field in the window while <bucket> is the current one: those do not change
+-- meanwhile, so a send reads two fields instead of the whole hash. It is recomputed (HGETALL)
+-- when a bucket starts or the field is missing; whoever writes another bucket (a node whose
+-- clock is in another hour) recomputes too and deletes it, and so do nodes of 0.2.0, which take
+-- a negative field for a bucket that left the window. Buckets that left the window are dropped
+-- when the sum is recomputed.
 local copies = 1
 for _, r in ipairs(recipients) do
   if r ~= from then copies = copies + 1 end
 end
 local charge = tonumber(ARGV[14]) * copies
-local qkey, bucket, oldest = ukey(from, ':quota'), tonumber(ARGV[16]), tonumber(ARGV[17])
-local flat, used, stale = redis.call('HGETALL', qkey), 0, {}
-for i = 1, #flat, 2 do
-  if tonumber(flat[i]) < oldest then
-    stale[#stale + 1] = flat[i]
-  else
-    used = used + tonumber(flat[i + 1])
+local qkey, bucket = ukey(from, ':quota'), ARGV[16]
+local sumf = '-' .. bucket
+local q = redis.call('HMGET', qkey, sumf, bucket)
+local others, flat, oldest, cur = tonumber(q[1]), nil, nil, nil
+if not others then
+  flat, others, oldest, cur = redis.call('HGETALL', qkey), 0, tonumber(ARGV[17]), tonumber(bucket)
+  for i = 1, #flat, 2 do
+    local b = tonumber(flat[i])
+    if b >= oldest and b ~= cur then others = others + tonumber(flat[i + 1]) end
   end
 end
-if used + charge > tonumber(ARGV[15]) then return {'rate_limited'} end
+if others + (tonumber(q[2]) or 0) + charge > tonumber(ARGV[15]) then return {'rate_limited'} end
 -- HINCRBY is the first write on purpose: under maxmemory Redis refuses a script at its first
 -- write that may grow memory, but not after any earlier write (HDEL would let it through).
 -- The key outlives its newest bucket by 25 h, so its TTL is set only when a bucket starts.
-if redis.call('HINCRBY', qkey, bucket, charge) == charge then redis.call('EXPIRE', qkey, 90000) end
-if #stale > 0 then redis.call('HDEL', qkey, unpack(stale)) end
-local maxlen, cutoff, hardmax = tonumber(ARGV[9]), ARGV[10], tonumber(ARGV[18])
--- Trims entries that are both beyond the newest `maxlen` and older than the cut-off, and
--- whatever lies beyond the newest `hardmax`.
-local function trim(key)
-  local len = redis.call('XLEN', key)
-  if len > hardmax then
-    redis.call('XTRIM', key, 'MAXLEN', hardmax)
-    len = hardmax
+if redis.call('HINCRBY', qkey, bucket, string.format('%d', charge)) == charge then
+  redis.call('EXPIRE', qkey, '90000')
+end
+if flat then
+  -- Every other field goes, and those still in the window come back after the sum: a small
+  -- hash is a listpack, searched from its start, so the two fields that every send reads (the
+  -- current bucket, which stays, and the sum) come first.
+  local del, put = {}, {sumf, string.format('%d', others)}
+  for i = 1, #flat, 2 do
+    local b = tonumber(flat[i])
+    if b ~= cur then
+      del[#del + 1] = flat[i]
+      if b >= oldest then
+        put[#put + 1] = flat[i]
+        put[#put + 1] = flat[i + 1]
+      end
+    end
   end
-  local excess = len - maxlen
-  if excess <= 0 then return end
-  local old = redis.call('XRANGE', key, '-', cutoff, 'COUNT', math.min(excess, 1000))
-  if #old == 0 then return end
-  local nxt = redis.call('XRANGE', key, '(' .. old[#old][1], '+', 'COUNT', 1)
-  if #nxt == 1 then redis.call('XTRIM', key, 'MINID', nxt[1][1]) end
+  if #del > 0 then redis.call('HDEL', qkey, unpack(del)) end
+  redis.call('HSET', qkey, unpack(put))
+end
+local hardmax = ARGV[18]
+-- Retention: trims entries that are both beyond the newest `maxlen` and older than the cut-off.
+-- MINID ~ removes only whole stream nodes older than the cut-off, and LIMIT only as many
+-- entries as lie beyond the newest `maxlen` (at most 1000), so nothing else is ever trimmed and
+-- no entry is read. Deleting entries inside a node frees no memory before the whole node goes.
+local function trim(key)
+  local excess = redis.call('XLEN', key) - tonumber(ARGV[9])
+  if excess > 0 then
+    -- The cut-off "ms-max" is the newest old id; MINID keeps ids from (ms + 1)-0 on.
+    local minid = string.format('%d', tonumber(string.match(ARGV[10], '^%d+')) + 1) .. '-0'
+    local limit = string.format('%d', math.min(excess, 1000))
+    redis.call('XTRIM', key, 'MINID', '~', minid, 'LIMIT', limit)
+  end
 end
 -- Channel payload: M <seq> <origin session> <ts> <traceparent> <json> (see docs/data-model.md).
 -- The same bytes as message_payload in src/store/payload.rs, which also parses them; change
@@ -84,12 +109,16 @@ end
 local tail = ' ' .. ARGV[5] .. ' ' .. ARGV[8] .. ' ' .. ARGV[12] .. ' ' .. json
 local function append(uid)
   local key = ukey(uid, ':inbox')
-  local seq = redis.call('XADD', key, '*', 'f', from, 'm', json)
-  trim(key)
+  -- The hard bound, exact (only ever one entry beyond it): no check of its own.
+  local seq = redis.call('XADD', key, 'MAXLEN', hardmax, '*', 'f', from, 'm', json)
+  -- The retention trim only when the id's millisecond part ends in 00: decided by the seq,
+  -- about one append in a hundred (old entries may stay that many appends longer; nothing
+  -- that the rule keeps is ever trimmed).
+  if string.find(seq, '00-', 1, true) then trim(key) end
   redis.call('PUBLISH', ukey(uid, ':ch'), 'M ' .. seq .. tail)
   return seq
 end
-local last = redis.call('XREVRANGE', ownkey, '+', '-', 'COUNT', 1)
+local last = redis.call('XREVRANGE', ownkey, '+', '-', 'COUNT', '1')
 local prev = ''
 if #last == 1 then prev = last[1][1] end
 local own = append(from)
