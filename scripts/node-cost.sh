@@ -10,6 +10,7 @@
 #   BENCH=path/to/switchboard scripts/node-cost.sh OLD_BIN   # A/B: the same load generator
 #
 # Prints "instructions per delivered message: N" (the node, every thread, user space).
+# KEEP=DIR keeps the callgrind output there (callgrind_annotate DIR/cg.* shows where it goes).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bin=${1:-target/release/switchboard}
@@ -47,13 +48,14 @@ users="$work/users.jsonl"
 # Register (and log in once) outside the measured window.
 "$bench" bench chat --addr "127.0.0.1:$nport" -c "$clients" -d 1 --rate 20 --settle 2 --quiet \
   --users-file "$users" >/dev/null
-callgrind_control --zero "$vg" >/dev/null
+callgrind_control --zero "$vg" >/dev/null 2>&1
 "$bench" bench chat --addr "127.0.0.1:$nport" -c "$clients" -d "$secs" --rate "$rate" --settle 3 \
   --quiet --json --users-file "$users" >"$work/report.json"
-callgrind_control --dump "$vg" >/dev/null
+callgrind_control --dump "$vg" >/dev/null 2>&1
 sleep 1
 delivered=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["delivered"])' "$work/report.json")
 instr=$(for f in "$work"/cg.*; do callgrind_annotate "$f" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}'; done | sort -n | tail -1)
+if [ -n "${KEEP:-}" ]; then mkdir -p "$KEEP" && cp "$work"/cg.* "$KEEP"/; fi
 echo "delivered: $delivered"
 echo "instructions (node, measured window): $instr"
 python3 -c "import sys; print('instructions per delivered message:', round(int(sys.argv[1]) / int(sys.argv[2])))" "$instr" "$delivered"
