@@ -80,7 +80,11 @@ impl<S: Store> Session<S> {
         } else {
             "group"
         };
-        let fingerprint = crate::store::fingerprint(to, &msg.text);
+        // Only a repeated client_id is compared with it (no client_id, nothing to compare).
+        let fingerprint = match msg.client_id {
+            Some(_) => crate::store::fingerprint(to, msg.text),
+            None => String::new(),
+        };
         let span = tracing::info_span!("message.send", user = msg.from.id, kind, msg = %msg.id);
         let trace = crate::telemetry::traceparent(&span);
         let stored = node
