@@ -19,8 +19,8 @@ use crate::error::{Error, Result};
 use crate::protocol::event::write_message_event;
 use crate::protocol::{Event, Seq};
 use crate::server::outbox::Live;
-use crate::server::spare;
 use crate::server::session::{LoggedIn, Session};
+use crate::server::spare;
 use crate::store::Store;
 
 /// Inbox entries read per request while sending a backlog or catching up.

@@ -486,12 +486,40 @@ impl RedisStore {
         script: &Script,
         args: &[&(dyn ToString + Sync)],
     ) -> Result<T> {
-        let mut inv = script.prepare_invoke();
-        for a in args {
-            inv.arg(a.to_string());
-        }
+        self.eval(op, script, |cmd| {
+            for a in args {
+                cmd.arg(a.to_string());
+            }
+        })
+        .await
+    }
+
+    /// Runs `script` with no keys and the arguments `fill` appends: `EVALSHA`, and on
+    /// `NOSCRIPT` (a restarted or flushed Redis) `SCRIPT LOAD` and again. The command is built
+    /// in place, so the per-message scripts pass their arguments without a string each
+    /// (`redis::Script`'s invocation copies every argument twice).
+    async fn eval<T: FromRedisValue>(
+        &self,
+        op: &'static str,
+        script: &Script,
+        fill: impl FnOnce(&mut redis::Cmd),
+    ) -> Result<T> {
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(script.get_hash()).arg(0);
+        fill(&mut cmd);
         let mut con = self.cmd();
-        self.call(op, inv.invoke_async(&mut con)).await
+        let run = async {
+            match cmd.query_async(&mut con).await {
+                Err(e)
+                    if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+                {
+                    script.prepare_invoke().load_async(&mut con).await?;
+                    cmd.query_async(&mut con).await
+                }
+                result => result,
+            }
+        };
+        self.call(op, run).await
     }
 
     /// `(id, name, password hash, online)` of a user, if it exists.
@@ -880,30 +908,26 @@ impl Store for RedisStore {
         let bucket = now / QUOTA_BUCKET_MS;
         let oldest = now.saturating_sub(QUOTA_WINDOW_MS) / QUOTA_BUCKET_MS;
         let v: Value = self
-            .run(
-                "send",
-                &self.scripts.send,
-                &[
-                    &msg.from,
-                    &kind,
-                    &target,
-                    &msg.json,
-                    &msg.origin,
-                    &msg.client_id.unwrap_or(""),
-                    &msg.id,
-                    &msg.ts,
-                    &self.retention.max_len,
-                    &cutoff_id,
-                    &CLIENT_ID_TTL_SECS,
-                    &msg.trace.unwrap_or("-"),
-                    &msg.fingerprint,
-                    &msg.text_bytes,
-                    &msg.quota,
-                    &bucket,
-                    &oldest,
-                    &self.retention.hard_max_len,
-                ],
-            )
+            .eval("send", &self.scripts.send, |cmd| {
+                cmd.arg(msg.from)
+                    .arg(kind)
+                    .arg(target)
+                    .arg(msg.json)
+                    .arg(msg.origin)
+                    .arg(msg.client_id.unwrap_or(""))
+                    .arg(msg.id)
+                    .arg(msg.ts)
+                    .arg(self.retention.max_len)
+                    .arg(&cutoff_id)
+                    .arg(CLIENT_ID_TTL_SECS)
+                    .arg(msg.trace.unwrap_or("-"))
+                    .arg(msg.fingerprint)
+                    .arg(msg.text_bytes)
+                    .arg(msg.quota)
+                    .arg(bucket)
+                    .arg(oldest)
+                    .arg(self.retention.hard_max_len);
+            })
             .await?;
         let rest = status(v, "send").map_err(|e| match e.code {
             Code::NoSuchUser => {
@@ -1002,7 +1026,9 @@ impl Store for RedisStore {
             return Ok(());
         }
         let r: String = self
-            .run("ack", &self.scripts.ack, &[&user, &seq.to_string()])
+            .eval("ack", &self.scripts.ack, |cmd| {
+                cmd.arg(user).arg(seq.to_string());
+            })
             .await?;
         if r == "ok" {
             Ok(())
