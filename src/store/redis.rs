@@ -504,8 +504,9 @@ impl RedisStore {
         script: &Script,
         fill: impl FnOnce(&mut redis::Cmd),
     ) -> Result<T> {
-        let mut cmd = redis::cmd("EVALSHA");
-        cmd.arg(script.get_hash()).arg(0);
+        // Sized for a send (18 arguments and a message) so building it does not reallocate.
+        let mut cmd = redis::Cmd::with_capacity(24, 1024);
+        cmd.arg("EVALSHA").arg(script.get_hash()).arg(0);
         fill(&mut cmd);
         let mut con = self.cmd();
         let run = async {
