@@ -6,6 +6,7 @@
 #
 #   scripts/throughput-ab.sh OLD_BIN NEW_BIN
 #   ROUNDS=2 CLIENTS=1000 WINDOW=8 SECONDS_=10 BASE=18500 scripts/throughput-ab.sh A B
+#   RATE=2000 scripts/throughput-ab.sh A B     # open loop at 2000 msg/s instead (latency)
 #
 # Passwords are hashed cheaply (registration is not what is measured). One line per run, then
 # medians; JSON reports in $OUT (default target/throughput-ab).
@@ -16,6 +17,7 @@ bins=("$1" "$2")
 ROUNDS=${ROUNDS:-2}
 CLIENTS=${CLIENTS:-1000}
 WINDOW=${WINDOW:-8}
+RATE=${RATE:-0}
 SECS=${SECONDS_:-10}
 BASE=${BASE:-18500}           # redis BASE, nginx BASE+1, nodes BASE+11.., http BASE+21..
 OUT=${OUT:-target/throughput-ab}
@@ -54,7 +56,9 @@ for round in $(seq "$ROUNDS"); do
     for n in 1 2; do
       for _ in $(seq 100); do curl -sf "http://127.0.0.1:$((BASE + 20 + n))/readyz" >/dev/null 2>&1 && break; sleep 0.1; done
     done
-    "${bins[1]}" bench chat --addr "127.0.0.1:$((BASE + 1))" -c "$CLIENTS" -d "$SECS" --window "$WINDOW" \
+    load=(--window "$WINDOW")
+    [ "$RATE" != 0 ] && load=(--rate "$RATE")
+    "${bins[1]}" bench chat --addr "127.0.0.1:$((BASE + 1))" -c "$CLIENTS" -d "$SECS" "${load[@]}" \
       --pids "${node_pids[0]},${node_pids[1]}" --redis-pids "$redis_pid" \
       --users-file "$run/users-$round-$i.jsonl" --json --quiet >"$OUT/r$round-$i.json"
     kill "${node_pids[@]}"; wait "${node_pids[@]}" 2>/dev/null || true
