@@ -10,7 +10,7 @@ use std::time::Duration;
 use common::Redis;
 use redis::aio::MultiplexedConnection;
 use switchboard::metrics::Metrics;
-use switchboard::registry::Registry;
+use switchboard::server::registry::Registry;
 use switchboard::store::{Outgoing, Recipient, RedisStore, Retention, Store, fingerprint};
 
 const ALICE: u64 = 1;
