@@ -9,8 +9,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use switchboard::{Server, Settings};
 use switchboard::client::{Client as LibClient, ClientError, Options};
+use switchboard::{Server, Settings};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
@@ -346,10 +346,11 @@ impl Client {
             Err(_) => Err(()),
             Ok(Ok(None)) | Ok(Err(ClientError::Io(_))) => Ok(None),
             Ok(Err(e)) => panic!("bad frame: {e}"),
-            Ok(Ok(Some(f))) => Ok(Some(
-                serde_json::from_str(f.line())
-                    .unwrap_or_else(|e| panic!("bad frame {:?}: {e}", f.line())),
-            )),
+            Ok(Ok(Some(f))) => {
+                Ok(Some(serde_json::from_str(f.line()).unwrap_or_else(|e| {
+                    panic!("bad frame {:?}: {e}", f.line())
+                })))
+            }
         }
     }
 
