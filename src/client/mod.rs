@@ -81,10 +81,10 @@ pub const DEFAULT_MAX_FRAME_BYTES: usize = 16 << 20;
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// The server answered with an error reply (or sent an `error` event instead of `hello`).
-    #[error("{0}")]
+    #[error(transparent)]
     Server(#[from] Error),
     /// Reading or writing the connection failed.
-    #[error("connection: {0}")]
+    #[error(transparent)]
     Io(#[from] std::io::Error),
     /// The server closed the connection.
     #[error("the server closed the connection")]

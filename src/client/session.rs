@@ -98,7 +98,11 @@ pub enum Update {
 /// Message ids remembered for dropping repeats.
 const SEEN_IDS: usize = 4096;
 
-/// A logged-in user across connections; see the [module docs](self).
+/// A logged-in user across connections: on `goaway` it acknowledges what it has received,
+/// waits `reconnect_after_ms`, reconnects to the same address (the load balancer) and logs in
+/// with the token; on a lost connection the same after a [`Backoff`]. Messages are handed out
+/// once per `msg.id`, and nothing acknowledged is lost (protocol guarantee 8: a `seq` reaches
+/// a session only after every earlier position of the inbox did).
 #[derive(Debug)]
 pub struct Session {
     addr: String,
