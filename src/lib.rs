@@ -3,8 +3,8 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
-pub mod bench;
-pub mod chat;
+pub mod cli;
+pub mod client;
 pub mod clock;
 pub mod config;
 pub mod error;

@@ -24,9 +24,9 @@ enum Command {
         config: Option<PathBuf>,
     },
     /// Generate load against nodes or a load balancer and report throughput, latency, loss.
-    Bench(switchboard::bench::BenchArgs),
+    Bench(switchboard::cli::bench::BenchArgs),
     /// Chat from the terminal (plain lines for scripts when stdin is not a terminal).
-    Chat(switchboard::chat::ChatArgs),
+    Chat(switchboard::cli::chat::ChatArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -44,7 +44,7 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Bench(args) => {
             let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
-            runtime.block_on(switchboard::bench::run(args))
+            runtime.block_on(switchboard::cli::bench::run(args))
         }
         Command::Chat(args) => {
             let runtime = tokio::runtime::Builder::new_current_thread()
@@ -52,7 +52,7 @@ fn main() -> anyhow::Result<()> {
                 .build()
                 .context("starting the runtime")?;
             // One clear line on stderr (no backtrace, whatever RUST_BACKTRACE says), exit 1.
-            if let Err(e) = runtime.block_on(switchboard::chat::run(args)) {
+            if let Err(e) = runtime.block_on(switchboard::cli::chat::run(args)) {
                 eprintln!("switchboard chat: {e:#}");
                 std::process::exit(1);
             }

@@ -1,5 +1,6 @@
 //! Shared test harness: a real redis-server per test, in-process nodes on free loopback ports,
-//! and a line-JSON client with bounded waits. Nothing here stands in for the code under test.
+//! and a line-JSON client with bounded waits (over the library's client). Nothing here stands
+//! in for the code under test.
 #![allow(dead_code)]
 
 use std::collections::VecDeque;
@@ -8,10 +9,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use serde_json::{Value, json};
+use switchboard::client::{Client as LibClient, ClientError, Options};
 use switchboard::{Server, Settings};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -250,9 +251,12 @@ pub fn metric(body: &str, series: &str) -> f64 {
 }
 
 /// A protocol client with bounded waits; events that arrive while waiting for a reply are kept.
+///
+/// A thin layer over the library's [`switchboard::client::Client`] (framing, reading) that
+/// speaks `serde_json::Value`s, so tests can write any request (also broken ones) and compare
+/// whole frames.
 pub struct Client {
-    rd: BufReader<OwnedReadHalf>,
-    wr: OwnedWriteHalf,
+    inner: LibClient,
     events: VecDeque<Value>,
     pub hello: Value,
     pub token: Option<String>,
@@ -278,10 +282,8 @@ impl Client {
 
     /// A client on `stream` that has read nothing yet.
     fn raw_over(stream: TcpStream) -> Client {
-        let (rd, wr) = stream.into_split();
         Client {
-            rd: BufReader::new(rd),
-            wr,
+            inner: LibClient::raw(stream, Options::default()),
             events: VecDeque::new(),
             hello: Value::Null,
             token: None,
@@ -312,9 +314,15 @@ impl Client {
         Self::raw_over(stream)
     }
 
+    /// The library client underneath (typed calls; frames read through it bypass this
+    /// wrapper's queue of events).
+    pub fn lib(&mut self) -> &mut LibClient {
+        &mut self.inner
+    }
+
     /// Writes raw bytes.
     pub async fn raw(&mut self, bytes: &[u8]) {
-        self.wr.write_all(bytes).await.unwrap();
+        self.inner.send_raw(bytes).await.unwrap();
     }
 
     /// Writes one request object.
@@ -331,15 +339,18 @@ impl Client {
             .expect("timed out waiting for a frame")
     }
 
-    /// Reads the next frame within `limit`: `Err` on timeout, `Ok(None)` at end of stream.
+    /// Reads the next frame within `limit`: `Err` on timeout, `Ok(None)` at end of stream
+    /// (or a connection reset).
     pub async fn frame_within(&mut self, limit: Duration) -> Result<Option<Value>, ()> {
-        let mut line = String::new();
-        match tokio::time::timeout(limit, self.rd.read_line(&mut line)).await {
+        match tokio::time::timeout(limit, self.inner.next_frame()).await {
             Err(_) => Err(()),
-            Ok(Err(_)) | Ok(Ok(0)) => Ok(None),
-            Ok(Ok(_)) => Ok(Some(
-                serde_json::from_str(&line).unwrap_or_else(|e| panic!("bad frame {line:?}: {e}")),
-            )),
+            Ok(Ok(None)) | Ok(Err(ClientError::Io(_))) => Ok(None),
+            Ok(Err(e)) => panic!("bad frame: {e}"),
+            Ok(Ok(Some(f))) => {
+                Ok(Some(serde_json::from_str(f.line()).unwrap_or_else(|e| {
+                    panic!("bad frame {:?}: {e}", f.line())
+                })))
+            }
         }
     }
 

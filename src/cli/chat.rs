@@ -6,21 +6,29 @@
 //! One task owns the connection and all state. Commands run one at a time (a command that
 //! needs a name resolved first sends `whois`, then its own request), so a script's commands
 //! see the effects of the ones before them. Replies are matched to requests by `ref`.
+//!
+//! The connection is the library's ([`crate::client`]): typed login calls on a [`Client`],
+//! then its [`Writer`] for requests and a task that reads [`Frame`]s from its reader.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::io::{BufRead, IsTerminal, Write};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, anyhow, bail};
-use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, sleep_until, timeout, timeout_at};
 
-use crate::protocol::{Friend, Group, Message, Target, UserRef, valid_name};
+use crate::client::{Client, ClientError, Frame, Options, Reader, Ref, Writer};
+use crate::error::Code;
+use crate::protocol::reply::{
+    FriendReply, Friends, GroupReply, Groups, LoggedIn, SendReply, Whois,
+};
+use crate::protocol::{
+    AckArgs, CreateArgs, Event, Group, GroupArg, GroupRef, GroupSendArgs, Message, Request,
+    SendArgs, Seq, Target, UserArg, UserRef, WhoArgs, valid_name,
+};
 
 /// Environment variable the password is read from when there is no terminal to prompt on.
 pub const PASSWORD_ENV: &str = "SWITCHBOARD_PASSWORD";
@@ -94,7 +102,7 @@ pub async fn run(args: ChatArgs) -> anyhow::Result<()> {
         let args = args.clone();
         tokio::task::spawn_blocking(move || read_password(&args)).await??
     };
-    let mut client = Client::new(args, password);
+    let mut client = Chat::new(args, password);
     let result = client.run(interactive).await;
     client.out.finish();
     result
@@ -253,10 +261,10 @@ struct Link {
     addr: String,
     index: usize,
     node: String,
-    wr: OwnedWriteHalf,
-    frames: mpsc::Receiver<Value>,
+    wr: Writer<OwnedWriteHalf>,
+    frames: mpsc::Receiver<Frame>,
     reader: JoinHandle<()>,
-    pending: HashMap<u64, Pending>,
+    pending: HashMap<Ref, Pending>,
 }
 
 impl Drop for Link {
@@ -265,89 +273,86 @@ impl Drop for Link {
     }
 }
 
-impl Link {
-    /// Connects to `servers[index]` and reads `hello`.
-    async fn open(addr: &str, index: usize) -> anyhow::Result<Link> {
-        let stream = timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
-            .await
-            .map_err(|_| anyhow!("connecting to {addr} timed out"))?
-            .with_context(|| format!("connecting to {addr}"))?;
-        let _ = stream.set_nodelay(true);
-        let (rd, wr) = stream.into_split();
-        let (tx, frames) = mpsc::channel(FRAME_QUEUE);
-        let mut link = Link {
-            addr: addr.to_string(),
-            index,
-            node: String::new(),
-            wr,
-            frames,
-            reader: tokio::spawn(read_frames(rd, tx)),
-            pending: HashMap::new(),
-        };
-        let hello = timeout(CONNECT_TIMEOUT, link.frames.recv())
-            .await
-            .map_err(|_| anyhow!("{addr} sent no hello"))?
-            .ok_or_else(|| anyhow!("{addr} closed the connection"))?;
-        if hello["event"] != "hello" {
-            bail!("{addr} does not speak the switchboard protocol");
-        }
-        link.node = hello["node"].as_str().unwrap_or("?").to_string();
-        Ok(link)
-    }
-
-    /// Writes one request with `ref` set; an error means the connection is gone.
-    async fn request(&mut self, reference: u64, op: &str, args: Value) -> anyhow::Result<()> {
-        let mut frame = json!({"op": op, "ref": reference});
-        if let (Value::Object(frame), Value::Object(args)) = (&mut frame, args) {
-            frame.extend(args);
-        }
-        let mut line = frame.to_string().into_bytes();
-        line.push(b'\n');
-        timeout(WRITE_TIMEOUT, self.wr.write_all(&line))
-            .await
-            .map_err(|_| anyhow!("writing to {} timed out", self.addr))??;
-        Ok(())
-    }
-
-    /// Sends a request and waits for its reply (used before the client loop runs: login).
-    async fn call(&mut self, reference: u64, op: &str, args: Value) -> anyhow::Result<Value> {
-        self.request(reference, op, args).await?;
-        let deadline = Instant::now() + CONNECT_TIMEOUT;
-        loop {
-            let frame = timeout_at(deadline, self.frames.recv())
-                .await
-                .map_err(|_| anyhow!("no reply to {op} from {}", self.addr))?
-                .ok_or_else(|| anyhow!("{} closed the connection", self.addr))?;
-            if frame.get("re").is_some() && frame["ref"] == reference {
-                return Ok(frame);
-            }
-        }
+/// Limits of a connection: connecting, `hello` and each reply during login.
+fn options() -> Options {
+    Options {
+        connect_timeout: CONNECT_TIMEOUT,
+        reply_timeout: CONNECT_TIMEOUT,
+        max_frame_bytes: MAX_FRAME_BYTES,
+        nodelay: true,
     }
 }
 
-/// Reads lines from the server into `tx` until the connection ends (then `tx` is dropped).
-async fn read_frames(rd: OwnedReadHalf, tx: mpsc::Sender<Value>) {
-    let mut rd = BufReader::new(rd);
-    let mut line = Vec::new();
+/// Connects to `addr` and reads `hello`.
+async fn open(addr: &str) -> anyhow::Result<Client> {
+    Client::connect_with(addr, options())
+        .await
+        .map_err(|e| match e {
+            ClientError::Timeout(_) => anyhow!("connecting to {addr} timed out"),
+            ClientError::Closed => anyhow!("{addr} closed the connection"),
+            ClientError::Protocol(_) => anyhow!("{addr} does not speak the switchboard protocol"),
+            e => anyhow!(e).context(format!("connecting to {addr}")),
+        })
+}
+
+/// The text of a failed call: the server's `code: message`, or what happened to the connection.
+fn call_error(addr: &str, e: &ClientError) -> String {
+    match e {
+        ClientError::Server(e) => format!("{}: {}", e.code, clean(&e.message)),
+        ClientError::Timeout(what) => format!("{what} from {addr}"),
+        ClientError::Closed => format!("{addr} closed the connection"),
+        e => format!("{addr}: {e}"),
+    }
+}
+
+impl Link {
+    /// A logged-in connection to `servers[index]`: the reader half goes to a task.
+    fn new(client: Client, addr: &str, index: usize) -> Link {
+        let node = client.hello().map_or("?", |h| h.node.as_str()).to_string();
+        let (rd, wr, kept) = client.into_parts();
+        let (tx, frames) = mpsc::channel(FRAME_QUEUE);
+        Link {
+            addr: addr.to_string(),
+            index,
+            node,
+            wr,
+            frames,
+            reader: tokio::spawn(read_frames(rd, kept, tx)),
+            pending: HashMap::new(),
+        }
+    }
+
+    /// Writes one request; returns its `ref`. An error means the connection is gone.
+    async fn request(&mut self, request: &Request<'_>) -> anyhow::Result<Ref> {
+        timeout(WRITE_TIMEOUT, self.wr.send(request))
+            .await
+            .map_err(|_| anyhow!("writing to {} timed out", self.addr))?
+            .map_err(anyhow::Error::from)
+    }
+}
+
+/// Hands `kept` (frames read during login) to `tx`, then reads frames from the server until
+/// the connection ends (then `tx` is dropped).
+async fn read_frames(
+    mut rd: Reader<OwnedReadHalf>,
+    kept: VecDeque<Frame>,
+    tx: mpsc::Sender<Frame>,
+) {
+    for frame in kept {
+        if tx.send(frame).await.is_err() {
+            return;
+        }
+    }
     loop {
-        line.clear();
-        let limit = MAX_FRAME_BYTES as u64 + 2;
-        match (&mut rd).take(limit).read_until(b'\n', &mut line).await {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {}
-        }
-        if !line.ends_with(b"\n") && line.len() as u64 >= limit {
-            return;
-        }
-        let text = line.trim_ascii();
-        if text.is_empty() {
-            continue;
-        }
-        // Unknown or malformed frames are skipped, as the protocol asks of clients.
-        if let Ok(frame @ Value::Object(_)) = serde_json::from_slice::<Value>(text)
-            && tx.send(frame).await.is_err()
-        {
-            return;
+        match rd.next_frame().await {
+            Ok(Some(frame)) => {
+                if tx.send(frame).await.is_err() {
+                    return;
+                }
+            }
+            // Unknown or malformed frames are skipped, as the protocol asks of clients.
+            Err(ClientError::Protocol(_)) => {}
+            Ok(None) | Err(_) => return,
         }
     }
 }
@@ -466,7 +471,7 @@ impl Seen {
     }
 }
 
-struct Client {
+struct Chat {
     args: ChatArgs,
     password: String,
     out: Out,
@@ -482,20 +487,19 @@ struct Client {
     mine: HashSet<u64>,
     seen: Seen,
     /// Position of the last message shown (or sent) and not acknowledged yet.
-    unacked: Option<String>,
+    unacked: Option<Seq>,
     /// The login backlog has ended on this connection (acks wait for it).
     synced: bool,
     logins: u32,
-    next_ref: u64,
     client_ids: (u64, u64),
     /// The command being worked on, and how many of its replies are outstanding.
     current: Option<Cmd>,
     outstanding: usize,
 }
 
-impl Client {
-    fn new(args: ChatArgs, password: String) -> Client {
-        Client {
+impl Chat {
+    fn new(args: ChatArgs, password: String) -> Chat {
+        Chat {
             me: UserRef {
                 id: 0,
                 name: args.name.clone(),
@@ -512,7 +516,6 @@ impl Client {
             unacked: None,
             synced: false,
             logins: 0,
-            next_ref: 0,
             client_ids: (rand::random(), 0),
             current: None,
             outstanding: 0,
@@ -555,7 +558,7 @@ impl Client {
                         Flow::Go
                     }
                 },
-                _ = ping.tick() => self.send(&mut link, "ping", json!({}), Pending::Ping).await,
+                _ = ping.tick() => self.send(&mut link, &Request::Ping, Pending::Ping).await,
                 _ = sleep_until(linger.unwrap_or_else(Instant::now)), if linger.is_some() => {
                     Flow::Quit
                 }
@@ -599,22 +602,16 @@ impl Client {
         }
     }
 
-    fn reference(&mut self) -> u64 {
-        self.next_ref += 1;
-        self.next_ref
-    }
-
     fn client_id(&mut self) -> String {
         self.client_ids.1 += 1;
         format!("{:016x}-{}", self.client_ids.0, self.client_ids.1)
     }
 
     /// Sends a request whose reply the loop handles later.
-    async fn send(&mut self, link: &mut Link, op: &str, args: Value, pending: Pending) -> Flow {
-        let reference = self.reference();
-        if link.request(reference, op, args).await.is_err() {
+    async fn send(&mut self, link: &mut Link, request: &Request<'_>, pending: Pending) -> Flow {
+        let Ok(reference) = link.request(request).await else {
             return Flow::Lost;
-        }
+        };
         if matches!(pending, Pending::Step(_)) {
             self.outstanding += 1;
         }
@@ -625,10 +622,7 @@ impl Client {
     /// Acknowledges what has been shown, if anything is new.
     async fn ack(&mut self, link: &mut Link) -> Flow {
         match self.unacked.take() {
-            Some(seq) => {
-                self.send(link, "ack", json!({"seq": seq}), Pending::Ack)
-                    .await
-            }
+            Some(seq) => self.send(link, &ack(seq), Pending::Ack).await,
             None => Flow::Go,
         }
     }
@@ -642,20 +636,15 @@ impl Client {
                 let Some(seq) = self.unacked.take() else {
                     return;
                 };
-                let reference = self.reference();
-                if link
-                    .request(reference, "ack", json!({"seq": seq}))
-                    .await
-                    .is_err()
-                {
+                let Ok(reference) = link.request(&ack(seq)).await else {
                     return;
-                }
+                };
                 waiting = Some(reference);
             }
             let Ok(Some(frame)) = timeout_at(deadline, link.frames.recv()).await else {
                 return;
             };
-            if frame.get("re").is_some() && frame["ref"].as_u64() == waiting {
+            if frame.is_reply() && frame.reference() == waiting {
                 waiting = None;
             } else {
                 // Goaway or a lost connection make no difference now.
@@ -667,37 +656,22 @@ impl Client {
     /// The first connection: register if asked, log in with the password. Errors are fatal.
     async fn connect_first(&mut self) -> anyhow::Result<Link> {
         let addr = self.args.servers[0].clone();
-        let mut link = Link::open(&addr, 0).await?;
+        let mut client = open(&addr).await?;
         let name = self.args.name.clone();
         if self.args.register {
-            let reference = self.reference();
-            let reply = link
-                .call(
-                    reference,
-                    "register",
-                    json!({"name": name, "password": self.password}),
-                )
-                .await?;
-            if reply["ok"] != true {
-                bail!("registering {name} failed: {}", error_text(&reply));
-            }
-            self.status(format!(
-                "registered {name} (id {})",
-                reply["user"]["id"].as_u64().unwrap_or(0)
-            ));
+            let user = client
+                .register(&name, &self.password)
+                .await
+                .map_err(|e| anyhow!("registering {name} failed: {}", call_error(&addr, &e)))?
+                .user;
+            self.status(format!("registered {name} (id {})", user.id));
         }
-        let reference = self.reference();
-        let reply = link
-            .call(
-                reference,
-                "login",
-                json!({"name": name, "password": self.password}),
-            )
-            .await?;
-        if reply["ok"] != true {
-            bail!("login as {name} failed: {}", error_text(&reply));
-        }
-        self.logged_in(&reply);
+        let login = client
+            .login_password(&name, &self.password)
+            .await
+            .map_err(|e| anyhow!("login as {name} failed: {}", call_error(&addr, &e)))?;
+        self.logged_in(login);
+        let link = Link::new(client, &addr, 0);
         self.status(format!(
             "logged in as {} (id {}) at {} (node {})",
             self.me.name, self.me.id, link.addr, link.node
@@ -749,54 +723,45 @@ impl Client {
     /// One reconnect attempt: log in with the token, or with the password if it is refused.
     async fn relogin(&mut self, index: usize) -> Result<Link, Attempt> {
         let addr = self.args.servers[index].clone();
-        let mut link = Link::open(&addr, index).await.map_err(Attempt::Later)?;
-        let mut reply = Value::Null;
+        let mut client = open(&addr).await.map_err(Attempt::Later)?;
+        let mut result = Err(ClientError::Closed);
         if let Some(token) = self.token.clone() {
-            let reference = self.reference();
-            reply = link
-                .call(reference, "login", json!({"token": token}))
-                .await
-                .map_err(Attempt::Later)?;
+            result = client.login_token(&token).await;
         }
-        if reply["ok"] != true && (reply.is_null() || reply["error"]["code"] == "bad_credentials") {
-            let reference = self.reference();
-            let args = json!({"name": self.args.name, "password": self.password});
-            reply = link
-                .call(reference, "login", args)
-                .await
-                .map_err(Attempt::Later)?;
+        if matches!(&result, Err(e) if self.token.is_none() || e.code() == Some(Code::BadCredentials))
+        {
+            result = client.login_password(&self.args.name, &self.password).await;
         }
-        if reply["ok"] != true {
-            let e = anyhow!("login as {} failed: {}", self.args.name, error_text(&reply));
-            let code = reply["error"]["code"].as_str().unwrap_or("");
-            return Err(match code {
-                "unavailable" | "internal" | "rate_limited" | "too_many_sessions" => {
-                    Attempt::Later(e)
-                }
-                _ => Attempt::Never(e),
-            });
-        }
-        self.logged_in(&reply);
-        Ok(link)
+        let login = result.map_err(|e| {
+            let text = anyhow!(
+                "login as {} failed: {}",
+                self.args.name,
+                call_error(&addr, &e)
+            );
+            match e.code() {
+                // Refused for good (wrong credentials); anything else may pass later.
+                Some(
+                    Code::Unavailable | Code::Internal | Code::RateLimited | Code::TooManySessions,
+                )
+                | None => Attempt::Later(text),
+                Some(_) => Attempt::Never(text),
+            }
+        })?;
+        self.logged_in(login);
+        Ok(Link::new(client, &addr, index))
     }
 
     /// State from an ok login reply (the friend and group lists are the truth again).
-    fn logged_in(&mut self, reply: &Value) {
+    fn logged_in(&mut self, login: LoggedIn) {
         self.logins += 1;
         self.synced = false;
-        if let Ok(me) = serde_json::from_value::<UserRef>(reply["user"].clone()) {
-            self.learn(me.id, &me.name);
-            self.me = me;
-        }
-        if let Some(token) = reply["token"].as_str() {
-            self.token = Some(token.to_string());
-        }
-        let friends: Vec<Friend> =
-            serde_json::from_value(reply["friends"].clone()).unwrap_or_default();
-        for f in &friends {
+        self.learn(login.user.id, &login.user.name);
+        self.me = login.user;
+        self.token = Some(login.token);
+        for f in &login.friends {
             self.learn(f.id, &f.name);
         }
-        self.set_groups(&reply["groups"]);
+        self.set_groups(&login.groups);
     }
 
     /// After a reconnect: a send in flight is repeated (its `client_id` makes that safe);
@@ -815,10 +780,9 @@ impl Client {
         }
     }
 
-    fn set_groups(&mut self, groups: &Value) {
-        let groups: Vec<Group> = serde_json::from_value(groups.clone()).unwrap_or_default();
+    fn set_groups(&mut self, groups: &[Group]) {
         self.mine.clear();
-        for g in &groups {
+        for g in groups {
             self.learn_group(g);
         }
     }
@@ -973,48 +937,53 @@ impl Client {
                 client_id,
             } => match self.users.get(&to.to_ascii_lowercase()) {
                 Some(&id) => {
-                    let args = json!({"to": id, "text": text, "client_id": client_id});
+                    let req = Request::Send(SendArgs {
+                        to: id,
+                        text: text.into(),
+                        client_id: Some(client_id.into()),
+                    });
                     let step = Step::Send {
                         to: self.user_name(id),
                         text: text.clone(),
                     };
-                    self.send(link, "send", args, Pending::Step(step)).await
+                    self.send(link, &req, Pending::Step(step)).await
                 }
                 None => self.resolve(link, cmd, lookup).await,
             },
             Cmd::Add(name) => match self.users.get(&name.to_ascii_lowercase()) {
                 Some(&id) => {
                     let step = Pending::Step(Step::FriendAdd);
-                    self.send(link, "friend.add", json!({"user": id}), step)
+                    self.send(link, &Request::FriendAdd(UserArg { user: id }), step)
                         .await
                 }
                 None => self.resolve(link, cmd, lookup).await,
             },
             Cmd::Whois(name) => {
-                let args = json!({"name": name});
-                self.send(link, "whois", args, Pending::Step(Step::Whois))
-                    .await
+                let req = Request::Whois(WhoArgs {
+                    name: Some(name.into()),
+                    id: None,
+                });
+                self.send(link, &req, Pending::Step(Step::Whois)).await
             }
             Cmd::Friends => {
                 let step = Pending::Step(Step::Friends);
-                self.send(link, "friend.list", json!({}), step).await
+                self.send(link, &Request::FriendList, step).await
             }
             Cmd::Groups => {
                 let step = Pending::Step(Step::Groups);
-                self.send(link, "group.list", json!({}), step).await
+                self.send(link, &Request::GroupList, step).await
             }
             Cmd::Create { name, desc } => {
-                let mut args = json!({"name": name});
-                if let Some(desc) = desc {
-                    args["desc"] = json!(desc);
-                }
-                self.send(link, "group.create", args, Pending::Step(Step::Create))
-                    .await
+                let req = Request::GroupCreate(CreateArgs {
+                    name: name.into(),
+                    desc: desc.as_deref().map(Into::into),
+                });
+                self.send(link, &req, Pending::Step(Step::Create)).await
             }
             Cmd::Join(group) => match self.group_id(group) {
                 Some(id) => {
                     let step = Pending::Step(Step::Join);
-                    self.send(link, "group.join", json!({"group": id}), step)
+                    self.send(link, &Request::GroupJoin(GroupArg { group: id }), step)
                         .await
                 }
                 None => {
@@ -1028,7 +997,7 @@ impl Client {
             Cmd::Leave(group) => match self.group_id(group) {
                 Some(id) => {
                     let step = Pending::Step(Step::Leave(id));
-                    self.send(link, "group.leave", json!({"group": id}), step)
+                    self.send(link, &Request::GroupLeave(GroupArg { group: id }), step)
                         .await
                 }
                 None => self.refresh_groups(link, cmd, lookup).await,
@@ -1039,13 +1008,16 @@ impl Client {
                 client_id,
             } => match self.group_id(group) {
                 Some(id) => {
-                    let args = json!({"group": id, "text": text, "client_id": client_id});
+                    let req = Request::GroupSend(GroupSendArgs {
+                        group: id,
+                        text: text.into(),
+                        client_id: Some(client_id.into()),
+                    });
                     let step = Step::GroupSend {
                         group: id,
                         text: text.clone(),
                     };
-                    self.send(link, "group.send", args, Pending::Step(step))
-                        .await
+                    self.send(link, &req, Pending::Step(step)).await
                 }
                 None => self.refresh_groups(link, cmd, lookup).await,
             },
@@ -1053,7 +1025,7 @@ impl Client {
                 if let Flow::Lost = self.ack(link).await {
                     return Flow::Lost;
                 }
-                self.send(link, "logout", json!({}), Pending::Step(Step::Logout))
+                self.send(link, &Request::Logout, Pending::Step(Step::Logout))
                     .await
             }
             Cmd::Quit => Flow::Quit,
@@ -1075,8 +1047,11 @@ impl Client {
             self.error("no_such_user", &format!("unknown user {name}"));
             return Flow::Go;
         }
-        let args = json!({"name": name});
-        self.send(link, "whois", args, Pending::Step(Step::Resolve(cmd)))
+        let req = Request::Whois(WhoArgs {
+            name: Some(name.into()),
+            id: None,
+        });
+        self.send(link, &req, Pending::Step(Step::Resolve(cmd.clone())))
             .await
     }
 
@@ -1093,12 +1068,12 @@ impl Client {
             return Flow::Go;
         }
         let step = Pending::Step(Step::RefreshGroups(cmd));
-        self.send(link, "group.list", json!({}), step).await
+        self.send(link, &Request::GroupList, step).await
     }
 
-    async fn on_frame(&mut self, link: &mut Link, frame: Value) -> Flow {
-        if frame.get("re").is_some() {
-            let pending = frame["ref"].as_u64().and_then(|r| link.pending.remove(&r));
+    async fn on_frame(&mut self, link: &mut Link, frame: Frame) -> Flow {
+        if frame.is_reply() {
+            let pending = frame.reference().and_then(|r| link.pending.remove(&r));
             return match pending {
                 Some(Pending::Step(step)) => {
                     self.outstanding = self.outstanding.saturating_sub(1);
@@ -1111,11 +1086,9 @@ impl Client {
         self.on_event(&frame)
     }
 
-    async fn on_reply(&mut self, link: &mut Link, step: Step, reply: &Value) -> Flow {
-        if reply["ok"] != true {
-            let code = reply["error"]["code"].as_str().unwrap_or("error");
-            let message = reply["error"]["message"].as_str().unwrap_or("");
-            self.error(code, message);
+    async fn on_reply(&mut self, link: &mut Link, step: Step, reply: &Frame) -> Flow {
+        if let Some(e) = reply.error() {
+            self.error(e.code.as_str(), &e.message);
             return match step {
                 Step::Logout => Flow::Quit,
                 _ => Flow::Go,
@@ -1123,26 +1096,23 @@ impl Client {
         }
         match step {
             Step::Resolve(cmd) => {
-                if let Ok(user) = serde_json::from_value::<UserRef>(reply["user"].clone()) {
+                if let Ok(Whois { user }) = reply.reply() {
                     self.learn(user.id, &user.name);
                 }
                 return self.exec(link, cmd, false).await;
             }
             Step::RefreshGroups(cmd) => {
-                self.set_groups(&reply["groups"]);
+                if let Ok(Groups { groups }) = reply.reply() {
+                    self.set_groups(&groups);
+                }
                 return self.exec(link, cmd, false).await;
             }
             Step::Whois => {
-                let user = &reply["user"];
-                let name = user["name"].as_str().unwrap_or("?");
-                let id = user["id"].as_u64().unwrap_or(0);
-                self.learn(id, name);
-                let online = if user["online"] == true {
-                    "online"
-                } else {
-                    "offline"
-                };
-                self.status(format!("{name} (id {id}) is {online}"));
+                if let Ok(Whois { user }) = reply.reply() {
+                    self.learn(user.id, &user.name);
+                    let online = if user.online { "online" } else { "offline" };
+                    self.status(format!("{} (id {}) is {online}", user.name, user.id));
+                }
             }
             Step::Send { to, text } => {
                 let ts = self.sent(reply);
@@ -1154,14 +1124,14 @@ impl Client {
                 self.print(format!("{} {group} you: {}", clock(ts), clean(&text)));
             }
             Step::FriendAdd => {
-                if let Ok(f) = serde_json::from_value::<Friend>(reply["friend"].clone()) {
+                if let Ok(FriendReply { friend: f }) = reply.reply() {
                     self.learn(f.id, &f.name);
                     self.status(format!("now friends with {}", f.name));
                 }
             }
             Step::Friends => {
-                let friends: Vec<Friend> =
-                    serde_json::from_value(reply["friends"].clone()).unwrap_or_default();
+                let friends = reply.reply::<Friends>().map(|f| f.friends);
+                let friends = friends.unwrap_or_default();
                 for f in &friends {
                     self.learn(f.id, &f.name);
                 }
@@ -1175,29 +1145,30 @@ impl Client {
                 self.status(format!("friends: {}", or_none(&list)));
             }
             Step::Groups => {
-                self.set_groups(&reply["groups"]);
-                let groups: Vec<Group> =
-                    serde_json::from_value(reply["groups"].clone()).unwrap_or_default();
+                let groups = reply.reply::<Groups>().map(|g| g.groups);
+                let groups = groups.unwrap_or_default();
+                self.set_groups(&groups);
                 let list: Vec<String> = groups
                     .iter()
                     .map(|g| format!("#{} (id {}, {} members)", g.name, g.id, g.members.len()))
                     .collect();
                 self.status(format!("groups: {}", or_none(&list)));
             }
-            Step::Create | Step::Join => {
-                if let Ok(g) = serde_json::from_value::<Group>(reply["group"].clone()) {
+            Step::Create => {
+                if let Ok(GroupReply { group: g }) = reply.reply() {
                     self.learn_group(&g);
-                    let what = if reply["re"] == "group.create" {
-                        format!("created #{} (id {})", g.name, g.id)
-                    } else {
-                        format!(
-                            "joined #{} (id {}, {} members)",
-                            g.name,
-                            g.id,
-                            g.members.len()
-                        )
-                    };
-                    self.status(what);
+                    self.status(format!("created #{} (id {})", g.name, g.id));
+                }
+            }
+            Step::Join => {
+                if let Ok(GroupReply { group: g }) = reply.reply() {
+                    self.learn_group(&g);
+                    self.status(format!(
+                        "joined #{} (id {}, {} members)",
+                        g.name,
+                        g.id,
+                        g.members.len()
+                    ));
                 }
             }
             Step::Leave(id) => {
@@ -1215,97 +1186,78 @@ impl Client {
 
     /// Notes an own sent message (its copy in the own inbox is acknowledged with the next
     /// batch and dropped if it comes back); returns its time stamp.
-    fn sent(&mut self, reply: &Value) -> u64 {
-        let msg = &reply["msg"];
-        if let Some(id) = msg["id"].as_str() {
-            self.seen.insert(id);
+    fn sent(&mut self, reply: &Frame) -> u64 {
+        match reply.reply::<SendReply>() {
+            Ok(SendReply { msg }) => {
+                self.seen.insert(&msg.id);
+                self.unacked = Some(msg.seq);
+                msg.ts
+            }
+            Err(_) => now_ms(),
         }
-        if let Some(seq) = msg["seq"].as_str() {
-            self.unacked = Some(seq.to_string());
-        }
-        msg["ts"].as_u64().unwrap_or_else(now_ms)
     }
 
-    fn on_event(&mut self, frame: &Value) -> Flow {
-        let user = || serde_json::from_value::<UserRef>(frame["user"].clone()).ok();
+    fn on_event(&mut self, frame: &Frame) -> Flow {
         let now = clock(now_ms());
-        match frame["event"].as_str().unwrap_or("") {
-            "message" => {
-                let (Some(seq), Ok(msg)) = (
-                    frame["seq"].as_str(),
-                    serde_json::from_value::<Message>(frame["msg"].clone()),
-                ) else {
-                    return Flow::Go;
-                };
-                self.unacked = Some(seq.to_string());
+        // Unknown events, and events that do not read as their type, are skipped.
+        let Ok(event) = frame.event() else {
+            return Flow::Go;
+        };
+        match event {
+            Event::Message { seq, msg } => {
+                self.unacked = Some(seq);
                 self.show(msg);
             }
-            "synced" => {
+            Event::Synced { unread } => {
                 self.synced = true;
                 if self.logins == 1 {
-                    let unread = frame["unread"].as_u64().unwrap_or(0);
                     self.status(format!("synced, {unread} unread"));
                 }
             }
-            "presence" => {
-                if let Some(u) = user() {
-                    self.learn(u.id, &u.name);
-                    let online = if frame["user"]["online"] == true {
-                        "online"
-                    } else {
-                        "offline"
-                    };
-                    self.print(format!("{now} * {} is {online}", u.name));
-                }
+            Event::Presence { user } => {
+                self.learn(user.id, &user.name);
+                let online = if user.online { "online" } else { "offline" };
+                self.print(format!("{now} * {} is {online}", user.name));
             }
-            "friend_added" => {
-                if let Ok(f) = serde_json::from_value::<Friend>(frame["friend"].clone()) {
-                    self.learn(f.id, &f.name);
-                    self.print(format!("{now} * now friends with {}", f.name));
-                }
+            Event::FriendAdded { friend: f } => {
+                self.learn(f.id, &f.name);
+                self.print(format!("{now} * now friends with {}", f.name));
             }
-            "friend_removed" => {
-                if let Some(u) = user() {
-                    self.print(format!("{now} * no longer friends with {}", u.name));
-                }
+            Event::FriendRemoved { user } => {
+                self.print(format!("{now} * no longer friends with {}", user.name));
             }
-            kind @ ("member_joined" | "member_left") => {
-                let (Some(u), Some(gid), Some(gname)) = (
-                    user(),
-                    frame["group"]["id"].as_u64(),
-                    frame["group"]["name"].as_str(),
-                ) else {
-                    return Flow::Go;
-                };
-                self.learn(u.id, &u.name);
-                self.groups.insert(gid, gname.to_string());
-                let joined = kind == "member_joined";
-                let who = if u.id == self.me.id {
-                    if joined {
-                        self.mine.insert(gid);
-                    } else {
-                        self.mine.remove(&gid);
-                    }
-                    "[you@other device]".to_string()
-                } else {
-                    u.name
-                };
-                let verb = if joined { "joined" } else { "left" };
-                self.print(format!("{now} * {who} {verb} #{gname}"));
-            }
-            "goaway" => {
-                let ms = frame["reconnect_after_ms"].as_u64().unwrap_or(0);
-                let after = Duration::from_millis(ms).min(GOAWAY_MAX);
-                let reason = clean(frame["reason"].as_str().unwrap_or("draining"));
+            Event::MemberJoined { group, user } => self.membership(&now, group, user, true),
+            Event::MemberLeft { group, user } => self.membership(&now, group, user, false),
+            Event::Goaway {
+                reason,
+                reconnect_after_ms,
+            } => {
+                let after = Duration::from_millis(reconnect_after_ms).min(GOAWAY_MAX);
+                let reason = clean(&reason);
                 return Flow::GoAway { after, reason };
             }
-            "error" => {
-                let code = frame["error"]["code"].as_str().unwrap_or("error");
-                self.error(code, frame["error"]["message"].as_str().unwrap_or(""));
-            }
-            _ => {}
+            Event::Error { error } => self.error(error.code.as_str(), &error.message),
+            Event::Hello { .. } | Event::Unknown => {}
         }
         Flow::Go
+    }
+
+    /// A `member_joined` (`joined`) or `member_left` event.
+    fn membership(&mut self, now: &str, group: GroupRef, user: UserRef, joined: bool) {
+        self.learn(user.id, &user.name);
+        self.groups.insert(group.id, group.name.clone());
+        let who = if user.id == self.me.id {
+            if joined {
+                self.mine.insert(group.id);
+            } else {
+                self.mine.remove(&group.id);
+            }
+            "[you@other device]".to_string()
+        } else {
+            user.name
+        };
+        let verb = if joined { "joined" } else { "left" };
+        self.print(format!("{now} * {who} {verb} #{}", group.name));
     }
 
     /// Prints a message unless it has been shown already.
@@ -1336,10 +1288,11 @@ impl Client {
     }
 }
 
-fn error_text(reply: &Value) -> String {
-    let code = reply["error"]["code"].as_str().unwrap_or("error");
-    let message = reply["error"]["message"].as_str().unwrap_or("");
-    format!("{code}: {}", clean(message))
+/// An `ack` request for `seq`.
+fn ack(seq: Seq) -> Request<'static> {
+    Request::Ack(AckArgs {
+        seq: seq.to_string().into(),
+    })
 }
 
 fn or_none(list: &[String]) -> String {

@@ -6,6 +6,11 @@
 //! Every bench message carries `bench <key> <sent µs>` as text, where `key` is unique per
 //! (sender, message); receivers record keys, senders record the keys the server acknowledged,
 //! so "lost" is exactly the acknowledged keys that never arrived.
+//!
+//! Connections are the library's ([`crate::client`]): typed calls for the set-up, and the
+//! [`Reader`]/[`Writer`] halves with `window` requests in flight in the measured loop, where
+//! a delivery is read into a borrowed struct (its `seq` and `text` only) to keep the load
+//! generator light: it shares the machine with the servers it measures.
 
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
@@ -14,14 +19,20 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use std::borrow::Cow;
+use std::collections::VecDeque;
+
 use anyhow::{Context, bail};
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::tcp::OwnedReadHalf;
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::Semaphore;
+
+use crate::client::{Backoff, Client, ClientError, Frame, FrameKind, Options, Reader};
+use crate::error::Code;
+use crate::protocol::{AckArgs, Event, GroupSendArgs, Request, SendArgs, Seq};
 
 /// Password of every bench user.
 const BENCH_PASSWORD: &str = "bench-password";
@@ -298,103 +309,85 @@ fn cpu_report(args: &BenchArgs, w: &Window) -> anyhow::Result<Option<Value>> {
     Ok(Some(out))
 }
 
-/// A line-based protocol connection.
-struct Conn {
-    rd: BufReader<OwnedReadHalf>,
-    wr: OwnedWriteHalf,
+/// A connection to a node (the library's client).
+type Conn = Client;
+
+/// Opens a connection from `source` (if given) and reads `hello`.
+async fn open(addr: SocketAddr, source: Option<IpAddr>) -> anyhow::Result<Conn> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    if let Some(ip) = source {
+        socket.bind(SocketAddr::new(ip, 0))?;
+    }
+    let stream: TcpStream = socket
+        .connect(addr)
+        .await
+        .with_context(|| format!("connecting {addr}"))?;
+    stream.set_nodelay(true)?;
+    let options = Options {
+        connect_timeout: SETUP_TIMEOUT,
+        reply_timeout: SETUP_TIMEOUT,
+        ..Options::default()
+    };
+    Ok(Client::handshake(stream, options).await?)
 }
 
-impl Conn {
-    async fn open(addr: SocketAddr, source: Option<IpAddr>) -> anyhow::Result<Conn> {
-        let socket = if addr.is_ipv4() {
-            TcpSocket::new_v4()?
-        } else {
-            TcpSocket::new_v6()?
-        };
-        if let Some(ip) = source {
-            socket.bind(SocketAddr::new(ip, 0))?;
-        }
-        let stream: TcpStream = socket
-            .connect(addr)
+/// Logs in with a token and reads through `synced`, handing the text of each backlog
+/// message to `record`.
+async fn token_login_recording(
+    c: &mut Conn,
+    token: &str,
+    mut record: impl FnMut(&str),
+) -> anyhow::Result<()> {
+    c.login_token(token).await.context("token login failed")?;
+    loop {
+        let frame = tokio::time::timeout(SETUP_TIMEOUT, c.next_frame())
             .await
-            .with_context(|| format!("connecting {addr}"))?;
-        stream.set_nodelay(true)?;
-        let (rd, wr) = stream.into_split();
-        let mut conn = Conn {
-            rd: BufReader::new(rd),
-            wr,
-        };
-        let hello = conn.frame().await?;
-        if hello["event"] != "hello" {
-            bail!("expected hello, got {hello}");
-        }
-        Ok(conn)
-    }
-
-    async fn frame(&mut self) -> anyhow::Result<Value> {
-        let mut line = String::new();
-        let n = tokio::time::timeout(SETUP_TIMEOUT, self.rd.read_line(&mut line))
-            .await
-            .context("timed out waiting for the server")??;
-        if n == 0 {
-            bail!("connection closed");
-        }
-        Ok(serde_json::from_str(&line)?)
-    }
-
-    /// Sends a request and returns its reply (events before it are skipped).
-    async fn req(&mut self, v: Value) -> anyhow::Result<Value> {
-        let mut line = serde_json::to_vec(&v)?;
-        line.push(b'\n');
-        self.wr.write_all(&line).await?;
-        loop {
-            let f = self.frame().await?;
-            if f.get("re").is_some() {
-                return Ok(f);
+            .context("timed out waiting for the server")??
+            .context("connection closed")?;
+        match frame.kind() {
+            FrameKind::Event("message") => {
+                if let Ok(d) = frame.parse_as::<Delivery>() {
+                    record(&d.msg.text);
+                }
             }
+            FrameKind::Event("synced") => return Ok(()),
+            _ => {}
         }
     }
+}
 
-    /// Logs in with a token and reads through `synced`, handing each backlog line to `record`.
-    async fn token_login_recording(
-        &mut self,
-        token: &str,
-        mut record: impl FnMut(&str),
-    ) -> anyhow::Result<()> {
-        let mut line = serde_json::to_vec(&json!({"op": "login", "token": token}))?;
-        line.push(b'\n');
-        self.wr.write_all(&line).await?;
-        let mut text = String::new();
-        loop {
-            text.clear();
-            let n = tokio::time::timeout(SETUP_TIMEOUT, self.rd.read_line(&mut text))
-                .await
-                .context("timed out waiting for the server")??;
-            if n == 0 {
-                bail!("connection closed");
-            }
-            if text.starts_with("{\"event\":\"message\"") {
-                record(&text);
-            } else if text.starts_with("{\"re\":\"login\"") && !text.contains("\"ok\":true") {
-                bail!("token login failed: {}", text.trim());
-            } else if text.starts_with("{\"event\":\"synced\"") {
-                return Ok(());
-            }
-        }
-    }
+/// Logs in with a token and reads through `synced`.
+async fn token_login(c: &mut Conn, token: &str) -> anyhow::Result<()> {
+    token_login_recording(c, token, |_| {}).await
+}
 
-    /// Logs in with a token and reads through `synced`.
-    async fn token_login(&mut self, token: &str) -> anyhow::Result<()> {
-        let r = self.req(json!({"op": "login", "token": token})).await?;
-        if r["ok"] != true {
-            bail!("token login failed: {r}");
-        }
-        loop {
-            if self.frame().await?["event"] == "synced" {
-                return Ok(());
-            }
-        }
-    }
+/// What the bench reads of a `message` event: borrowed, everything else skipped unparsed.
+#[derive(Deserialize)]
+struct Delivery<'a> {
+    seq: Seq,
+    #[serde(borrow)]
+    msg: DeliveredText<'a>,
+}
+
+#[derive(Deserialize)]
+struct DeliveredText<'a> {
+    #[serde(borrow)]
+    text: Cow<'a, str>,
+}
+
+/// What the bench reads of an ok `send` reply: the own copy's `seq`.
+#[derive(Deserialize)]
+struct SentSeq {
+    msg: SeqOnly,
+}
+
+#[derive(Deserialize)]
+struct SeqOnly {
+    seq: Seq,
 }
 
 fn source_ip(args: &BenchArgs, i: usize) -> Option<IpAddr> {
@@ -431,33 +424,30 @@ async fn users(args: &BenchArgs, n: usize) -> anyhow::Result<Vec<BenchUser>> {
             args.prefix.clone(),
         );
         tasks.push(tokio::spawn(async move {
-            let mut conn = Conn::open(addr, None).await?;
+            let mut conn = open(addr, None).await?;
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed) as usize;
                 if i >= n {
                     return anyhow::Ok(());
                 }
                 let name = format!("{prefix}_{i}");
-                let r = conn
-                    .req(json!({"op": "register", "name": name, "password": BENCH_PASSWORD}))
-                    .await?;
-                if r["ok"] != true && r["error"]["code"] != "name_taken" {
-                    bail!("register {name}: {r}");
+                match conn.register(&name, BENCH_PASSWORD).await {
+                    Ok(_) => {}
+                    Err(e) if e.code() == Some(Code::NameTaken) => {}
+                    Err(e) => bail!("register {name}: {e}"),
                 }
-                let r = conn
-                    .req(json!({"op": "login", "name": name, "password": BENCH_PASSWORD}))
-                    .await?;
-                if r["ok"] != true {
-                    bail!("login {name}: {r}");
-                }
+                let login = conn
+                    .login_password(&name, BENCH_PASSWORD)
+                    .await
+                    .with_context(|| format!("login {name}"))?;
                 let user = BenchUser {
                     name,
-                    id: r["user"]["id"].as_u64().unwrap_or(0),
-                    token: r["token"].as_str().unwrap_or_default().to_string(),
+                    id: login.user.id,
+                    token: login.token,
                 };
                 made.lock().unwrap().push((i, user));
                 // Closing (not logging out) keeps the token valid; the next user needs a fresh connection.
-                conn = Conn::open(addr, None).await?;
+                conn = open(addr, None).await?;
             }
         }));
     }
@@ -490,8 +480,8 @@ async fn connect_all(args: &BenchArgs, users: &[BenchUser]) -> anyhow::Result<Ve
         );
         tasks.push(tokio::spawn(async move {
             let _p = sem.acquire_owned().await?;
-            let mut c = Conn::open(addr, source).await?;
-            c.token_login(&token).await?;
+            let mut c = open(addr, source).await?;
+            token_login(&mut c, &token).await?;
             anyhow::Ok(c)
         }));
     }
@@ -610,14 +600,14 @@ impl Tally {
         self.started.elapsed().as_micros() as u64
     }
 
-    /// Records a received bench message line for recipient `me`; `session` holds the keys this
-    /// connection has seen (a repeat within one session is a duplicate, across sessions a
-    /// permitted redelivery).
-    fn receive(&self, me: usize, line: &str, session: &mut HashSet<u64>) {
-        let Some(rest) = line.split_once("\"text\":\"bench ").map(|(_, r)| r) else {
+    /// Records a received bench message (its text) for recipient `me`; `session` holds the
+    /// keys this connection has seen (a repeat within one session is a duplicate, across
+    /// sessions a permitted redelivery).
+    fn receive(&self, me: usize, text: &str, session: &mut HashSet<u64>) {
+        let Some(rest) = text.strip_prefix("bench ") else {
             return;
         };
-        let mut parts = rest.split([' ', '"']);
+        let mut parts = rest.split(' ');
         let (Some(run), Some(key), Some(sent)) = (parts.next(), parts.next(), parts.next()) else {
             return;
         };
@@ -643,11 +633,10 @@ impl Tally {
         }
     }
 
-    fn error(&self, line: &str) {
-        let code = serde_json::from_str::<Value>(line)
-            .ok()
-            .and_then(|v| v["error"]["code"].as_str().map(String::from))
-            .unwrap_or_else(|| "unparsed".into());
+    fn error(&self, reply: &Frame) {
+        let code = reply
+            .error()
+            .map_or_else(|| "unparsed".into(), |e| e.code.as_str().to_string());
         *self.errors.lock().unwrap().entry(code).or_default() += 1;
     }
 
@@ -691,75 +680,94 @@ impl Tally {
     }
 }
 
-/// What a bench client sends: a request builder (recipient index, request), the open-loop
-/// rate of this client (0 = closed loop) and the closed-loop window.
-type SendPlan = (Arc<dyn Fn(u64) -> (usize, Value) + Send + Sync>, f64, usize);
+/// Where a bench message goes.
+#[derive(Debug, Clone, Copy)]
+enum Dest {
+    /// A user, by id.
+    User(u64),
+    /// A group, by id.
+    Group(u64),
+}
+
+/// What a bench client sends: a destination chooser (key to recipient index and
+/// destination), the open-loop rate of this client (0 = closed loop) and the closed-loop
+/// window.
+type SendPlan = (Arc<dyn Fn(u64) -> (usize, Dest) + Send + Sync>, f64, usize);
 
 /// From a connection's reader to its client task.
 enum Inbound {
     /// A reply (replies come in request order); true when ok.
-    Reply(bool, String),
+    Reply(bool, Frame),
     /// Acknowledge up to this seq.
-    Ack(String),
+    Ack(Seq),
     /// The server is draining: reconnect after this many ms.
     Goaway(u64),
     /// The connection is gone.
     Closed,
 }
 
-/// Reads one connection: records messages, forwards replies and lifecycle events.
+/// Reads one connection (`kept`: frames read during the login, first): records messages,
+/// forwards replies and lifecycle events.
 fn spawn_reader(
     me: usize,
-    mut rd: BufReader<OwnedReadHalf>,
+    mut rd: Reader<OwnedReadHalf>,
+    kept: VecDeque<Frame>,
     tally: Arc<Tally>,
     tx: tokio::sync::mpsc::UnboundedSender<Inbound>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut session = HashSet::new();
-        let mut line = String::new();
+        let mut kept = kept.into_iter();
         // The newest seq this session was given: by a message or by the reply to its own send.
         // Acknowledging own sends' seqs too is what a real client does (protocol guarantee 8
         // makes it safe); a server that broke the guarantee shows up here as lost messages.
-        let mut latest: Option<String> = None;
+        let mut latest: Option<Seq> = None;
         let mut unacked = 0;
-        let seq_of = |line: &str| {
-            line.split_once("\"seq\":\"")
-                .and_then(|(_, r)| r.split('"').next())
-                .map(str::to_string)
-        };
         loop {
-            line.clear();
-            match rd.read_line(&mut line).await {
-                Ok(0) | Err(_) => {
-                    let _ = tx.send(Inbound::Closed);
-                    return;
+            let frame = match kept.next() {
+                Some(frame) => frame,
+                None => match rd.next_frame().await {
+                    Ok(Some(frame)) => frame,
+                    Err(ClientError::Protocol(_)) => continue,
+                    Ok(None) | Err(_) => {
+                        let _ = tx.send(Inbound::Closed);
+                        return;
+                    }
+                },
+            };
+            match frame.kind() {
+                FrameKind::Event("message") => {
+                    if let Ok(d) = frame.parse_as::<Delivery>() {
+                        tally.receive(me, &d.msg.text, &mut session);
+                        latest = Some(d.seq);
+                        unacked += 1;
+                    }
                 }
-                Ok(_) => {}
-            }
-            if line.starts_with("{\"event\":\"message\"") {
-                tally.receive(me, &line, &mut session);
-                latest = seq_of(&line).or(latest);
-                unacked += 1;
-            } else if line.starts_with("{\"re\":") {
-                let ok = line.contains("\"ok\":true");
-                let send = line.starts_with("{\"re\":\"send\"")
-                    || line.starts_with("{\"re\":\"group.send\"");
-                if ok && send {
-                    latest = seq_of(&line).or(latest);
-                    unacked += 1;
+                FrameKind::Reply { re, ok, .. } => {
+                    if ok
+                        && (re == "send" || re == "group.send")
+                        && let Ok(s) = frame.parse_as::<SentSeq>()
+                    {
+                        latest = Some(s.msg.seq);
+                        unacked += 1;
+                    }
+                    let _ = tx.send(Inbound::Reply(ok, frame));
                 }
-                let _ = tx.send(Inbound::Reply(ok, line.clone()));
-            } else if line.starts_with("{\"event\":\"goaway\"") {
-                // Acknowledge everything seen before leaving, as the bundled client does.
-                if let Some(seq) = latest.take() {
-                    let _ = tx.send(Inbound::Ack(seq));
+                FrameKind::Event("goaway") => {
+                    // Acknowledge everything seen before leaving, as the bundled client does.
+                    if let Some(seq) = latest.take() {
+                        let _ = tx.send(Inbound::Ack(seq));
+                    }
+                    let after = match frame.event() {
+                        Ok(Event::Goaway {
+                            reconnect_after_ms, ..
+                        }) => reconnect_after_ms,
+                        _ => 0,
+                    };
+                    let _ = tx.send(Inbound::Goaway(after));
+                    continue;
                 }
-                let after = serde_json::from_str::<Value>(&line)
-                    .ok()
-                    .and_then(|v| v["reconnect_after_ms"].as_u64())
-                    .unwrap_or(0);
-                let _ = tx.send(Inbound::Goaway(after));
-                continue;
+                FrameKind::Event(_) => {}
             }
             // Acknowledge now and then, so a reconnect replays little.
             if unacked >= 64
@@ -814,11 +822,11 @@ fn spawn_client(
                     .fetch_max(at.elapsed().as_micros() as u64, Ordering::Relaxed);
             }
             tally.connected.fetch_add(1, Ordering::Relaxed);
-            let Conn { rd, mut wr } = c;
+            let (rd, mut wr, kept) = c.into_parts();
             let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-            let reader = spawn_reader(me, rd, tally.clone(), tx);
+            let reader = spawn_reader(me, rd, kept, tally.clone(), tx);
             // Requests awaiting replies, in order: Some((recipient, key)) for sends, None for acks.
-            let mut inflight: std::collections::VecDeque<Option<(usize, u64)>> = Default::default();
+            let mut inflight: VecDeque<Option<(usize, u64)>> = VecDeque::new();
             let mut sends_in_flight = 0usize;
             let mut wait = 0u64;
             loop {
@@ -829,7 +837,7 @@ fn spawn_client(
                 tokio::select! {
                     biased;
                     ev = rx.recv() => match ev {
-                        Some(Inbound::Reply(ok, line)) => if let Some(Some((to, key))) = inflight.pop_front() {
+                        Some(Inbound::Reply(ok, reply)) => if let Some(Some((to, key))) = inflight.pop_front() {
                             sends_in_flight -= 1;
                             if tally.frozen.load(Ordering::Acquire) {
                                 // The run is being accounted: this send counts neither way.
@@ -845,13 +853,13 @@ fn spawn_client(
                                     }
                                 }
                             } else {
-                                tally.error(&line);
+                                tally.error(&reply);
                             }
                         },
                         Some(Inbound::Ack(seq)) => {
-                            let req = format!("{{\"op\":\"ack\",\"seq\":\"{seq}\"}}\n");
+                            let seq = seq.to_string();
                             inflight.push_back(None);
-                            if wr.write_all(req.as_bytes()).await.is_err() {
+                            if wr.send(&Request::Ack(AckArgs { seq: seq.into() })).await.is_err() {
                                 break;
                             }
                         }
@@ -872,14 +880,24 @@ fn spawn_client(
                     };
                     n += 1;
                     let key = ((me as u64) << 32) | n;
-                    let (to, mut req) = make(key);
-                    req["text"] = json!(tally.text(key));
-                    let mut bytes = serde_json::to_vec(&req).unwrap_or_default();
-                    bytes.push(b'\n');
+                    let (to, dest) = make(key);
+                    let text = tally.text(key);
+                    let req = match dest {
+                        Dest::User(to) => Request::Send(SendArgs {
+                            to,
+                            text: text.into(),
+                            client_id: None,
+                        }),
+                        Dest::Group(group) => Request::GroupSend(GroupSendArgs {
+                            group,
+                            text: text.into(),
+                            client_id: None,
+                        }),
+                    };
                     inflight.push_back(Some((to, key)));
                     sends_in_flight += 1;
                     tally.sent.fetch_add(1, Ordering::Relaxed);
-                    if wr.write_all(&bytes).await.is_err() {
+                    if wr.send(&req).await.is_err() {
                         break;
                     }
                 }
@@ -893,7 +911,8 @@ fn spawn_client(
     })
 }
 
-/// Reconnects and logs in with the token (bounded retries); backlog messages are recorded.
+/// Reconnects and logs in with the token (bounded retries, jittered back-off); backlog
+/// messages are recorded.
 async fn relogin(
     addr: SocketAddr,
     source: Option<IpAddr>,
@@ -901,21 +920,23 @@ async fn relogin(
     me: usize,
     tally: &Tally,
 ) -> Option<Conn> {
-    let mut delay = Duration::from_millis(50);
-    for _ in 0..60 {
+    let backoff = Backoff {
+        first: Duration::from_millis(100),
+        max: Duration::from_secs(1),
+    };
+    for attempt in 0..60 {
         if let Ok(Ok(mut c)) =
-            tokio::time::timeout(Duration::from_secs(5), Conn::open(addr, source)).await
+            tokio::time::timeout(Duration::from_secs(5), open(addr, source)).await
         {
             let mut session = HashSet::new();
-            if c.token_login_recording(token, |line| tally.receive(me, line, &mut session))
+            if token_login_recording(&mut c, token, |text| tally.receive(me, text, &mut session))
                 .await
                 .is_ok()
             {
                 return Some(c);
             }
         }
-        tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(Duration::from_secs(1));
+        tokio::time::sleep(backoff.delay(attempt)).await;
     }
     None
 }
@@ -1015,13 +1036,13 @@ async fn chat(args: &BenchArgs) -> anyhow::Result<Value> {
     for (me, conn) in conns.into_iter().enumerate() {
         let ids = ids.clone();
         let n = ids.len();
-        let make: Arc<dyn Fn(u64) -> (usize, Value) + Send + Sync> = Arc::new(move |key| {
+        let make: Arc<dyn Fn(u64) -> (usize, Dest) + Send + Sync> = Arc::new(move |key| {
             // A cheap, well-spread choice of another client.
             let mut to = (key.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 33) as usize % (n - 1);
             if to >= me {
                 to += 1;
             }
-            (to, json!({"op": "send", "to": ids[to], "text": ""}))
+            (to, Dest::User(ids[to]))
         });
         handles.push(spawn_client(
             me,
@@ -1062,15 +1083,14 @@ async fn group(args: &BenchArgs) -> anyhow::Result<Value> {
     let users = users(args, args.clients).await?;
     let mut conns = connect_all(args, &users).await?;
     let gname = format!("{}_g{}", args.prefix, rand::random::<u32>() % 1_000_000);
-    let r = conns[0]
-        .req(json!({"op": "group.create", "name": gname}))
-        .await?;
-    let gid = r["group"]["id"].as_u64().context("group.create failed")?;
+    let gid = conns[0]
+        .group_create(&gname, None)
+        .await
+        .context("group.create failed")?
+        .group
+        .id;
     for c in conns.iter_mut().skip(1) {
-        let r = c.req(json!({"op": "group.join", "group": gid})).await?;
-        if r["ok"] != true {
-            bail!("group.join: {r}");
-        }
+        c.group_join(gid).await.context("group.join")?;
     }
     let members = users.len();
     let tally = Tally::new(members);
@@ -1082,8 +1102,8 @@ async fn group(args: &BenchArgs) -> anyhow::Result<Value> {
     let mut handles = Vec::new();
     for (me, conn) in conns.into_iter().enumerate() {
         let send = (me < args.senders).then(|| {
-            let make: Arc<dyn Fn(u64) -> (usize, Value) + Send + Sync> =
-                Arc::new(move |_| (0, json!({"op": "group.send", "group": gid, "text": ""})));
+            let make: Arc<dyn Fn(u64) -> (usize, Dest) + Send + Sync> =
+                Arc::new(move |_| (0, Dest::Group(gid)));
             (make, per_sender_rate, args.window)
         });
         handles.push(spawn_client(
@@ -1134,18 +1154,18 @@ async fn logins(args: &BenchArgs) -> anyhow::Result<Value> {
             tasks.push(tokio::spawn(async move {
                 let u = &users[w % users.len()];
                 while !stop.load(Ordering::Relaxed) {
-                    let Ok(mut c) = Conn::open(addr, source).await else {
+                    let Ok(mut c) = open(addr, source).await else {
                         failed.fetch_add(1, Ordering::Relaxed);
                         continue;
                     };
-                    let req = if method == "password" {
-                        json!({"op": "login", "name": u.name, "password": BENCH_PASSWORD})
+                    let login = if method == "password" {
+                        c.login_password(&u.name, BENCH_PASSWORD).await
                     } else {
-                        json!({"op": "login", "token": u.token})
+                        c.login_token(&u.token).await
                     };
-                    match c.req(req).await {
-                        Ok(r) if r["ok"] == true => done.fetch_add(1, Ordering::Relaxed),
-                        _ => failed.fetch_add(1, Ordering::Relaxed),
+                    match login {
+                        Ok(_) => done.fetch_add(1, Ordering::Relaxed),
+                        Err(_) => failed.fetch_add(1, Ordering::Relaxed),
                     };
                 }
             }));
@@ -1210,13 +1230,10 @@ async fn signup(args: &BenchArgs) -> anyhow::Result<Value> {
     let register_secs = fan_out(args.clients, n, move |i| {
         let (name, addr) = (format!("{p}_{i}"), a[i % a.len()]);
         async move {
-            let mut c = Conn::open(addr, None).await?;
-            let r = c
-                .req(json!({"op": "register", "name": name, "password": BENCH_PASSWORD}))
-                .await?;
-            if r["ok"] != true {
-                bail!("register {name}: {r}");
-            }
+            let mut c = open(addr, None).await?;
+            c.register(&name, BENCH_PASSWORD)
+                .await
+                .with_context(|| format!("register {name}"))?;
             Ok(())
         }
     })
@@ -1225,13 +1242,10 @@ async fn signup(args: &BenchArgs) -> anyhow::Result<Value> {
     let login_secs = fan_out(args.clients, n, move |i| {
         let (name, addr) = (format!("{prefix}_{i}"), addrs[i % addrs.len()]);
         async move {
-            let mut c = Conn::open(addr, None).await?;
-            let r = c
-                .req(json!({"op": "login", "name": name, "password": BENCH_PASSWORD}))
-                .await?;
-            if r["ok"] != true {
-                bail!("login {name}: {r}");
-            }
+            let mut c = open(addr, None).await?;
+            c.login_password(&name, BENCH_PASSWORD)
+                .await
+                .with_context(|| format!("login {name}"))?;
             Ok(())
         }
     })
@@ -1258,30 +1272,33 @@ async fn backlog(args: &BenchArgs) -> anyhow::Result<Value> {
     let (to, from) = (&users[0], &users[1]);
     let addr = args.addrs[0];
     // Whatever an earlier run left unread stays in the backlog; count what arrives instead.
-    let mut sender = Conn::open(addr, None).await?;
-    sender.token_login(&from.token).await?;
+    let mut sender = open(addr, None).await?;
+    token_login(&mut sender, &from.token).await?;
     let mut sent = 0;
     while sent < args.count {
         let batch = PIPELINE.min(args.count - sent);
-        let mut lines = Vec::new();
         for k in 0..batch {
             let text = format!("backlog {} {}", sent + k, "x".repeat(64));
-            lines.extend(serde_json::to_vec(
-                &json!({"op": "send", "to": to.id, "text": text}),
-            )?);
-            lines.push(b'\n');
+            let req = Request::Send(SendArgs {
+                to: to.id,
+                text: text.into(),
+                client_id: None,
+            });
+            sender.send_request(&req).await?;
         }
-        sender.wr.write_all(&lines).await?;
         for _ in 0..batch {
             let r = loop {
-                let f = sender.frame().await?;
-                if f.get("re").is_some() {
+                let f = tokio::time::timeout(SETUP_TIMEOUT, sender.next_frame())
+                    .await
+                    .context("timed out waiting for the server")??
+                    .context("connection closed")?;
+                if f.is_reply() {
                     break f;
                 }
             };
-            if r["ok"] != true {
+            if let Some(e) = r.error() {
                 bail!(
-                    "send: {r} (start the node with a high SWITCHBOARD_SEND_RATE_PER_SEC / _BURST)"
+                    "send: {e} (start the node with a high SWITCHBOARD_SEND_RATE_PER_SEC / _BURST)"
                 );
             }
         }
@@ -1300,8 +1317,8 @@ async fn backlog(args: &BenchArgs) -> anyhow::Result<Value> {
             args.addrs[w % args.addrs.len()],
         );
         tasks.push(tokio::spawn(async move {
-            let mut c = Conn::open(addr, None).await?;
-            c.token_login_recording(&token, |_| {
+            let mut c = open(addr, None).await?;
+            token_login_recording(&mut c, &token, |_| {
                 received.fetch_add(1, Ordering::Relaxed);
             })
             .await
@@ -1329,24 +1346,23 @@ async fn backlog(args: &BenchArgs) -> anyhow::Result<Value> {
 async fn groupview(args: &BenchArgs) -> anyhow::Result<Value> {
     let users = Arc::new(users(args, args.count.max(2)).await?);
     let addr = args.addrs[0];
-    let mut owner = Conn::open(addr, None).await?;
-    owner.token_login(&users[0].token).await?;
+    let mut owner = open(addr, None).await?;
+    token_login(&mut owner, &users[0].token).await?;
     let gname = format!("{}_v{}", args.prefix, rand::random::<u32>() % 1_000_000);
-    let r = owner
-        .req(json!({"op": "group.create", "name": gname}))
-        .await?;
-    let gid = r["group"]["id"].as_u64().context("group.create failed")?;
+    let gid = owner
+        .group_create(&gname, None)
+        .await
+        .context("group.create failed")?
+        .group
+        .id;
     drop(owner);
     let (u, addrs) = (users.clone(), Arc::new(args.addrs.clone()));
     fan_out(SETUP_CONCURRENCY, users.len() - 1, move |i| {
         let (token, addr) = (u[i + 1].token.clone(), addrs[i % addrs.len()]);
         async move {
-            let mut c = Conn::open(addr, None).await?;
-            c.token_login(&token).await?;
-            let r = c.req(json!({"op": "group.join", "group": gid})).await?;
-            if r["ok"] != true {
-                bail!("group.join: {r}");
-            }
+            let mut c = open(addr, None).await?;
+            token_login(&mut c, &token).await?;
+            c.group_join(gid).await.context("group.join")?;
             Ok(())
         }
     })
@@ -1363,14 +1379,11 @@ async fn groupview(args: &BenchArgs) -> anyhow::Result<Value> {
         tasks.push(tokio::spawn(async move {
             // A fresh login per round: its reply carries the group view too.
             while !stop.load(Ordering::Relaxed) {
-                let mut c = Conn::open(addr, None).await?;
-                c.token_login(&token).await?;
+                let mut c = open(addr, None).await?;
+                token_login(&mut c, &token).await?;
                 views.fetch_add(1, Ordering::Relaxed);
                 for _ in 0..10 {
-                    let r = c.req(json!({"op": "group.list"})).await?;
-                    if r["ok"] != true {
-                        bail!("group.list: {r}");
-                    }
+                    c.group_list().await.context("group.list")?;
                     views.fetch_add(1, Ordering::Relaxed);
                 }
             }
