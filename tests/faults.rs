@@ -448,3 +448,52 @@ async fn after_a_silent_failover_sessions_get_live_messages_within_seconds() {
     node2.stop().await;
     drop(node1);
 }
+
+/// Issue 15: a drain ends within `drain_timeout_secs` whatever Redis does. Redis stops
+/// answering (every request times out) just as 200 logged-in clients leave at once, then the
+/// node gets SIGTERM: it must exit within the drain timeout plus its close grace, leaving the
+/// sessions it could not remove to the dead-node reaper. Before the fix the heartbeat task
+/// retried every deferred removal in turn, one Redis time-out each, and the drain waited for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_ends_when_redis_stops_answering() {
+    const CLIENTS: usize = 200;
+    let redis = Redis::start();
+    let relay = Relay::start(redis.port).await;
+    let url = relay.url();
+    let mut node = Proc::start(
+        &redis,
+        "drain-dark",
+        &[
+            ("SWITCHBOARD_REDIS_URL", &url),
+            ("SWITCHBOARD_DRAIN_TIMEOUT_SECS", "2"),
+            ("SWITCHBOARD_REDIS_TIMEOUT_MS", "1000"),
+            // A beat a second, so a retry of the deferred removals starts before SIGTERM.
+            ("SWITCHBOARD_PRESENCE_TTL_SECS", "3"),
+            ("SWITCHBOARD_MAX_UNAUTHENTICATED_PER_ADDRESS", "100000"),
+        ],
+    );
+    let mut clients = Vec::new();
+    for _ in 0..CLIENTS {
+        clients.push(common::user(node.addr, "dd").await);
+    }
+    relay.blackhole();
+    drop(clients);
+    // Every session's removal times out and is deferred; the next beats retry them.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let term = Instant::now();
+    node.signal("-TERM");
+    let mut exited = None;
+    while term.elapsed() < Duration::from_secs(30) {
+        if node.child.try_wait().unwrap().is_some() {
+            exited = Some(term.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let took = exited.expect("the node was still running 30 s after SIGTERM");
+    // Drain timeout 2 s + close grace 3 s + cleanup grace 3 s, and a margin for a loaded machine.
+    assert!(
+        took < Duration::from_secs(12),
+        "the drain took {took:?} (drain timeout 2 s)"
+    );
+}

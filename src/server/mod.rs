@@ -206,8 +206,19 @@ impl Started {
             let _ = tokio::time::timeout(CLOSE_GRACE, connections.wait()).await;
         }
         node.closing.cancel();
-        let _ = beat.await;
-        presence::reap_own(&node).await;
+        // The drain ends whatever Redis does: cleanup that cannot finish within the grace
+        // (Redis down or slow) is left to the dead-node reaper of the other nodes, which
+        // removes this node's sessions once its heartbeat has expired.
+        let cleanup = async {
+            let _ = beat.await;
+            presence::reap_own(&node).await;
+        };
+        if tokio::time::timeout(CLOSE_GRACE, cleanup).await.is_err() {
+            tracing::warn!(
+                sessions = node.orphan_count(),
+                "cleanup did not finish; the other nodes' reaper removes what is left"
+            );
+        }
         let took = started.elapsed().as_secs_f64();
         node.metrics.drain_seconds.set(took);
         tracing::info!(seconds = took, "drained");

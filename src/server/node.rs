@@ -106,13 +106,7 @@ impl<S: Store> Node<S> {
         {
             Ok(true) => self.announce_presence(user, false).await,
             Ok(false) => {}
-            Err(e) => {
-                tracing::warn!(user = user.id, error = %e, "session removal deferred");
-                self.orphans
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .push((user.clone(), session));
-            }
+            Err(e) => self.defer(user, session, &e),
         }
     }
 
@@ -123,21 +117,56 @@ impl<S: Store> Node<S> {
     pub async fn discard_session(&self, user: &UserRef, session: Arc<str>) {
         let node = &self.settings.node_name;
         if let Err(e) = self.store.session_close(user.id, &session, node).await {
-            tracing::warn!(user = user.id, error = %e, "removal of a failed login deferred");
-            self.orphans
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push((user.clone(), session));
+            self.defer(user, session, &e);
         }
     }
 
     /// Retries session removals that failed while the store was down. A retry announces the
     /// user offline when theirs was the last session (the record was visible meanwhile).
+    ///
+    /// Stops at the first removal that fails (Redis is still down: the others would fail
+    /// too, each after a time-out) and when the node closes (what is left is the dead-node
+    /// reaper's, on the other nodes); what was not removed stays for the next try.
     pub async fn retry_orphans(&self) {
-        let orphans = std::mem::take(&mut *self.orphans.lock().unwrap_or_else(|e| e.into_inner()));
-        for (user, session) in orphans {
-            self.close_session(&user, session).await;
+        let mut orphans =
+            std::mem::take(&mut *self.orphans.lock().unwrap_or_else(|e| e.into_inner()));
+        let node = &self.settings.node_name;
+        while let Some((user, session)) = orphans.pop() {
+            if self.closing.is_cancelled() {
+                orphans.push((user, session));
+                break;
+            }
+            match self.store.session_close(user.id, &session, node).await {
+                Ok(true) => self.announce_presence(&user, false).await,
+                Ok(false) => {}
+                Err(e) => {
+                    orphans.push((user, session));
+                    tracing::warn!(error = %e, left = orphans.len(), "deferred session removals still failing");
+                    break;
+                }
+            }
         }
+        self.orphans
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(orphans);
+    }
+
+    /// Session removals that failed and wait for [`Node::retry_orphans`].
+    pub fn orphan_count(&self) -> usize {
+        self.orphans.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// Remembers a session whose removal failed. Logged when the first one is deferred, not
+    /// each time: thousands of sessions closing while Redis is down would flood the log.
+    fn defer(&self, user: &UserRef, session: Arc<str>, e: &crate::error::Error) {
+        let mut orphans = self.orphans.lock().unwrap_or_else(|e| e.into_inner());
+        if orphans.is_empty() {
+            tracing::warn!(user = user.id, error = %e, "session removal deferred (further ones are counted, not logged)");
+        } else {
+            tracing::debug!(user = user.id, error = %e, "session removal deferred");
+        }
+        orphans.push((user.clone(), session));
     }
 
     /// Users with sessions here and the ids of those sessions (to re-register after a reap).
