@@ -35,6 +35,8 @@ pub struct Settings {
     pub node_name: String,
     /// Seconds after which the sessions of a node that stopped heart-beating stop counting.
     pub presence_ttl_secs: u64,
+    /// Groups with more members than this carry no presence events (protocol revision 1.1).
+    pub presence_group_max: usize,
     /// Seconds a draining node waits for clients to leave before closing them.
     pub drain_timeout_secs: u64,
     /// Most open client connections; more are refused before they are read.
@@ -105,6 +107,7 @@ impl Default for Settings {
             redis_url: None,
             node_name: default_node_name(),
             presence_ttl_secs: 15,
+            presence_group_max: 200,
             drain_timeout_secs: 20,
             max_connections: 20_000,
             max_frame_bytes: 65_536,

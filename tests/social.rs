@@ -277,3 +277,57 @@ async fn presence_for_friends_and_group_members(c: Cluster) {
         .no_event("presence", Duration::from_millis(200))
         .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_skips_groups_over_presence_group_max_memory() {
+    presence_skips_big_groups(Cluster::memory_with(|s| s.presence_group_max = 2).await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_skips_groups_over_presence_group_max_redis() {
+    presence_skips_big_groups(Cluster::redis_with(2, |s| s.presence_group_max = 2).await).await;
+}
+
+/// Protocol revision 1.1: no presence events through groups larger than `presence_group_max`
+/// (here 2); friends and small groups unchanged.
+async fn presence_skips_big_groups(c: Cluster) {
+    let quiet = Duration::from_millis(300);
+    let mut owner = user(c.addr(0), "go").await;
+    let mut member = user(c.addr(1), "gm").await;
+    let uname_ = uname("gu");
+    let uid = register(c.addr(0), &uname_).await;
+    let big = owner
+        .ok(json!({"op": "group.create", "name": uname("B")}))
+        .await["group"]["id"]
+        .as_u64()
+        .unwrap();
+    member.ok(json!({"op": "group.join", "group": big})).await;
+    let mut u = Client::connect(c.addr(1)).await;
+    u.login(&uname_).await;
+    u.backlog().await;
+    u.ok(json!({"op": "group.join", "group": big})).await;
+    // Three members: over the limit, so leaving is announced to nobody.
+    drop(u);
+    owner.no_event("presence", quiet).await;
+    member.no_event("presence", quiet).await;
+    // A friend hears of it whatever the groups; a group of two carries it.
+    owner.ok(json!({"op": "friend.add", "user": uid})).await;
+    let small = member
+        .ok(json!({"op": "group.create", "name": uname("S")}))
+        .await["group"]["id"]
+        .as_u64()
+        .unwrap();
+    let mut u = Client::connect(c.addr(0)).await;
+    u.login(&uname_).await;
+    u.backlog().await;
+    assert_eq!(owner.event("presence").await["user"]["online"], true);
+    member.no_event("presence", quiet).await;
+    u.ok(json!({"op": "group.join", "group": small})).await;
+    drop(u);
+    assert_eq!(owner.event("presence").await["user"]["online"], false);
+    let ev = member.event("presence").await;
+    assert_eq!(
+        ev["user"],
+        json!({"id": uid, "name": uname_, "online": false})
+    );
+}

@@ -87,7 +87,8 @@ impl<S: Store> Node<S> {
         }
         .line();
         let result = async {
-            let audience = self.store.audience(user.id).await?;
+            let group_max = self.settings.presence_group_max;
+            let audience = self.store.audience(user.id, group_max).await?;
             self.store.publish_event(&audience, "-", &line).await
         }
         .await;

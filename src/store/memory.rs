@@ -293,11 +293,11 @@ impl Store for MemoryStore {
         Ok(last)
     }
 
-    async fn audience(&self, user: UserId) -> Result<Vec<UserId>> {
+    async fn audience(&self, user: UserId, group_max: usize) -> Result<Vec<UserId>> {
         let st = self.state();
         let mut out: BTreeSet<UserId> = st.friends.get(&user).cloned().unwrap_or_default();
         for g in st.user_groups.get(&user).into_iter().flatten() {
-            if let Some(g) = st.groups.get(g) {
+            if let Some(g) = st.groups.get(g).filter(|g| g.members.len() <= group_max) {
                 out.extend(g.members.keys());
             }
         }

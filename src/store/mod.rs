@@ -180,8 +180,13 @@ pub trait Store: Send + Sync + 'static {
         session: &str,
         node: &str,
     ) -> impl Future<Output = Result<bool>> + Send;
-    /// Friends and fellow group members of `user` (who hear of its presence).
-    fn audience(&self, user: UserId) -> impl Future<Output = Result<Vec<UserId>>> + Send;
+    /// Friends of `user` and fellow members of its groups of at most `group_max` members:
+    /// who hear of its presence.
+    fn audience(
+        &self,
+        user: UserId,
+        group_max: usize,
+    ) -> impl Future<Output = Result<Vec<UserId>>> + Send;
 
     /// The friends of `user`, with presence.
     fn friends(&self, user: UserId) -> impl Future<Output = Result<Vec<Friend>>> + Send;

@@ -783,8 +783,9 @@ impl Store for RedisStore {
         Ok(last == 1)
     }
 
-    async fn audience(&self, user: UserId) -> Result<Vec<UserId>> {
-        self.run("audience", &self.scripts.audience, &[&user]).await
+    async fn audience(&self, user: UserId, group_max: usize) -> Result<Vec<UserId>> {
+        self.run("audience", &self.scripts.audience, &[&user, &group_max])
+            .await
     }
 
     async fn friends(&self, user: UserId) -> Result<Vec<Friend>> {
