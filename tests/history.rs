@@ -77,8 +77,11 @@ async fn paging_yields_every_message_once_newest_first(c: Cluster) {
     for pair in msgs.windows(2) {
         assert!(pos(&pair[0]["seq"]) > pos(&pair[1]["seq"]), "newest first");
     }
-    assert_eq!(msgs[0]["msg"]["from"]["id"], a.id);
-    assert_eq!(msgs[0]["msg"]["to"], json!({"user": b.id}));
+    // m11 came from b, m10 went to b.
+    assert_eq!(msgs[0]["msg"]["from"]["id"], b.id);
+    assert_eq!(msgs[0]["msg"]["to"], json!({"user": a.id}));
+    assert_eq!(msgs[1]["msg"]["from"]["id"], a.id);
+    assert_eq!(msgs[1]["msg"]["to"], json!({"user": b.id}));
     // Pages of 5: 5, 5, 2, each message exactly once.
     let r = a.ok(json!({"op": "history", "limit": 5})).await;
     assert_eq!(texts(&r), newest_first[..5]);
