@@ -406,9 +406,7 @@ async fn history_more_and_join_by_name() {
     let mut carol = user(addr, "carol").await;
     let carol_name = carol.login_name().await;
     let group = uname("Rust");
-    let gid = bob
-        .ok(json!({"op": "group.create", "name": group}))
-        .await["group"]["id"]
+    let gid = bob.ok(json!({"op": "group.create", "name": group})).await["group"]["id"]
         .as_u64()
         .unwrap();
     let alice = uname("alice");
@@ -463,10 +461,8 @@ async fn history_more_and_join_by_name() {
     // A group, by name with '#'.
     chat.send(&format!("/history #{group}"));
     chat.expect(&format!(" #{group} {bob_name}: g1")).await;
-    chat.expect(&format!(
-        "* history of #{group}: 1 message, no older ones"
-    ))
-    .await;
+    chat.expect(&format!("* history of #{group}: 1 message, no older ones"))
+        .await;
     // Everything, oldest first.
     chat.send("/history");
     for text in ["b1", "b2", "b3"] {
@@ -480,7 +476,8 @@ async fn history_more_and_join_by_name() {
     chat.send("/history nobody-here");
     chat.expect("! no_such_user:").await;
     chat.send("/history 0");
-    chat.expect("! usage: /history").await;
+    chat.expect("! usage: usage: /history [NAME|#GROUP] [N] (N from 1 to 200)")
+        .await;
     let (status, lines, stderr) = chat.finish().await;
     assert!(status.success(), "exit {status}; stderr: {stderr}");
     assert_eq!(count(&lines, " b3"), 3, "live, /history bob, /history");

@@ -124,9 +124,7 @@ async fn with_filters_user_both_ways_and_group(c: Cluster) {
     let mut b = user(c.addr(1), "wb").await;
     let mut d = user(c.addr(0), "wd").await;
     let gname = uname("wg");
-    let g = a
-        .ok(json!({"op": "group.create", "name": gname}))
-        .await["group"]["id"]
+    let g = a.ok(json!({"op": "group.create", "name": gname})).await["group"]["id"]
         .as_u64()
         .unwrap();
     b.ok(json!({"op": "group.join", "group": g})).await;
@@ -287,9 +285,7 @@ async fn group_join_by_name(c: Cluster) {
     let mut a = user(c.addr(0), "ja").await;
     let mut b = user(c.addr(1), "jb").await;
     let gname = uname("Crab");
-    let g = a
-        .ok(json!({"op": "group.create", "name": gname}))
-        .await["group"]["id"]
+    let g = a.ok(json!({"op": "group.create", "name": gname})).await["group"]["id"]
         .as_u64()
         .unwrap();
     let r = b
@@ -306,7 +302,11 @@ async fn group_join_by_name(c: Cluster) {
             .await,
         "already_member"
     );
-    for name in [uname("nogroup"), "no spaces here".to_string(), String::new()] {
+    for name in [
+        uname("nogroup"),
+        "no spaces here".to_string(),
+        String::new(),
+    ] {
         assert_eq!(
             b.err(json!({"op": "group.join", "name": name})).await,
             "no_such_group",
@@ -320,9 +320,7 @@ async fn group_join_by_name(c: Cluster) {
     );
     // Both given: the id counts.
     let other = uname("Other");
-    let o = a
-        .ok(json!({"op": "group.create", "name": other}))
-        .await["group"]["id"]
+    let o = a.ok(json!({"op": "group.create", "name": other})).await["group"]["id"]
         .as_u64()
         .unwrap();
     let r = b
@@ -336,14 +334,16 @@ async fn group_join_by_name(c: Cluster) {
         b.err(json!({"op": "group.join", "name": other})).await,
         "no_such_group"
     );
-    let o2 = a
-        .ok(json!({"op": "group.create", "name": other}))
-        .await["group"]["id"]
+    let o2 = a.ok(json!({"op": "group.create", "name": other})).await["group"]["id"]
         .as_u64()
         .unwrap();
     assert_ne!(o2, o);
     // The typed client.
-    let joined = b.lib().group_join_name(&other.to_lowercase()).await.unwrap();
+    let joined = b
+        .lib()
+        .group_join_name(&other.to_lowercase())
+        .await
+        .unwrap();
     assert_eq!(joined.group.id, o2);
 }
 

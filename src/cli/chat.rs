@@ -1051,7 +1051,9 @@ impl Chat {
                 let count = *count as usize;
                 let Some(conv) = conv else {
                     let label = "of all conversations".to_string();
-                    return self.history(link, None, label, None, count, Vec::new()).await;
+                    return self
+                        .history(link, None, label, None, count, Vec::new())
+                        .await;
                 };
                 match self.conversation(conv) {
                     Some((with, label)) => {
@@ -1576,12 +1578,20 @@ mod tests {
         };
         assert_eq!(parse(&mut chat, "/history"), Ok((None, 20)));
         assert_eq!(parse(&mut chat, "/history 5"), Ok((None, 5)));
-        assert_eq!(parse(&mut chat, "/history bob"), Ok((Some("bob".into()), 20)));
+        assert_eq!(
+            parse(&mut chat, "/history bob"),
+            Ok((Some("bob".into()), 20))
+        );
         assert_eq!(
             parse(&mut chat, "/history #rust 200"),
             Ok((Some("#rust".into()), 200))
         );
-        for bad in ["/history 0", "/history 201", "/history bob x", "/history bob 1 2"] {
+        for bad in [
+            "/history 0",
+            "/history 201",
+            "/history bob x",
+            "/history bob 1 2",
+        ] {
             assert!(parse(&mut chat, bad).is_err(), "{bad}");
         }
         assert!(matches!(chat.parse("/more"), Ok(Some(Cmd::More))));

@@ -55,8 +55,7 @@ use tokio::time::{Instant, timeout, timeout_at};
 
 use crate::error::{Code, Error};
 use crate::protocol::reply::{
-    Done, FriendReply, Friends, GroupReply, Groups, History, LoggedIn, Registered, SendReply,
-    Whois,
+    Done, FriendReply, Friends, GroupReply, Groups, History, LoggedIn, Registered, SendReply, Whois,
 };
 use crate::protocol::{
     AckArgs, CreateArgs, Event, GroupArg, GroupId, GroupSendArgs, HistoryArgs, JoinArgs, LoginArgs,
