@@ -258,6 +258,10 @@ async fn history_is_read_only(c: Cluster) {
     }
     let first = a.event("message").await;
     a.ok(json!({"op": "ack", "seq": first["seq"]})).await;
+    // The stored message as delivered: the same seq and msg as the live event.
+    let r = a.ok(json!({"op": "history", "with": {"user": b.id}})).await;
+    assert_eq!(r["messages"][2]["seq"], first["seq"]);
+    assert_eq!(r["messages"][2]["msg"], first["msg"]);
     for req in [
         json!({"op": "history"}),
         json!({"op": "history", "limit": 1}),
