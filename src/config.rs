@@ -67,6 +67,8 @@ pub struct Settings {
     pub inbox_hard_max_len: u64,
     /// Bytes of message text one sender may have stored in a sliding 24 h (per stored copy).
     pub send_bytes_per_day: u64,
+    /// Most inbox entries one `history` request reads (its cost bound, whatever the inbox).
+    pub history_scan_max: u32,
     /// Live deliveries queued per session before it falls back to reading its inbox.
     pub outbound_queue: usize,
     /// Seconds a write to a client may take before the client counts as a slow consumer.
@@ -123,6 +125,7 @@ impl Default for Settings {
             inbox_retention_days: 30,
             inbox_hard_max_len: 100_000,
             send_bytes_per_day: 64 << 20,
+            history_scan_max: 2000,
             outbound_queue: 1024,
             write_timeout_secs: 30,
             idle_timeout_secs: 300,
@@ -275,6 +278,11 @@ impl Settings {
         check(
             self.send_bytes_per_day >= 1,
             "send_bytes_per_day",
+            "must be at least 1",
+        )?;
+        check(
+            self.history_scan_max >= 1,
+            "history_scan_max",
             "must be at least 1",
         )?;
         check(

@@ -395,3 +395,90 @@ async fn reconnect_attempts_are_bounded() {
         "{stderr}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_more_and_join_by_name() {
+    // A small scan bound: the client reads on through short pages by itself.
+    let c = Cluster::memory_with(|s| s.history_scan_max = 3).await;
+    let addr = c.addr(0);
+    let mut bob = user(addr, "bob").await;
+    let bob_name = bob.login_name().await;
+    let mut carol = user(addr, "carol").await;
+    let carol_name = carol.login_name().await;
+    let group = uname("Rust");
+    let gid = bob.ok(json!({"op": "group.create", "name": group})).await["group"]["id"]
+        .as_u64()
+        .unwrap();
+    let alice = uname("alice");
+    let alice_id = register(addr, &alice).await;
+
+    let mut chat = Chat::spawn(&addr.to_string(), &alice, &[], Some(PASSWORD));
+    chat.expect("* synced, 0 unread").await;
+    for text in ["b1", "b2", "b3"] {
+        bob.ok(json!({"op": "send", "to": alice_id, "text": text}))
+            .await;
+        chat.expect(&format!(" {bob_name}: {text}")).await;
+    }
+    carol
+        .ok(json!({"op": "send", "to": alice_id, "text": "c1"}))
+        .await;
+    chat.expect(&format!(" {carol_name}: c1")).await;
+    chat.send(&format!("/msg {bob_name} a1"));
+    chat.expect(&format!(" you to {bob_name}: a1")).await;
+    // Any group by name, in any case.
+    chat.send(&format!("/join {}", group.to_lowercase()));
+    chat.expect(&format!("* joined #{group} (id {gid}, 2 members)"))
+        .await;
+    bob.event("member_joined").await;
+    bob.ok(json!({"op": "group.send", "group": gid, "text": "g1"}))
+        .await;
+    chat.expect(&format!(" #{group} {bob_name}: g1")).await;
+    chat.send("/join no-such-group-here");
+    chat.expect("! no_such_group:").await;
+
+    // The last two with bob, oldest first, with their date; then further back.
+    chat.send(&format!("/history {bob_name} 2"));
+    let line = chat.expect(&format!(" {bob_name}: b3")).await;
+    assert!(
+        line.len() > 20 && line.as_bytes()[4] == b'-' && line.as_bytes()[10] == b' ',
+        "dated: {line:?}"
+    );
+    chat.expect(&format!(" you to {bob_name}: a1")).await;
+    chat.expect(&format!(
+        "* history with {bob_name}: 2 messages; /more for older ones"
+    ))
+    .await;
+    chat.send("/more");
+    chat.expect(&format!(" {bob_name}: b1")).await;
+    chat.expect(&format!(" {bob_name}: b2")).await;
+    chat.expect(&format!(
+        "* history with {bob_name}: 2 messages, no older ones"
+    ))
+    .await;
+    chat.send("/more");
+    chat.expect(&format!("* history with {bob_name}: no older messages"))
+        .await;
+    // A group, by name with '#'.
+    chat.send(&format!("/history #{group}"));
+    chat.expect(&format!(" #{group} {bob_name}: g1")).await;
+    chat.expect(&format!("* history of #{group}: 1 message, no older ones"))
+        .await;
+    // Everything, oldest first.
+    chat.send("/history");
+    for text in ["b1", "b2", "b3"] {
+        chat.expect(&format!(" {bob_name}: {text}")).await;
+    }
+    chat.expect(&format!(" {carol_name}: c1")).await;
+    chat.expect(&format!(" you to {bob_name}: a1")).await;
+    chat.expect(&format!(" #{group} {bob_name}: g1")).await;
+    chat.expect("* history of all conversations: 6 messages, no older ones")
+        .await;
+    chat.send("/history nobody-here");
+    chat.expect("! no_such_user:").await;
+    chat.send("/history 0");
+    chat.expect("! usage: usage: /history [NAME|#GROUP] [N] (N from 1 to 200)")
+        .await;
+    let (status, lines, stderr) = chat.finish().await;
+    assert!(status.success(), "exit {status}; stderr: {stderr}");
+    assert_eq!(count(&lines, " b3"), 3, "live, /history bob, /history");
+}

@@ -344,7 +344,7 @@ impl Fuzzer {
                 };
                 json!({"op": "ack", "seq": seq})
             }
-            9 => json!({"op": *rng.pick(&["ping", "friend.list", "group.list"])}),
+            9 => json!({"op": *rng.pick(&["ping", "friend.list", "group.list", "history"])}),
             10 => json!({"op": "whois", "name": other.1}),
             11 => json!({"op": *rng.pick(&["friend.add", "friend.remove"]), "user": other.0}),
             12 => json!({"op": "group.create", "name": format!("fz{}", rng.below(1_000_000))}),

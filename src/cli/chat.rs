@@ -23,11 +23,12 @@ use tokio::time::{Instant, sleep_until, timeout, timeout_at};
 use crate::client::{Client, ClientError, Frame, Options, Reader, Ref, Writer};
 use crate::error::Code;
 use crate::protocol::reply::{
-    FriendReply, Friends, GroupReply, Groups, LoggedIn, SendReply, Whois,
+    FriendReply, Friends, GroupReply, Groups, History, HistoryEntry, LoggedIn, SendReply, Whois,
 };
 use crate::protocol::{
-    AckArgs, CreateArgs, Event, Group, GroupArg, GroupRef, GroupSendArgs, Message, Request,
-    SendArgs, Seq, Target, UserArg, UserRef, WhoArgs, valid_name,
+    AckArgs, CreateArgs, Event, Group, GroupArg, GroupRef, GroupSendArgs, HISTORY_LIMIT_MAX,
+    HistoryArgs, JoinArgs, Message, Request, SendArgs, Seq, Target, UserArg, UserRef, WhoArgs,
+    With, valid_name,
 };
 
 /// Environment variable the password is read from when there is no terminal to prompt on.
@@ -55,6 +56,8 @@ const BACKOFF_MAX: Duration = Duration::from_secs(8);
 const GOAWAY_MAX: Duration = Duration::from_secs(60);
 /// Message ids remembered for dropping duplicates.
 const SEEN_CAPACITY: usize = 4096;
+/// Messages `/history` shows without a count.
+const HISTORY_DEFAULT: u64 = 20;
 
 /// Arguments of `switchboard chat`.
 #[derive(Debug, Clone, clap::Args)]
@@ -393,7 +396,23 @@ enum Step {
     Join,
     Leave(u64),
     Groups,
+    /// `history` pages until `want` messages are in `got` or there are no older ones.
+    History {
+        with: Option<With>,
+        label: String,
+        want: usize,
+        got: Vec<HistoryEntry>,
+    },
     Logout,
+}
+
+/// Where `/more` continues: the conversation of the last `/history` and the position before
+/// which older messages may exist (`None`: there are none).
+struct Older {
+    with: Option<With>,
+    label: String,
+    before: Option<Seq>,
+    count: usize,
 }
 
 /// A parsed input line.
@@ -419,6 +438,12 @@ enum Cmd {
         client_id: String,
     },
     Whois(String),
+    /// `/history [NAME|GROUP] [N]`.
+    History {
+        conv: Option<String>,
+        count: u64,
+    },
+    More,
     Logout,
     Quit,
     Help,
@@ -430,11 +455,15 @@ commands:
   /add NAME             become friends with a user
   /friends              list friends
   /create NAME [desc]   create a group
-  /join GROUP           join a group (by name if known, else by id)
+  /join GROUP           join a group by name (or by id)
   /leave GROUP          leave a group
   /groups               list your groups
   /g GROUP text         send a message to a group
   /whois NAME           look a user up
+  /history [NAME|#GROUP] [N]
+                        the last N (default 20) messages with a user, of a group,
+                        or of all conversations, oldest first
+  /more                 older messages of the last /history
   /logout               log out (ends the token) and quit
   /quit                 quit
   /help                 this list";
@@ -495,6 +524,8 @@ struct Chat {
     /// The command being worked on, and how many of its replies are outstanding.
     current: Option<Cmd>,
     outstanding: usize,
+    /// Where `/more` continues, after a `/history`.
+    older: Option<Older>,
 }
 
 impl Chat {
@@ -519,6 +550,7 @@ impl Chat {
             client_ids: (rand::random(), 0),
             current: None,
             outstanding: 0,
+            older: None,
         }
     }
 
@@ -920,6 +952,25 @@ impl Chat {
                 }
             }
             "/whois" => Cmd::Whois(one("/whois NAME")?),
+            "/history" => {
+                let usage = || {
+                    format!("usage: /history [NAME|#GROUP] [N] (N from 1 to {HISTORY_LIMIT_MAX})")
+                };
+                let count = |n: &str| {
+                    n.parse::<u64>()
+                        .ok()
+                        .filter(|n| (1..=HISTORY_LIMIT_MAX).contains(n))
+                        .ok_or_else(usage)
+                };
+                let (conv, count) = match (first, tail) {
+                    ("", _) => (None, HISTORY_DEFAULT),
+                    (n, "") if n.bytes().all(|b| b.is_ascii_digit()) => (None, count(n)?),
+                    (c, "") => (Some(c.to_string()), HISTORY_DEFAULT),
+                    (c, n) => (Some(c.to_string()), count(n)?),
+                };
+                Cmd::History { conv, count }
+            }
+            "/more" => none(Cmd::More)?,
             "/logout" => none(Cmd::Logout)?,
             "/quit" => none(Cmd::Quit)?,
             "/help" => none(Cmd::Help)?,
@@ -980,19 +1031,58 @@ impl Chat {
                 });
                 self.send(link, &req, Pending::Step(Step::Create)).await
             }
-            Cmd::Join(group) => match self.group_id(group) {
-                Some(id) => {
-                    let step = Pending::Step(Step::Join);
-                    self.send(link, &Request::GroupJoin(GroupArg { group: id }), step)
-                        .await
+            Cmd::Join(group) => {
+                // A group the client knows (or an id) by id, any other by name: the server
+                // looks names up case-insensitively.
+                let args = match self.group_id(group) {
+                    Some(id) => JoinArgs {
+                        group: Some(id),
+                        name: None,
+                    },
+                    None => JoinArgs {
+                        group: None,
+                        name: Some(group.strip_prefix('#').unwrap_or(group).into()),
+                    },
+                };
+                let step = Pending::Step(Step::Join);
+                self.send(link, &Request::GroupJoin(args), step).await
+            }
+            Cmd::History { conv, count } => {
+                let count = *count as usize;
+                let Some(conv) = conv else {
+                    let label = "of all conversations".to_string();
+                    return self
+                        .history(link, None, label, None, count, Vec::new())
+                        .await;
+                };
+                match self.conversation(conv) {
+                    Some((with, label)) => {
+                        self.history(link, Some(with), label, None, count, Vec::new())
+                            .await
+                    }
+                    None if conv.starts_with('#') => self.refresh_groups(link, cmd, lookup).await,
+                    None => self.resolve(link, cmd, lookup).await,
                 }
+            }
+            Cmd::More => match self.older.take() {
                 None => {
-                    self.error(
-                        "no_such_group",
-                        &format!("unknown group {group}; join it by its id"),
-                    );
+                    self.error("usage", "nothing to continue: /history first");
                     Flow::Go
                 }
+                Some(older) => match older.before {
+                    None => {
+                        self.status(format!("history {}: no older messages", older.label));
+                        self.older = Some(older);
+                        Flow::Go
+                    }
+                    before => {
+                        let Older {
+                            with, label, count, ..
+                        } = older;
+                        self.history(link, with, label, before, count, Vec::new())
+                            .await
+                    }
+                },
             },
             Cmd::Leave(group) => match self.group_id(group) {
                 Some(id) => {
@@ -1038,13 +1128,62 @@ impl Chat {
         }
     }
 
+    /// The conversation `conv` names for `/history`: `#GROUP` a group; otherwise a user the
+    /// client knows, else a group it knows. With its label for the status line.
+    fn conversation(&self, conv: &str) -> Option<(With, String)> {
+        let group = |id: u64| (With::Group(id), format!("of {}", self.group_name(id)));
+        if conv.starts_with('#') {
+            return self.group_id(conv).map(group);
+        }
+        if let Some(&id) = self.users.get(&conv.to_ascii_lowercase()) {
+            return Some((With::User(id), format!("with {}", self.user_name(id))));
+        }
+        self.groups
+            .iter()
+            .find(|(_, name)| name.eq_ignore_ascii_case(conv))
+            .map(|(&id, _)| group(id))
+    }
+
+    /// Asks for the next page of a `/history` or `/more`: `want` messages in all, `got` so far.
+    async fn history(
+        &mut self,
+        link: &mut Link,
+        with: Option<With>,
+        label: String,
+        before: Option<Seq>,
+        want: usize,
+        got: Vec<HistoryEntry>,
+    ) -> Flow {
+        let req = Request::History(HistoryArgs {
+            with,
+            before,
+            limit: Some((want - got.len()) as u64),
+        });
+        let step = Step::History {
+            with,
+            label,
+            want,
+            got,
+        };
+        self.send(link, &req, Pending::Step(step)).await
+    }
+
     /// Looks up the user name of `cmd` with `whois`, then runs `cmd` again.
     async fn resolve(&mut self, link: &mut Link, cmd: Cmd, lookup: bool) -> Flow {
-        let (Cmd::Msg { to: name, .. } | Cmd::Add(name)) = &cmd else {
+        let (Cmd::Msg { to: name, .. }
+        | Cmd::Add(name)
+        | Cmd::History {
+            conv: Some(name), ..
+        }) = &cmd
+        else {
             return Flow::Go;
         };
         if !lookup {
-            self.error("no_such_user", &format!("unknown user {name}"));
+            let what = match cmd {
+                Cmd::History { .. } => "user or group",
+                _ => "user",
+            };
+            self.error("no_such_user", &format!("unknown {what} {name}"));
             return Flow::Go;
         }
         let req = Request::Whois(WhoArgs {
@@ -1058,7 +1197,12 @@ impl Chat {
     /// Fetches the group list, then runs `cmd` again.
     async fn refresh_groups(&mut self, link: &mut Link, cmd: Cmd, lookup: bool) -> Flow {
         if !lookup {
-            let (Cmd::Leave(group) | Cmd::Group { group, .. }) = &cmd else {
+            let (Cmd::Leave(group)
+            | Cmd::Group { group, .. }
+            | Cmd::History {
+                conv: Some(group), ..
+            }) = &cmd
+            else {
                 return Flow::Go;
             };
             self.error(
@@ -1175,6 +1319,44 @@ impl Chat {
                 self.mine.remove(&id);
                 self.status(format!("left {}", self.group_name(id)));
             }
+            Step::History {
+                with,
+                label,
+                want,
+                mut got,
+            } => {
+                let Ok(History {
+                    messages,
+                    more,
+                    next,
+                }) = reply.reply()
+                else {
+                    return Flow::Go;
+                };
+                got.extend(messages);
+                let before = next.filter(|_| more);
+                // A sparse conversation may answer fewer than asked, with more: read on.
+                if before.is_some() && got.len() < want {
+                    return self.history(link, with, label, before, want, got).await;
+                }
+                for entry in got.iter().rev() {
+                    let line = self.history_line(&entry.msg);
+                    self.print(line);
+                }
+                let n = got.len();
+                let older = match before {
+                    Some(_) => "; /more for older ones",
+                    None => ", no older ones",
+                };
+                let s = if n == 1 { "" } else { "s" };
+                self.status(format!("history {label}: {n} message{s}{older}"));
+                self.older = Some(Older {
+                    with,
+                    label,
+                    before,
+                    count: want,
+                });
+            }
             Step::Logout => {
                 self.token = None;
                 self.status("logged out".into());
@@ -1269,22 +1451,36 @@ impl Chat {
         if !self.seen.insert(&msg.id) {
             return;
         }
+        let line = self.message_line(&msg, &clock(msg.ts), "[you@other device]");
+        self.print(line);
+    }
+
+    /// A message from `/history`: with its date, and "you" for own messages. Not marked as
+    /// seen (it may still come live or in a backlog) and not acknowledged.
+    fn history_line(&mut self, msg: &Message) -> String {
+        self.learn(msg.from.id, &msg.from.name);
+        if let Target::Group { group, name } = &msg.to {
+            self.groups.insert(*group, name.clone());
+        }
+        self.message_line(msg, &date_time(msg.ts), "you")
+    }
+
+    /// `TIME FROM: text`, `TIME you to NAME: text` or `TIME #GROUP FROM: text`.
+    fn message_line(&self, msg: &Message, time: &str, own_label: &str) -> String {
         let own = msg.from.id == self.me.id;
         let from = if own {
-            "[you@other device]"
+            own_label
         } else {
             msg.from.name.as_str()
         };
         let text = clean(&msg.text);
-        let t = clock(msg.ts);
-        let line = match &msg.to {
+        match &msg.to {
             Target::User { user } if own => {
-                format!("{t} {from} to {}: {text}", self.user_name(*user))
+                format!("{time} {from} to {}: {text}", self.user_name(*user))
             }
-            Target::User { .. } => format!("{t} {from}: {text}"),
-            Target::Group { name, .. } => format!("{t} #{name} {from}: {text}"),
-        };
-        self.print(line);
+            Target::User { .. } => format!("{time} {from}: {text}"),
+            Target::Group { name, .. } => format!("{time} #{name} {from}: {text}"),
+        }
     }
 }
 
@@ -1331,6 +1527,22 @@ fn clock(ms: u64) -> String {
     format!("{:02}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
 }
 
+/// `YYYY-MM-DD HH:MM:SS` (UTC) of a time in ms since the Unix epoch (history lines carry the
+/// day: they may be weeks old).
+fn date_time(ms: u64) -> String {
+    // Days to the civil date (proleptic Gregorian), after Howard Hinnant's `civil_from_days`.
+    let z = (ms / 86_400_000) as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02} {}", clock(ms))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1341,6 +1553,48 @@ mod tests {
         assert_eq!(clock(1_732_500_000_123), "02:00:00");
         assert_eq!(clean("a\nb\u{1b}[2J"), "a\\nb\\u{1b}[2J");
         assert_eq!(clean("héllo"), "héllo");
+        assert_eq!(date_time(0), "1970-01-01 00:00:00");
+        assert_eq!(date_time(1_732_500_000_123), "2024-11-25 02:00:00");
+        assert_eq!(date_time(951_782_400_000), "2000-02-29 00:00:00");
+    }
+
+    #[test]
+    fn history_arguments() {
+        let mut chat = Chat::new(
+            ChatArgs {
+                servers: vec![],
+                name: "ann".into(),
+                register: false,
+                password_stdin: false,
+                linger_ms: 0,
+                reconnect_attempts: 0,
+            },
+            String::new(),
+        );
+        let parse = |chat: &mut Chat, line: &str| match chat.parse(line) {
+            Ok(Some(Cmd::History { conv, count })) => Ok((conv, count)),
+            Ok(other) => panic!("{line}: {other:?}"),
+            Err(e) => Err(e),
+        };
+        assert_eq!(parse(&mut chat, "/history"), Ok((None, 20)));
+        assert_eq!(parse(&mut chat, "/history 5"), Ok((None, 5)));
+        assert_eq!(
+            parse(&mut chat, "/history bob"),
+            Ok((Some("bob".into()), 20))
+        );
+        assert_eq!(
+            parse(&mut chat, "/history #rust 200"),
+            Ok((Some("#rust".into()), 200))
+        );
+        for bad in [
+            "/history 0",
+            "/history 201",
+            "/history bob x",
+            "/history bob 1 2",
+        ] {
+            assert!(parse(&mut chat, bad).is_err(), "{bad}");
+        }
+        assert!(matches!(chat.parse("/more"), Ok(Some(Cmd::More))));
     }
 
     #[test]

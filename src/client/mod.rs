@@ -55,11 +55,11 @@ use tokio::time::{Instant, timeout, timeout_at};
 
 use crate::error::{Code, Error};
 use crate::protocol::reply::{
-    Done, FriendReply, Friends, GroupReply, Groups, LoggedIn, Registered, SendReply, Whois,
+    Done, FriendReply, Friends, GroupReply, Groups, History, LoggedIn, Registered, SendReply, Whois,
 };
 use crate::protocol::{
-    AckArgs, CreateArgs, Event, GroupArg, GroupId, GroupSendArgs, LoginArgs, RegisterArgs, Request,
-    SendArgs, Seq, UserArg, UserId, WhoArgs,
+    AckArgs, CreateArgs, Event, GroupArg, GroupId, GroupSendArgs, HistoryArgs, JoinArgs, LoginArgs,
+    RegisterArgs, Request, SendArgs, Seq, UserArg, UserId, WhoArgs, With,
 };
 
 mod conn;
@@ -446,7 +446,37 @@ impl<T: Transport> Client<T> {
 
     /// `group.join` by id.
     pub async fn group_join(&mut self, group: GroupId) -> Result<GroupReply, ClientError> {
-        self.call(&Request::GroupJoin(GroupArg { group })).await
+        self.call(&Request::GroupJoin(JoinArgs {
+            group: Some(group),
+            name: None,
+        }))
+        .await
+    }
+
+    /// `group.join` by name (case-insensitive).
+    pub async fn group_join_name(&mut self, name: &str) -> Result<GroupReply, ClientError> {
+        self.call(&Request::GroupJoin(JoinArgs {
+            group: None,
+            name: Some(name.into()),
+        }))
+        .await
+    }
+
+    /// `history`: up to `limit` (1 to 200; `None`: 50) messages of the caller's inbox strictly
+    /// before `before` (`None`: from the newest), newest first; only the conversation `with`
+    /// when given. When the reply says `more`, pass its `next` as `before` to continue.
+    pub async fn history(
+        &mut self,
+        with: Option<With>,
+        before: Option<Seq>,
+        limit: Option<u64>,
+    ) -> Result<History, ClientError> {
+        self.call(&Request::History(HistoryArgs {
+            with,
+            before,
+            limit,
+        }))
+        .await
     }
 
     /// `group.leave`.

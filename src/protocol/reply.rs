@@ -7,7 +7,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use super::{Friend, Group, Sent, UserRef};
+use super::{Friend, Group, Message, Sent, Seq, UserRef};
 use crate::error::Error;
 
 /// An ok reply with nothing more (`ping`, `logout`, `ack`, `friend.remove`, `group.leave`).
@@ -76,6 +76,61 @@ pub struct Groups {
     pub groups: Vec<Group>,
 }
 
+/// `history`, as clients read it: newest first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct History {
+    /// Up to `limit` messages, newest first.
+    pub messages: Vec<HistoryEntry>,
+    /// Whether older matching messages may exist.
+    pub more: bool,
+    /// When `more`: the `before` of the next page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<Seq>,
+}
+
+/// One message of a [`History`] page.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryEntry {
+    /// Its position in the caller's inbox.
+    pub seq: Seq,
+    /// The message.
+    pub msg: Message,
+}
+
+/// `history` as the server answers it: the stored message JSON is spliced into the reply as
+/// it is (as in [`message_event`](super::message_event)), never parsed into a [`Message`] and
+/// written again. [`write_reply`] writes it by hand; clients read it as [`History`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HistoryPage {
+    /// (position, stored `Message` JSON), newest first.
+    pub messages: Vec<(Seq, String)>,
+    /// Whether older matching messages may exist.
+    pub more: bool,
+    /// When `more`: the `before` of the next page.
+    pub next: Option<Seq>,
+}
+
+impl HistoryPage {
+    /// Appends the page's members (`,"messages":[…],"more":…[,"next":…]`) to `out`.
+    fn write_members(&self, out: &mut Vec<u8>) {
+        use std::io::Write;
+        out.extend_from_slice(b",\"messages\":[");
+        for (i, (seq, json)) in self.messages.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            // Writing into a Vec cannot fail.
+            let _ = write!(out, "{{\"seq\":\"{seq}\",\"msg\":");
+            out.extend_from_slice(json.as_bytes());
+            out.push(b'}');
+        }
+        let _ = write!(out, "],\"more\":{}", self.more);
+        if let Some(next) = self.next {
+            let _ = write!(out, ",\"next\":\"{next}\"");
+        }
+    }
+}
+
 /// Any ok reply body, as a session returns it; serialized as the inner struct's fields.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(untagged)]
@@ -98,6 +153,9 @@ pub enum Reply {
     Group(Box<GroupReply>),
     /// `group.list`.
     Groups(Groups),
+    /// `history`: written by hand (see [`HistoryPage`]), so it has no serde form.
+    #[serde(skip)]
+    History(HistoryPage),
 }
 
 /// Appends one reply line to `out`: the head, then the body's fields (or the error).
@@ -115,6 +173,11 @@ pub fn write_reply(
         out.extend_from_slice(r.get().as_bytes());
     }
     match result {
+        Ok(Reply::History(page)) => {
+            out.extend_from_slice(b",\"ok\":true");
+            page.write_members(out);
+            out.push(b'}');
+        }
         Ok(body) => {
             out.extend_from_slice(b",\"ok\":true");
             let start = out.len();
@@ -176,5 +239,47 @@ mod tests {
         let text = line("send", None, Ok(Reply::Sent(sent.clone())));
         let back: SendReply = serde_json::from_str(&text).unwrap();
         assert_eq!(back, sent);
+    }
+
+    /// The hand-written history reply is what clients read as [`History`].
+    #[test]
+    fn history_is_spliced_and_read_back() {
+        use crate::protocol::{Message, Target};
+        let msg = Message {
+            id: "01X".into(),
+            from: UserRef {
+                id: 2,
+                name: "bob".into(),
+            },
+            to: Target::User { user: 1 },
+            text: "hi \"you\"".into(),
+            ts: 7,
+            client_id: None,
+        };
+        let json = serde_json::to_string(&msg).unwrap();
+        let seq = Seq { ms: 7, n: 0 };
+        let page = HistoryPage {
+            messages: vec![(seq, json.clone()), (Seq { ms: 6, n: 3 }, json.clone())],
+            more: true,
+            next: Some(Seq { ms: 6, n: 3 }),
+        };
+        let text = line("history", Some("1"), Ok(Reply::History(page)));
+        assert_eq!(
+            text,
+            format!(
+                "{{\"re\":\"history\",\"ref\":1,\"ok\":true,\"messages\":[{{\"seq\":\"7-0\",\"msg\":{json}}},{{\"seq\":\"6-3\",\"msg\":{json}}}],\"more\":true,\"next\":\"6-3\"}}\n"
+            )
+        );
+        let back: History = serde_json::from_str(&text).unwrap();
+        assert_eq!(back.messages.len(), 2);
+        assert_eq!(back.messages[0], HistoryEntry { seq, msg });
+        assert_eq!(back.next, Some(Seq { ms: 6, n: 3 }));
+        let empty = line("history", None, Ok(Reply::History(HistoryPage::default())));
+        assert_eq!(
+            empty,
+            "{\"re\":\"history\",\"ok\":true,\"messages\":[],\"more\":false}\n"
+        );
+        let back: History = serde_json::from_str(&empty).unwrap();
+        assert!(back.messages.is_empty() && !back.more && back.next.is_none());
     }
 }

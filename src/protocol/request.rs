@@ -16,7 +16,7 @@ use serde::de::{self, IgnoredAny, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::value::RawValue;
 
-use super::{GroupId, UserId};
+use super::{GroupId, Seq, UserId};
 use crate::error::{Code, Error, Result};
 
 /// Every op of the protocol. Op names live here and nowhere else; adding a variant makes the
@@ -53,11 +53,13 @@ pub enum OpKind {
     GroupList,
     /// `group.send`: a message to every member.
     GroupSend,
+    /// `history`: page backwards through the caller's inbox.
+    History,
 }
 
 impl OpKind {
     /// Every op.
-    pub const ALL: [OpKind; 15] = [
+    pub const ALL: [OpKind; 16] = [
         OpKind::Ping,
         OpKind::Register,
         OpKind::Login,
@@ -73,6 +75,7 @@ impl OpKind {
         OpKind::GroupLeave,
         OpKind::GroupList,
         OpKind::GroupSend,
+        OpKind::History,
     ];
 
     /// The op as it appears on the wire (`op`, and `re` of the reply).
@@ -93,6 +96,7 @@ impl OpKind {
             OpKind::GroupLeave => "group.leave",
             OpKind::GroupList => "group.list",
             OpKind::GroupSend => "group.send",
+            OpKind::History => "history",
         }
     }
 
@@ -149,8 +153,8 @@ pub enum Request<'a> {
     #[serde(rename = "group.create", borrow)]
     GroupCreate(CreateArgs<'a>),
     /// `group.join`.
-    #[serde(rename = "group.join")]
-    GroupJoin(GroupArg),
+    #[serde(rename = "group.join", borrow)]
+    GroupJoin(JoinArgs<'a>),
     /// `group.leave`.
     #[serde(rename = "group.leave")]
     GroupLeave(GroupArg),
@@ -160,6 +164,9 @@ pub enum Request<'a> {
     /// `group.send`.
     #[serde(rename = "group.send", borrow)]
     GroupSend(GroupSendArgs<'a>),
+    /// `history`.
+    #[serde(rename = "history")]
+    History(HistoryArgs),
 }
 
 impl Request<'_> {
@@ -181,6 +188,7 @@ impl Request<'_> {
             Request::GroupLeave(_) => OpKind::GroupLeave,
             Request::GroupList => OpKind::GroupList,
             Request::GroupSend(_) => OpKind::GroupSend,
+            Request::History(_) => OpKind::History,
         }
     }
 }
@@ -265,7 +273,48 @@ pub struct UserArg {
     pub user: UserId,
 }
 
-/// Arguments naming one group (`group.join`, `group.leave`).
+/// `group.join` arguments: the group's `group` (id) or `name` (case-insensitive).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinArgs<'a> {
+    /// The group's id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<GroupId>,
+    /// The group's name (when no id is given).
+    #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<Cow<'a, str>>,
+}
+
+/// Which conversation a `history` request reads: `{"user":id}` or `{"group":id}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum With {
+    /// The 1:1 messages between the caller and this user, both directions.
+    User(UserId),
+    /// This group's messages that reached the caller.
+    Group(GroupId),
+}
+
+/// `history` arguments.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryArgs {
+    /// One conversation only; absent, every kept message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub with: Option<With>,
+    /// Only messages strictly older than this position; absent, from the newest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub before: Option<Seq>,
+    /// Most messages to answer, 1 to [`HISTORY_LIMIT_MAX`] (checked by the handler);
+    /// absent, [`HISTORY_LIMIT_DEFAULT`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u64>,
+}
+
+/// `limit` of a `history` request without one.
+pub const HISTORY_LIMIT_DEFAULT: u64 = 50;
+/// Largest `limit` of a `history` request.
+pub const HISTORY_LIMIT_MAX: u64 = 200;
+
+/// Arguments naming one group (`group.leave`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GroupArg {
     /// The group's id.
@@ -346,6 +395,7 @@ impl<'a> Frame<'a> {
             OpKind::GroupLeave => Request::GroupLeave(self.args(line)?),
             OpKind::GroupList => Request::GroupList,
             OpKind::GroupSend => Request::GroupSend(self.args(line)?),
+            OpKind::History => Request::History(self.args(line)?),
         })
     }
 
@@ -582,13 +632,21 @@ mod tests {
                 name: "g".into(),
                 desc: None,
             }),
-            Request::GroupJoin(GroupArg { group: 1 }),
+            Request::GroupJoin(JoinArgs {
+                group: Some(1),
+                name: None,
+            }),
             Request::GroupLeave(GroupArg { group: 1 }),
             Request::GroupList,
             Request::GroupSend(GroupSendArgs {
                 group: 1,
                 text: "x".into(),
                 client_id: None,
+            }),
+            Request::History(HistoryArgs {
+                with: Some(With::Group(3)),
+                before: Some(Seq { ms: 5, n: 1 }),
+                limit: Some(20),
             }),
         ];
         assert_eq!(requests.len(), OpKind::ALL.len());

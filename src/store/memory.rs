@@ -428,6 +428,10 @@ impl Store for MemoryStore {
         })
     }
 
+    async fn group_id(&self, name: &str) -> Result<Option<GroupId>> {
+        Ok(self.state().group_by_name.get(&fold(name)).copied())
+    }
+
     async fn group_name(&self, group: GroupId) -> Result<Option<String>> {
         Ok(self.state().groups.get(&group).map(|g| g.name.clone()))
     }
@@ -521,6 +525,29 @@ impl Store for MemoryStore {
             .entries
             .iter()
             .skip(start)
+            .take(limit)
+            .cloned()
+            .collect())
+    }
+
+    async fn inbox_before(
+        &self,
+        user: UserId,
+        before: Option<Seq>,
+        limit: usize,
+    ) -> Result<Vec<Entry>> {
+        let st = self.state();
+        let Some(inbox) = st.inboxes.get(&user) else {
+            return Ok(Vec::new());
+        };
+        let end = match before {
+            Some(b) => inbox.entries.partition_point(|e| e.seq < b),
+            None => inbox.entries.len(),
+        };
+        Ok(inbox
+            .entries
+            .range(..end)
+            .rev()
             .take(limit)
             .cloned()
             .collect())

@@ -224,6 +224,8 @@ pub trait Store: Send + Sync + 'static {
         user: UserId,
         group: GroupId,
     ) -> impl Future<Output = Result<Membership>> + Send;
+    /// The id of the group named `name` (case-insensitively), if it exists.
+    fn group_id(&self, name: &str) -> impl Future<Output = Result<Option<GroupId>>> + Send;
     /// A group's name, if it exists.
     fn group_name(&self, group: GroupId) -> impl Future<Output = Result<Option<String>>> + Send;
 
@@ -237,6 +239,14 @@ pub trait Store: Send + Sync + 'static {
         &self,
         user: UserId,
         after: Seq,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<Entry>>> + Send;
+    /// Up to `limit` inbox entries strictly before `before` (from the newest when `None`),
+    /// newest first. Reads nothing else: it moves no acknowledged position.
+    fn inbox_before(
+        &self,
+        user: UserId,
+        before: Option<Seq>,
         limit: usize,
     ) -> impl Future<Output = Result<Vec<Entry>>> + Send;
     /// Friends, groups and the acknowledged position: everything a login needs, in one step.

@@ -889,6 +889,14 @@ impl Store for RedisStore {
         })
     }
 
+    async fn group_id(&self, name: &str) -> Result<Option<GroupId>> {
+        self.query(
+            "group_id",
+            redis::cmd("HGET").arg("sb:groups:byname").arg(fold(name)),
+        )
+        .await
+    }
+
     async fn group_name(&self, group: GroupId) -> Result<Option<String>> {
         self.query(
             "group_name",
@@ -983,24 +991,31 @@ impl Store for RedisStore {
                     .arg(limit),
             )
             .await?;
-        rows.into_iter()
-            .map(|(id, fields)| {
-                let mut from = 0;
-                let mut json = String::new();
-                for pair in fields.chunks_exact(2) {
-                    match pair[0].as_str() {
-                        "f" => from = pair[1].parse().unwrap_or(0),
-                        "m" => json = pair[1].clone(),
-                        _ => {}
-                    }
-                }
-                Ok(Entry {
-                    seq: id.parse()?,
-                    from,
-                    json,
-                })
-            })
-            .collect()
+        rows.into_iter().map(entry_from).collect()
+    }
+
+    async fn inbox_before(
+        &self,
+        user: UserId,
+        before: Option<Seq>,
+        limit: usize,
+    ) -> Result<Vec<Entry>> {
+        let end = match before {
+            Some(b) => format!("({b}"),
+            None => "+".to_string(),
+        };
+        let rows: Vec<(String, Vec<String>)> = self
+            .query(
+                "inbox_history",
+                redis::cmd("XREVRANGE")
+                    .arg(format!("sb:{{u:{user}}}:inbox"))
+                    .arg(end)
+                    .arg("-")
+                    .arg("COUNT")
+                    .arg(limit),
+            )
+            .await?;
+        rows.into_iter().map(entry_from).collect()
     }
 
     async fn login_state(&self, user: UserId) -> Result<(Vec<Friend>, Vec<Group>, Seq)> {
@@ -1114,4 +1129,22 @@ fn group_error(e: Error, group: GroupId) -> Error {
         ),
         _ => e,
     }
+}
+
+/// An inbox entry from an `XRANGE`/`XREVRANGE` row: `f` (sender id), `m` (message JSON).
+fn entry_from((id, fields): (String, Vec<String>)) -> Result<Entry> {
+    let mut from = 0;
+    let mut json = String::new();
+    for pair in fields.chunks_exact(2) {
+        match pair[0].as_str() {
+            "f" => from = pair[1].parse().unwrap_or(0),
+            "m" => json = pair[1].clone(),
+            _ => {}
+        }
+    }
+    Ok(Entry {
+        seq: id.parse()?,
+        from,
+        json,
+    })
 }

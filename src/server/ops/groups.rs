@@ -4,7 +4,7 @@
 use crate::error::{Code, Error, Result};
 use crate::protocol::reply::{Done, GroupReply};
 use crate::protocol::{
-    self, CreateArgs, Event, GroupArg, GroupId, GroupRef, Reply, UserId, valid_name,
+    self, CreateArgs, Event, GroupArg, GroupId, GroupRef, JoinArgs, Reply, UserId, valid_name,
 };
 use crate::server::session::Session;
 use crate::store::Store;
@@ -32,8 +32,21 @@ impl<S: Store> Session<S> {
         Ok(Reply::Group(Box::new(GroupReply { group })))
     }
 
-    pub(super) async fn group_join(&mut self, args: GroupArg) -> Result<Reply> {
-        let group = self.node.store.group_join(self.me().id, args.group).await?;
+    pub(super) async fn group_join(&mut self, args: JoinArgs<'_>) -> Result<Reply> {
+        let id = match (args.group, args.name) {
+            (Some(id), _) => id,
+            // Ids are never reused, so a group deleted (and its name taken again) between the
+            // two steps answers `no_such_group`, never another group's view.
+            (None, Some(name)) => self.node.store.group_id(&name).await?.ok_or_else(|| {
+                Error::new(Code::NoSuchGroup, format!("group {name:?} does not exist"))
+            })?,
+            (None, None) => {
+                return Err(Error::bad_request(
+                    "group.join needs \"group\" (id) or \"name\"",
+                ));
+            }
+        };
+        let group = self.node.store.group_join(self.me().id, id).await?;
         let members: Vec<UserId> = group.members.iter().map(|m| m.id).collect();
         self.membership_event(true, group.id, &group.name, &members)
             .await;

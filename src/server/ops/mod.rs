@@ -4,6 +4,7 @@
 mod accounts;
 mod friends;
 mod groups;
+mod history;
 mod messages;
 
 use crate::error::{Code, Error, Result};
@@ -68,6 +69,7 @@ impl<S: Store> Session<S> {
                 let groups = self.node.store.groups(self.me().id).await?;
                 Ok(Reply::Groups(Groups { groups }))
             }
+            Request::History(args) => self.history(args).await,
         }
     }
 

@@ -249,10 +249,21 @@ fn arguments(req: &Request) {
                 assert_eq!(protocol::valid_name(&a.name), name_rule(&a.name));
                 let _ = a.desc;
             }
+            Op::History(a) => {
+                // A `before` parsed only as a seq (which prints back to itself); `with` only
+                // as `{"user":id}` or `{"group":id}`; the handler bounds `limit`.
+                if let Some(b) = a.before {
+                    seq(&b.to_string());
+                }
+                let _ = (a.with, a.limit);
+            }
+            Op::GroupJoin(a) => {
+                // A name that is not a valid name is simply not found.
+                let _ = (a.group, a.name);
+            }
             Op::Whois(_)
             | Op::FriendAdd(_)
             | Op::FriendRemove(_)
-            | Op::GroupJoin(_)
             | Op::GroupLeave(_)
             | Op::Ping
             | Op::Logout
