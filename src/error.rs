@@ -33,6 +33,8 @@ pub enum Code {
     AlreadyMember,
     /// The `client_id` was used before on a different request.
     ClientIdConflict,
+    /// A block between the two users forbids this (`send`, `friend.add`).
+    Blocked,
     /// The text is longer than `max_text_chars`.
     TextTooLong,
     /// The frame is longer than `max_frame_bytes`.
@@ -65,6 +67,7 @@ impl Code {
             Code::NotAMember => "not_a_member",
             Code::AlreadyMember => "already_member",
             Code::ClientIdConflict => "client_id_conflict",
+            Code::Blocked => "blocked",
             Code::TextTooLong => "text_too_long",
             Code::FrameTooLarge => "frame_too_large",
             Code::RateLimited => "rate_limited",
@@ -75,7 +78,7 @@ impl Code {
     }
 
     /// Every code.
-    pub const ALL: [Code; 20] = [
+    pub const ALL: [Code; 21] = [
         Code::BadJson,
         Code::BadRequest,
         Code::UnknownOp,
@@ -90,6 +93,7 @@ impl Code {
         Code::NotAMember,
         Code::AlreadyMember,
         Code::ClientIdConflict,
+        Code::Blocked,
         Code::TextTooLong,
         Code::FrameTooLarge,
         Code::RateLimited,

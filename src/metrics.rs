@@ -36,6 +36,8 @@ pub struct Metrics {
     pub redis_latency: HistogramVec,
     /// `goaway` events sent.
     pub goaway: IntCounter,
+    /// Accounts deleted (`account.delete`).
+    pub accounts_deleted: IntCounter,
     /// How long the last drain took.
     pub drain_seconds: Gauge,
     /// Acknowledgements accepted.
@@ -179,6 +181,10 @@ impl Metrics {
             goaway: counter(
                 "switchboard_goaway_sent_total",
                 "goaway events sent to clients.",
+            ),
+            accounts_deleted: counter(
+                "switchboard_accounts_deleted_total",
+                "Accounts deleted with account.delete.",
             ),
             drain_seconds: {
                 let g = Gauge::new(

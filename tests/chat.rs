@@ -482,3 +482,78 @@ async fn history_more_and_join_by_name() {
     assert!(status.success(), "exit {status}; stderr: {stderr}");
     assert_eq!(count(&lines, " b3"), 3, "live, /history bob, /history");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn block_passwd_and_delete_account() {
+    const NEW: &str = "a new secret 42";
+    let c = Cluster::memory().await;
+    let addr = c.addr(0);
+    let mut bob = user(addr, "bob").await;
+    let bob_name = bob.login_name().await;
+    let alice = uname("alice");
+    let alice_id = register(addr, &alice).await;
+    let mut chat = Chat::spawn(&addr.to_string(), &alice, &[], Some(PASSWORD));
+    chat.expect("* synced, 0 unread").await;
+
+    chat.send(&format!("/block {bob_name}"));
+    chat.expect(&format!("* blocked {bob_name}")).await;
+    assert_eq!(
+        bob.err(json!({"op": "send", "to": alice_id, "text": "hi"}))
+            .await,
+        "blocked"
+    );
+    chat.send("/blocked");
+    chat.expect(&format!("* blocked: {bob_name}")).await;
+    chat.send(&format!("/unblock {bob_name}"));
+    chat.expect(&format!("* unblocked {bob_name}")).await;
+    chat.send("/blocked");
+    chat.expect("* blocked: none").await;
+
+    // Without a terminal the secrets are the next input lines.
+    chat.send("/passwd");
+    chat.send("not the password");
+    chat.send(NEW);
+    chat.expect("! bad_credentials:").await;
+    chat.send("/passwd");
+    chat.send(PASSWORD);
+    chat.send(NEW);
+    chat.expect("* password changed").await;
+    let mut check = Client::connect(addr).await;
+    assert_eq!(
+        check
+            .err(json!({"op": "login", "name": alice, "password": PASSWORD}))
+            .await,
+        "bad_credentials"
+    );
+    check
+        .ok(json!({"op": "login", "name": alice, "password": NEW}))
+        .await;
+
+    chat.send("/delete-account");
+    chat.send(NEW);
+    chat.send("no");
+    chat.expect("* account not deleted").await;
+    chat.send("/delete-account");
+    chat.send(NEW);
+    chat.send("DELETE");
+    chat.expect("* account deleted").await;
+    chat.expect("your account was deleted; goodbye").await;
+    let (status, lines, stderr) = chat.exit().await;
+    assert!(
+        status.success(),
+        "{status:?}\n{}\n{stderr}",
+        lines.join("\n")
+    );
+    assert!(
+        lines
+            .iter()
+            .all(|l| !l.contains(NEW) && !l.contains(PASSWORD)),
+        "a password was echoed"
+    );
+    assert_eq!(check.event("goaway").await["reason"], "account_deleted");
+    let mut w = Client::connect(addr).await;
+    assert_eq!(
+        w.err(json!({"op": "whois", "id": alice_id})).await,
+        "no_such_user"
+    );
+}

@@ -472,3 +472,56 @@ async fn session_backoff_is_bounded_when_nothing_answers() {
     assert!(took < Duration::from_millis(260 + 1000), "{took:?}");
     assert!(session.client().is_err(), "no connection");
 }
+
+/// The typed account calls; a `Session` whose account is deleted hands out the `goaway` and
+/// ends instead of reconnecting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn account_calls_and_a_session_ending_with_its_account() {
+    let c = Cluster::redis(2).await;
+    let (mut other, other_id, other_name) = logged_in(c.addr(0), "cb").await;
+    let (mut me, me_id, name) = logged_in(c.addr(1), "ca").await;
+    me.block(other_id).await.unwrap();
+    let list = me.block_list().await.unwrap().users;
+    assert_eq!(
+        (list.len(), list[0].name.as_str()),
+        (1, other_name.as_str())
+    );
+    let err = other.send(me_id, "hi", None).await.unwrap_err();
+    assert_eq!(err.code(), Some(Code::Blocked));
+    me.unblock(other_id).await.unwrap();
+    assert!(me.block_list().await.unwrap().users.is_empty());
+    let err = me
+        .password_change("wrong-password", "new-password-1")
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(Code::BadCredentials));
+    let token = me
+        .password_change(PASSWORD, "new-password-1")
+        .await
+        .unwrap()
+        .token;
+    assert!(!token.is_empty());
+
+    let (mut session, _) = Session::login(
+        &c.addr(0).to_string(),
+        &name,
+        "new-password-1",
+        Options::default(),
+        Reconnect::default(),
+    )
+    .await
+    .unwrap();
+    me.account_delete("new-password-1").await.unwrap();
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let update = tokio::time::timeout_at(deadline, session.next())
+            .await
+            .unwrap()
+            .unwrap();
+        if let Update::Event(Event::Goaway { reason, .. }) = update {
+            assert_eq!(reason, switchboard::client::ACCOUNT_DELETED);
+            break;
+        }
+    }
+    assert!(matches!(session.next().await, Err(ClientError::Closed)));
+}

@@ -23,12 +23,13 @@ use tokio::time::{Instant, sleep_until, timeout, timeout_at};
 use crate::client::{Client, ClientError, Frame, Options, Reader, Ref, Writer};
 use crate::error::Code;
 use crate::protocol::reply::{
-    FriendReply, Friends, GroupReply, Groups, History, HistoryEntry, LoggedIn, SendReply, Whois,
+    Blocked, FriendReply, Friends, GroupReply, Groups, History, HistoryEntry, LoggedIn, NewToken,
+    SendReply, Whois,
 };
 use crate::protocol::{
-    AckArgs, CreateArgs, Event, Group, GroupArg, GroupRef, GroupSendArgs, HISTORY_LIMIT_MAX,
-    HistoryArgs, JoinArgs, Message, Request, SendArgs, Seq, Target, UserArg, UserRef, WhoArgs,
-    With, valid_name,
+    AccountDeleteArgs, AckArgs, CreateArgs, Event, Group, GroupArg, GroupRef, GroupSendArgs,
+    HISTORY_LIMIT_MAX, HistoryArgs, JoinArgs, Message, PasswordChangeArgs, Request, SendArgs, Seq,
+    Target, UserArg, UserRef, WhoArgs, With, valid_name,
 };
 
 /// Environment variable the password is read from when there is no terminal to prompt on.
@@ -227,10 +228,23 @@ fn start_editor() -> anyhow::Result<(Out, mpsc::Receiver<String>)> {
             if !line.trim().is_empty() {
                 let _ = editor.add_history_entry(line.as_str());
             }
+            // Commands that read secrets get them here, without echo, and only as a whole:
+            // the chat loop takes the lines that follow the command as its secrets.
+            let secrets = match line.trim() {
+                "/passwd" => ask_new_password(),
+                "/delete-account" => ask_deletion(&mut editor),
+                _ => Some(Vec::new()),
+            };
+            let Some(secrets) = secrets else {
+                continue;
+            };
             // Stop reading after the commands that end the client, so that the editor leaves
             // raw mode before the process exits.
             let last = matches!(line.split_whitespace().next(), Some("/quit" | "/logout"));
-            if tx.blocking_send(line).is_err() || last {
+            if tx.blocking_send(line).is_err()
+                || secrets.into_iter().any(|s| tx.blocking_send(s).is_err())
+                || last
+            {
                 break;
             }
         }
@@ -242,6 +256,30 @@ fn start_editor() -> anyhow::Result<(Out, mpsc::Receiver<String>)> {
         },
         rx,
     ))
+}
+
+/// `/passwd` at the terminal: the old password and the new one twice, without echo; `None`
+/// (nothing sent) when reading fails or the two new ones differ.
+fn ask_new_password() -> Option<Vec<String>> {
+    let read = |prompt: &str| rpassword::prompt_password(prompt).ok();
+    let old = read("current password: ")?;
+    let new = read("new password: ")?;
+    if read("repeat the new password: ")? != new {
+        eprintln!("the new passwords differ; password not changed");
+        return None;
+    }
+    Some(vec![old, new])
+}
+
+/// `/delete-account` at the terminal: the password without echo, then the confirmation.
+fn ask_deletion(editor: &mut rustyline::DefaultEditor) -> Option<Vec<String>> {
+    let password = rpassword::prompt_password("password: ").ok()?;
+    let confirm = editor
+        .readline(&format!(
+            "delete your account and everything in it? type {DELETE_CONFIRMATION}: "
+        ))
+        .ok()?;
+    Some(vec![password, confirm])
 }
 
 /// Reads standard input line by line on its own thread (script mode).
@@ -396,6 +434,12 @@ enum Step {
     Join,
     Leave(u64),
     Groups,
+    Block(String),
+    Unblock(String),
+    Blocked,
+    /// `password.change`; the new password, kept for reconnecting.
+    Passwd(String),
+    DeleteAccount,
     /// `history` pages until `want` messages are in `got` or there are no older ones.
     History {
         with: Option<With>,
@@ -444,10 +488,27 @@ enum Cmd {
         count: u64,
     },
     More,
+    Block(String),
+    Unblock(String),
+    Blocked,
+    /// `/passwd`: the old and the new password follow as input lines.
+    Passwd,
+    /// `/delete-account`: the password and the confirmation follow as input lines.
+    DeleteAccount,
     Logout,
     Quit,
     Help,
 }
+
+/// A command that reads secret input lines (never echoed, never in the history): which one,
+/// and the lines read so far.
+enum Ask {
+    Passwd(Vec<String>),
+    DeleteAccount(Vec<String>),
+}
+
+/// What `/delete-account` wants typed to confirm.
+const DELETE_CONFIRMATION: &str = "DELETE";
 
 const HELP: &str = "\
 commands:
@@ -464,6 +525,13 @@ commands:
                         the last N (default 20) messages with a user, of a group,
                         or of all conversations, oldest first
   /more                 older messages of the last /history
+  /block NAME           stop a user's messages, friend requests and presence
+  /unblock NAME         undo /block
+  /blocked              list the users you block
+  /passwd               change your password (asks for the old and the new one; without
+                        a terminal, the next two input lines); other devices must log in again
+  /delete-account       delete your account for good (asks for the password and for DELETE;
+                        without a terminal, the next two input lines)
   /logout               log out (ends the token) and quit
   /quit                 quit
   /help                 this list";
@@ -526,6 +594,8 @@ struct Chat {
     outstanding: usize,
     /// Where `/more` continues, after a `/history`.
     older: Option<Older>,
+    /// A command reading secret lines.
+    asking: Option<Ask>,
 }
 
 impl Chat {
@@ -551,6 +621,7 @@ impl Chat {
             current: None,
             outstanding: 0,
             older: None,
+            asking: None,
         }
     }
 
@@ -873,6 +944,9 @@ impl Chat {
     }
 
     async fn on_input(&mut self, link: &mut Link, line: &str) -> Flow {
+        if let Some(ask) = self.asking.take() {
+            return self.on_secret(link, ask, line).await;
+        }
         match self.parse(line) {
             Ok(None) => Flow::Go,
             Ok(Some(cmd)) => {
@@ -882,6 +956,49 @@ impl Chat {
             Err(message) => {
                 self.error("usage", &message);
                 Flow::Go
+            }
+        }
+    }
+
+    /// One more secret line of `/passwd` or `/delete-account`; sends the request once all
+    /// are read.
+    async fn on_secret(&mut self, link: &mut Link, ask: Ask, line: &str) -> Flow {
+        let line = line.trim_end_matches(['\r', '\n']).to_string();
+        match ask {
+            Ask::Passwd(mut got) => {
+                got.push(line);
+                if got.len() < 2 {
+                    self.asking = Some(Ask::Passwd(got));
+                    return Flow::Go;
+                }
+                let new = got.pop().unwrap_or_default();
+                let old = got.pop().unwrap_or_default();
+                let req = Request::PasswordChange(PasswordChangeArgs {
+                    old: old.as_str().into(),
+                    new: new.as_str().into(),
+                });
+                self.current = Some(Cmd::Passwd);
+                self.send(link, &req, Pending::Step(Step::Passwd(new.clone())))
+                    .await
+            }
+            Ask::DeleteAccount(mut got) => {
+                got.push(line);
+                if got.len() < 2 {
+                    self.asking = Some(Ask::DeleteAccount(got));
+                    return Flow::Go;
+                }
+                if got[1].trim() != DELETE_CONFIRMATION {
+                    self.status(format!(
+                        "account not deleted (confirm with {DELETE_CONFIRMATION})"
+                    ));
+                    return Flow::Go;
+                }
+                let req = Request::AccountDelete(AccountDeleteArgs {
+                    password: got[0].as_str().into(),
+                });
+                self.current = Some(Cmd::DeleteAccount);
+                self.send(link, &req, Pending::Step(Step::DeleteAccount))
+                    .await
             }
         }
     }
@@ -971,6 +1088,11 @@ impl Chat {
                 Cmd::History { conv, count }
             }
             "/more" => none(Cmd::More)?,
+            "/block" => Cmd::Block(one("/block NAME")?),
+            "/unblock" => Cmd::Unblock(one("/unblock NAME")?),
+            "/blocked" => none(Cmd::Blocked)?,
+            "/passwd" => none(Cmd::Passwd)?,
+            "/delete-account" => none(Cmd::DeleteAccount)?,
             "/logout" => none(Cmd::Logout)?,
             "/quit" => none(Cmd::Quit)?,
             "/help" => none(Cmd::Help)?,
@@ -1111,6 +1233,29 @@ impl Chat {
                 }
                 None => self.refresh_groups(link, cmd, lookup).await,
             },
+            Cmd::Block(name) | Cmd::Unblock(name) => {
+                let Some(&id) = self.users.get(&name.to_ascii_lowercase()) else {
+                    return self.resolve(link, cmd, lookup).await;
+                };
+                let name = self.user_name(id);
+                let (req, step) = match cmd {
+                    Cmd::Block(_) => (Request::Block(UserArg { user: id }), Step::Block(name)),
+                    _ => (Request::Unblock(UserArg { user: id }), Step::Unblock(name)),
+                };
+                self.send(link, &req, Pending::Step(step)).await
+            }
+            Cmd::Blocked => {
+                self.send(link, &Request::BlockList, Pending::Step(Step::Blocked))
+                    .await
+            }
+            Cmd::Passwd => {
+                self.asking = Some(Ask::Passwd(Vec::new()));
+                Flow::Go
+            }
+            Cmd::DeleteAccount => {
+                self.asking = Some(Ask::DeleteAccount(Vec::new()));
+                Flow::Go
+            }
             Cmd::Logout => {
                 if let Flow::Lost = self.ack(link).await {
                     return Flow::Lost;
@@ -1172,6 +1317,8 @@ impl Chat {
     async fn resolve(&mut self, link: &mut Link, cmd: Cmd, lookup: bool) -> Flow {
         let (Cmd::Msg { to: name, .. }
         | Cmd::Add(name)
+        | Cmd::Block(name)
+        | Cmd::Unblock(name)
         | Cmd::History {
             conv: Some(name), ..
         }) = &cmd
@@ -1357,6 +1504,32 @@ impl Chat {
                     count: want,
                 });
             }
+            Step::Block(name) => self.status(format!("blocked {name}")),
+            Step::Unblock(name) => self.status(format!("unblocked {name}")),
+            Step::Blocked => {
+                let users = reply.reply::<Blocked>().map(|b| b.users);
+                let names: Vec<String> = users
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|u| {
+                        self.learn(u.id, &u.name);
+                        u.name
+                    })
+                    .collect();
+                self.status(format!("blocked: {}", or_none(&names)));
+            }
+            Step::Passwd(new) => {
+                if let Ok(NewToken { token }) = reply.reply() {
+                    self.token = Some(token);
+                    self.password = new;
+                    self.status("password changed; your other devices must log in again".into());
+                }
+            }
+            Step::DeleteAccount => {
+                // The server's goaway (account_deleted) and the end of the connection follow.
+                self.token = None;
+                self.status("account deleted".into());
+            }
             Step::Logout => {
                 self.token = None;
                 self.status("logged out".into());
@@ -1410,6 +1583,11 @@ impl Chat {
             }
             Event::MemberJoined { group, user } => self.membership(&now, group, user, true),
             Event::MemberLeft { group, user } => self.membership(&now, group, user, false),
+            Event::Goaway { reason, .. } if reason == crate::client::ACCOUNT_DELETED => {
+                self.token = None;
+                self.print(format!("{now} * your account was deleted; goodbye"));
+                return Flow::Quit;
+            }
             Event::Goaway {
                 reason,
                 reconnect_after_ms,

@@ -55,11 +55,13 @@ use tokio::time::{Instant, timeout, timeout_at};
 
 use crate::error::{Code, Error};
 use crate::protocol::reply::{
-    Done, FriendReply, Friends, GroupReply, Groups, History, LoggedIn, Registered, SendReply, Whois,
+    Blocked, Done, FriendReply, Friends, GroupReply, Groups, History, LoggedIn, NewToken,
+    Registered, SendReply, Whois,
 };
 use crate::protocol::{
-    AckArgs, CreateArgs, Event, GroupArg, GroupId, GroupSendArgs, HistoryArgs, JoinArgs, LoginArgs,
-    RegisterArgs, Request, SendArgs, Seq, UserArg, UserId, WhoArgs, With,
+    AccountDeleteArgs, AckArgs, CreateArgs, Event, GroupArg, GroupId, GroupSendArgs, HistoryArgs,
+    JoinArgs, LoginArgs, PasswordChangeArgs, RegisterArgs, Request, SendArgs, Seq, UserArg, UserId,
+    WhoArgs, With,
 };
 
 mod conn;
@@ -68,7 +70,7 @@ mod session;
 
 pub use conn::{Reader, Split, Transport, Writer, encode};
 pub use frame::{Frame, FrameKind, owned_event};
-pub use session::{Backoff, Reconnect, Session, Update};
+pub use session::{ACCOUNT_DELETED, Backoff, Reconnect, Session, Update};
 
 /// A request's `ref` as this client writes it: 1, 2, 3, … per connection.
 pub type Ref = u64;
@@ -429,6 +431,39 @@ impl<T: Transport> Client<T> {
     /// `friend.list`.
     pub async fn friend_list(&mut self) -> Result<Friends, ClientError> {
         self.call(&Request::FriendList).await
+    }
+
+    /// `block`: the user's messages, friend requests and presence stop reaching the caller.
+    pub async fn block(&mut self, user: UserId) -> Result<Done, ClientError> {
+        self.call(&Request::Block(UserArg { user })).await
+    }
+
+    /// `unblock`.
+    pub async fn unblock(&mut self, user: UserId) -> Result<Done, ClientError> {
+        self.call(&Request::Unblock(UserArg { user })).await
+    }
+
+    /// `block.list`: the users the caller blocks.
+    pub async fn block_list(&mut self) -> Result<Blocked, ClientError> {
+        self.call(&Request::BlockList).await
+    }
+
+    /// `password.change`: answers the new token (every other token is revoked).
+    pub async fn password_change(&mut self, old: &str, new: &str) -> Result<NewToken, ClientError> {
+        self.call(&Request::PasswordChange(PasswordChangeArgs {
+            old: old.into(),
+            new: new.into(),
+        }))
+        .await
+    }
+
+    /// `account.delete`: the reply is followed by `goaway` (`account_deleted`) and the end of
+    /// the connection.
+    pub async fn account_delete(&mut self, password: &str) -> Result<Done, ClientError> {
+        self.call(&Request::AccountDelete(AccountDeleteArgs {
+            password: password.into(),
+        }))
+        .await
     }
 
     /// `group.create` with the caller as creator.

@@ -120,7 +120,12 @@ pub struct Session {
     acked: Option<Seq>,
     ids: SeenIds,
     reconnects: u64,
+    /// The account was deleted (`goaway` with reason `account_deleted`): nothing to resume.
+    deleted: bool,
 }
+
+/// `goaway.reason` when the account was deleted: the session ends for good.
+pub const ACCOUNT_DELETED: &str = "account_deleted";
 
 impl Session {
     /// Connects to `addr` and logs in with a password.
@@ -168,6 +173,7 @@ impl Session {
             acked: None,
             ids: SeenIds::default(),
             reconnects: 0,
+            deleted: false,
         }
     }
 
@@ -258,6 +264,9 @@ impl Session {
     /// Calling it again after an error starts a new round of attempts.
     pub async fn next(&mut self) -> Result<Update, ClientError> {
         loop {
+            if self.deleted && self.queue.is_empty() {
+                return Err(ClientError::Closed);
+            }
             let frame = match self.queue.pop_front() {
                 Some(frame) => frame,
                 None => {
@@ -289,6 +298,15 @@ impl Session {
                     if self.ids.insert(&msg.id) {
                         return Ok(Update::Event(Event::Message { seq, msg }));
                     }
+                }
+                Event::Goaway { reason, .. } if reason == ACCOUNT_DELETED => {
+                    // The end: handed out, and no reconnection (every token is revoked).
+                    self.leave(Duration::ZERO);
+                    self.deleted = true;
+                    return Ok(Update::Event(Event::Goaway {
+                        reason,
+                        reconnect_after_ms: 0,
+                    }));
                 }
                 Event::Goaway {
                     reconnect_after_ms, ..

@@ -15,9 +15,9 @@ pub mod request;
 pub use event::{Event, message_event};
 pub use reply::{Reply, write_reply};
 pub use request::{
-    AckArgs, CreateArgs, Frame, GroupArg, GroupSendArgs, HISTORY_LIMIT_DEFAULT, HISTORY_LIMIT_MAX,
-    HistoryArgs, JoinArgs, LoginArgs, OpKind, RegisterArgs, Request, SendArgs, UserArg, WhoArgs,
-    With,
+    AccountDeleteArgs, AckArgs, CreateArgs, Frame, GroupArg, GroupSendArgs, HISTORY_LIMIT_DEFAULT,
+    HISTORY_LIMIT_MAX, HistoryArgs, JoinArgs, LoginArgs, OpKind, PasswordChangeArgs, RegisterArgs,
+    Request, SendArgs, UserArg, WhoArgs, With,
 };
 
 /// Protocol version spoken by this server.

@@ -10,7 +10,8 @@ use serde_json::value::RawValue;
 use super::{Friend, Group, Message, Sent, Seq, UserRef};
 use crate::error::Error;
 
-/// An ok reply with nothing more (`ping`, `logout`, `ack`, `friend.remove`, `group.leave`).
+/// An ok reply with nothing more (`ping`, `logout`, `ack`, `friend.remove`, `group.leave`,
+/// `block`, `unblock`, `account.delete`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Done {}
 
@@ -60,6 +61,20 @@ pub struct FriendReply {
 pub struct Friends {
     /// Every friend of the caller.
     pub friends: Vec<Friend>,
+}
+
+/// `block.list`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Blocked {
+    /// Every user the caller blocks.
+    pub users: Vec<UserRef>,
+}
+
+/// `password.change`: the token that replaces every revoked one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewToken {
+    /// Token for `login` without the password.
+    pub token: String,
 }
 
 /// `group.create` and `group.join`: the group as the caller sees it.
@@ -149,6 +164,10 @@ pub enum Reply {
     Friend(FriendReply),
     /// `friend.list`.
     Friends(Friends),
+    /// `block.list`.
+    Blocked(Blocked),
+    /// `password.change`.
+    NewToken(NewToken),
     /// `group.create`, `group.join`.
     Group(Box<GroupReply>),
     /// `group.list`.

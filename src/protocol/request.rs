@@ -43,6 +43,16 @@ pub enum OpKind {
     FriendRemove,
     /// `friend.list`: the caller's friends.
     FriendList,
+    /// `block`: stop a user's messages, friend requests and presence.
+    Block,
+    /// `unblock`: undo a `block`.
+    Unblock,
+    /// `block.list`: the users the caller blocks.
+    BlockList,
+    /// `password.change`: a new password; every token is revoked.
+    PasswordChange,
+    /// `account.delete`: delete the caller's account.
+    AccountDelete,
     /// `group.create`: a new group with the caller as creator.
     GroupCreate,
     /// `group.join`: become a member.
@@ -59,7 +69,7 @@ pub enum OpKind {
 
 impl OpKind {
     /// Every op.
-    pub const ALL: [OpKind; 16] = [
+    pub const ALL: [OpKind; 21] = [
         OpKind::Ping,
         OpKind::Register,
         OpKind::Login,
@@ -70,6 +80,11 @@ impl OpKind {
         OpKind::FriendAdd,
         OpKind::FriendRemove,
         OpKind::FriendList,
+        OpKind::Block,
+        OpKind::Unblock,
+        OpKind::BlockList,
+        OpKind::PasswordChange,
+        OpKind::AccountDelete,
         OpKind::GroupCreate,
         OpKind::GroupJoin,
         OpKind::GroupLeave,
@@ -91,6 +106,11 @@ impl OpKind {
             OpKind::FriendAdd => "friend.add",
             OpKind::FriendRemove => "friend.remove",
             OpKind::FriendList => "friend.list",
+            OpKind::Block => "block",
+            OpKind::Unblock => "unblock",
+            OpKind::BlockList => "block.list",
+            OpKind::PasswordChange => "password.change",
+            OpKind::AccountDelete => "account.delete",
             OpKind::GroupCreate => "group.create",
             OpKind::GroupJoin => "group.join",
             OpKind::GroupLeave => "group.leave",
@@ -149,6 +169,21 @@ pub enum Request<'a> {
     /// `friend.list`.
     #[serde(rename = "friend.list")]
     FriendList,
+    /// `block`.
+    #[serde(rename = "block")]
+    Block(UserArg),
+    /// `unblock`.
+    #[serde(rename = "unblock")]
+    Unblock(UserArg),
+    /// `block.list`.
+    #[serde(rename = "block.list")]
+    BlockList,
+    /// `password.change`.
+    #[serde(rename = "password.change", borrow)]
+    PasswordChange(PasswordChangeArgs<'a>),
+    /// `account.delete`.
+    #[serde(rename = "account.delete", borrow)]
+    AccountDelete(AccountDeleteArgs<'a>),
     /// `group.create`.
     #[serde(rename = "group.create", borrow)]
     GroupCreate(CreateArgs<'a>),
@@ -183,6 +218,11 @@ impl Request<'_> {
             Request::FriendAdd(_) => OpKind::FriendAdd,
             Request::FriendRemove(_) => OpKind::FriendRemove,
             Request::FriendList => OpKind::FriendList,
+            Request::Block(_) => OpKind::Block,
+            Request::Unblock(_) => OpKind::Unblock,
+            Request::BlockList => OpKind::BlockList,
+            Request::PasswordChange(_) => OpKind::PasswordChange,
+            Request::AccountDelete(_) => OpKind::AccountDelete,
             Request::GroupCreate(_) => OpKind::GroupCreate,
             Request::GroupJoin(_) => OpKind::GroupJoin,
             Request::GroupLeave(_) => OpKind::GroupLeave,
@@ -266,7 +306,26 @@ pub struct AckArgs<'a> {
     pub seq: Cow<'a, str>,
 }
 
-/// Arguments naming one user (`friend.add`, `friend.remove`).
+/// `password.change` arguments.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PasswordChangeArgs<'a> {
+    /// The current password.
+    #[serde(borrow)]
+    pub old: Cow<'a, str>,
+    /// The new password.
+    #[serde(borrow)]
+    pub new: Cow<'a, str>,
+}
+
+/// `account.delete` arguments.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccountDeleteArgs<'a> {
+    /// The current password.
+    #[serde(borrow)]
+    pub password: Cow<'a, str>,
+}
+
+/// Arguments naming one user (`friend.add`, `friend.remove`, `block`, `unblock`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UserArg {
     /// The user's id.
@@ -390,6 +449,11 @@ impl<'a> Frame<'a> {
             OpKind::FriendAdd => Request::FriendAdd(self.args(line)?),
             OpKind::FriendRemove => Request::FriendRemove(self.args(line)?),
             OpKind::FriendList => Request::FriendList,
+            OpKind::Block => Request::Block(self.args(line)?),
+            OpKind::Unblock => Request::Unblock(self.args(line)?),
+            OpKind::BlockList => Request::BlockList,
+            OpKind::PasswordChange => Request::PasswordChange(self.args(line)?),
+            OpKind::AccountDelete => Request::AccountDelete(self.args(line)?),
             OpKind::GroupCreate => Request::GroupCreate(self.args(line)?),
             OpKind::GroupJoin => Request::GroupJoin(self.args(line)?),
             OpKind::GroupLeave => Request::GroupLeave(self.args(line)?),
@@ -628,6 +692,16 @@ mod tests {
             Request::FriendAdd(UserArg { user: 4 }),
             Request::FriendRemove(UserArg { user: 4 }),
             Request::FriendList,
+            Request::Block(UserArg { user: 5 }),
+            Request::Unblock(UserArg { user: 5 }),
+            Request::BlockList,
+            Request::PasswordChange(PasswordChangeArgs {
+                old: "old-secret".into(),
+                new: "new-secret".into(),
+            }),
+            Request::AccountDelete(AccountDeleteArgs {
+                password: "pw\\\"x".into(),
+            }),
             Request::GroupCreate(CreateArgs {
                 name: "g".into(),
                 desc: None,

@@ -116,7 +116,7 @@ impl<S: Store> Session<S> {
         // marks every session): the catch-up that the mark asks for must come first.
         let lost = paused || registry.losses() != losses;
         if lost || login.outbox.is_lagged() {
-            queued.retain(|live| matches!(**live, Live::Event { .. }));
+            queued.retain(|live| matches!(**live, Live::Event { .. } | Live::Close { .. }));
             let wait = if lost { PAUSED_POLL } else { Duration::ZERO };
             login.retry_at = Some(Instant::now() + wait);
         }
@@ -155,6 +155,13 @@ impl<S: Store> Session<S> {
                     if **origin != *self.id {
                         self.out.extend_from_slice(line.as_bytes());
                         self.out.push(b'\n');
+                    }
+                }
+                Live::Close { origin, line } => {
+                    if **origin != *self.id && !self.kicked {
+                        self.out.extend_from_slice(line.as_bytes());
+                        self.out.push(b'\n');
+                        self.kicked = true;
                     }
                 }
             }

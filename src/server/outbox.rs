@@ -35,6 +35,14 @@ pub enum Live {
         /// The complete event, without newline.
         line: Box<str>,
     },
+    /// The end of every session of the user (its account was deleted): write the event, then
+    /// close.
+    Close {
+        /// Global id of the session that must not get it (it ends by itself).
+        origin: Box<str>,
+        /// The complete event (a `goaway`), without newline.
+        line: Box<str>,
+    },
 }
 
 /// The queue between the bus and one session.

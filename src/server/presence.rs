@@ -120,6 +120,8 @@ async fn restore<S: Store>(
                     node.announce_presence(&user, true).await;
                 }
             }
+            // The account was deleted meanwhile: its sessions are being closed.
+            Err(e) if e.code == crate::error::Code::NoSuchUser => {}
             Err(e) => {
                 tracing::warn!(user = user.id, error = %e, "session not restored; retrying");
                 failed.push((user, session));

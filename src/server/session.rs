@@ -90,6 +90,8 @@ pub(super) struct Session<S> {
     pub(super) bucket: Bucket,
     pub(super) login: Option<LoggedIn>,
     goaway_sent: bool,
+    /// The account was deleted: the session ends once its `goaway` is written.
+    pub(super) kicked: bool,
     /// A write failed or timed out: what was buffered is gone, so nothing more may be written
     /// (a later write would follow a hole in the stream of positions).
     pub(super) broken: bool,
@@ -173,6 +175,7 @@ pub async fn serve<S: Store>(node: Arc<Node<S>>, mut stream: TcpStream, mut peer
             errors: 0,
             login: None,
             goaway_sent: false,
+            kicked: false,
             broken: false,
             slot: Some(slot),
             login_by: None,
@@ -249,6 +252,9 @@ impl<S: Store> Session<S> {
         loop {
             if !self.flush().await {
                 return Close::Now;
+            }
+            if self.kicked {
+                return Close::Linger;
             }
             let outbox = self.login.as_ref().map(|l| l.outbox.clone());
             let retry_at = self.login.as_ref().and_then(|l| l.retry_at);
@@ -352,6 +358,9 @@ impl<S: Store> Session<S> {
                         return Err(Close::Linger);
                     }
                 }
+            }
+            if self.kicked {
+                return Err(Close::Linger);
             }
             if let Some(close) = self.track_login() {
                 return Err(close);

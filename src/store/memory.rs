@@ -10,11 +10,11 @@ use std::time::{Duration, Instant};
 
 use crate::error::{Code, Error, Result};
 use crate::protocol::{Friend, Group, GroupId, GroupRef, Member, Role, Sent, Seq, UserId, UserRef};
-use crate::store::payload::{event_payload, message_payload};
+use crate::store::payload::{close_payload, event_payload, message_payload};
 use crate::store::{
-    Account, CLIENT_ID_TTL_SECS, Entry, LiveSink, Membership, Outgoing, QUOTA_BUCKET_MS,
-    QUOTA_WINDOW_MS, Recipient, Retention, Store, Stored, Who, client_id_conflict, fold,
-    over_quota,
+    Account, BlockChange, CLIENT_ID_TTL_SECS, Deleted, Entry, LiveSink, MAX_TOKENS_PER_USER,
+    Membership, Outgoing, QUOTA_BUCKET_MS, QUOTA_WINDOW_MS, Recipient, Retention, Store, Stored,
+    Who, account_gone, blocked_friend, blocked_send, client_id_conflict, fold, over_quota,
 };
 
 #[derive(Default)]
@@ -49,11 +49,30 @@ struct State {
     client_ids: HashMap<(UserId, String), (Sent, String, Instant)>,
     /// Per sender: text bytes stored, by quota bucket (start ms).
     sent_bytes: HashMap<UserId, BTreeMap<u64, u64>>,
+    /// Per user: whom they block.
+    blocks: HashMap<UserId, BTreeSet<UserId>>,
+    /// Per user: who blocks them.
+    blocked_by: HashMap<UserId, BTreeSet<UserId>>,
 }
 
 impl State {
     fn online(&self, user: UserId) -> bool {
         self.sessions.get(&user).is_some_and(|s| !s.is_empty())
+    }
+
+    /// Whether a block stands between the two users, either way.
+    fn across_block(&self, a: UserId, b: UserId) -> bool {
+        self.blocks.get(&a).is_some_and(|s| s.contains(&b))
+            || self.blocked_by.get(&a).is_some_and(|s| s.contains(&b))
+    }
+
+    /// Whether `a` and `b` share a group of at most `max` members (one that carries presence).
+    fn shares_small_group(&self, a: UserId, b: UserId, max: usize) -> bool {
+        let (Some(ga), Some(gb)) = (self.user_groups.get(&a), self.user_groups.get(&b)) else {
+            return false;
+        };
+        ga.intersection(gb)
+            .any(|g| self.groups.get(g).is_some_and(|g| g.members.len() <= max))
     }
 
     fn user_ref(&self, user: UserId) -> Option<UserRef> {
@@ -82,10 +101,39 @@ impl State {
                     id: m,
                     name: self.user_ref(m).map(|u| u.name).unwrap_or_default(),
                     role,
-                    online: self.online(m),
+                    online: self.online(m) && !self.across_block(user, m),
                 })
                 .collect(),
         })
+    }
+
+    /// Records a token, dropping expired ones and the user's oldest beyond
+    /// [`MAX_TOKENS_PER_USER`] (as `issue_token` in common.lua).
+    fn issue_token(&mut self, digest: &str, user: UserId, ttl_secs: u64) {
+        let now = Instant::now();
+        self.tokens.retain(|_, (_, exp)| *exp > now);
+        self.tokens.insert(
+            digest.to_string(),
+            (user, now + Duration::from_secs(ttl_secs)),
+        );
+        let mut mine: Vec<(Instant, String)> = self
+            .tokens
+            .iter()
+            .filter(|(_, (u, _))| *u == user)
+            .map(|(d, (_, exp))| (*exp, d.clone()))
+            .collect();
+        if mine.len() > MAX_TOKENS_PER_USER as usize {
+            mine.sort();
+            for (_, d) in &mine[..mine.len() - MAX_TOKENS_PER_USER as usize] {
+                self.tokens.remove(d);
+            }
+        }
+    }
+
+    /// The user `id`, or `no_such_user`.
+    fn existing(&self, id: UserId) -> Result<UserRef> {
+        self.user_ref(id)
+            .ok_or_else(|| Error::new(Code::NoSuchUser, format!("user {id} does not exist")))
     }
 
     /// Appends to an inbox with Redis stream id semantics and the retention rule.
@@ -186,20 +234,22 @@ impl Store for MemoryStore {
         Ok(id.and_then(|id| st.accounts.get(&id).cloned()))
     }
 
-    async fn whois(&self, who: Who<'_>) -> Result<Option<Friend>> {
+    async fn whois(&self, who: Who<'_>, viewer: Option<UserId>) -> Result<Option<Friend>> {
         let st = self.state();
         let id = match who {
             Who::Id(id) => Some(id),
             Who::Name(name) => st.by_name.get(&fold(name)).copied(),
         };
-        Ok(id.and_then(|id| st.friend(id)))
+        Ok(id.and_then(|id| st.friend(id)).map(|mut f| {
+            if viewer.is_some_and(|v| st.across_block(v, f.id)) {
+                f.online = false;
+            }
+            f
+        }))
     }
 
     async fn token_issue(&self, digest: &str, user: UserId, ttl_secs: u64) -> Result<()> {
-        let expiry = Instant::now() + Duration::from_secs(ttl_secs);
-        let mut st = self.state();
-        st.tokens.retain(|_, (_, exp)| *exp > Instant::now());
-        st.tokens.insert(digest.to_string(), (user, expiry));
+        self.state().issue_token(digest, user, ttl_secs);
         Ok(())
     }
 
@@ -215,6 +265,138 @@ impl Store for MemoryStore {
     async fn token_revoke(&self, digest: &str) -> Result<()> {
         self.state().tokens.remove(digest);
         Ok(())
+    }
+
+    async fn password_change(
+        &self,
+        user: UserId,
+        password_hash: &str,
+        digest: &str,
+        ttl_secs: u64,
+    ) -> Result<()> {
+        let mut st = self.state();
+        let Some(account) = st.accounts.get_mut(&user) else {
+            return Err(Error::new(Code::NoSuchUser, "no such user"));
+        };
+        account.password_hash = password_hash.to_string();
+        st.tokens.retain(|_, (u, _)| *u != user);
+        st.issue_token(digest, user, ttl_secs);
+        Ok(())
+    }
+
+    async fn account_delete(&self, user: UserId) -> Result<Option<Deleted>> {
+        let mut st = self.state();
+        let Some(account) = st.accounts.remove(&user) else {
+            return Ok(None);
+        };
+        let folded = fold(&account.user.name);
+        if st.by_name.get(&folded) == Some(&user) {
+            st.by_name.remove(&folded);
+        }
+        st.tokens.retain(|_, (u, _)| *u != user);
+        let friends: Vec<UserId> = st
+            .friends
+            .remove(&user)
+            .unwrap_or_default()
+            .into_iter()
+            .collect();
+        for f in &friends {
+            if let Some(set) = st.friends.get_mut(f) {
+                set.remove(&user);
+            }
+        }
+        let mut groups = Vec::new();
+        for g in st.user_groups.remove(&user).unwrap_or_default() {
+            let Some(data) = st.groups.get_mut(&g) else {
+                continue;
+            };
+            let members: Vec<UserId> = data.members.keys().copied().collect();
+            if data.members.remove(&user).is_none() {
+                continue;
+            }
+            let gref = GroupRef {
+                id: g,
+                name: data.name.clone(),
+            };
+            if data.members.is_empty() {
+                st.groups.remove(&g);
+                st.group_by_name.remove(&fold(&gref.name));
+            }
+            groups.push(Membership {
+                group: gref,
+                members,
+            });
+        }
+        for b in st.blocks.remove(&user).unwrap_or_default() {
+            if let Some(set) = st.blocked_by.get_mut(&b) {
+                set.remove(&user);
+            }
+        }
+        for b in st.blocked_by.remove(&user).unwrap_or_default() {
+            if let Some(set) = st.blocks.get_mut(&b) {
+                set.remove(&user);
+            }
+        }
+        st.inboxes.remove(&user);
+        st.sessions.remove(&user);
+        st.sent_bytes.remove(&user);
+        st.client_ids.retain(|(u, _), _| *u != user);
+        Ok(Some(Deleted { friends, groups }))
+    }
+
+    async fn block(&self, user: UserId, other: UserId, group_max: usize) -> Result<BlockChange> {
+        let mut st = self.state();
+        let other_ref = st.existing(other)?;
+        if !st.accounts.contains_key(&user) {
+            return Err(account_gone());
+        }
+        // A repeated block changes nothing and tells nobody.
+        if !st.blocks.entry(user).or_default().insert(other) {
+            return Ok(BlockChange {
+                other: other_ref,
+                were_friends: false,
+                shared: false,
+                other_online: st.online(other),
+            });
+        }
+        st.blocked_by.entry(other).or_default().insert(user);
+        let were_friends = st.friends.get_mut(&user).is_some_and(|f| f.remove(&other));
+        if let Some(f) = st.friends.get_mut(&other) {
+            f.remove(&user);
+        }
+        Ok(BlockChange {
+            other: other_ref,
+            were_friends,
+            shared: st.shares_small_group(user, other, group_max),
+            other_online: st.online(other),
+        })
+    }
+
+    async fn unblock(&self, user: UserId, other: UserId, group_max: usize) -> Result<BlockChange> {
+        let mut st = self.state();
+        let other_ref = st.existing(other)?;
+        let removed = st.blocks.get_mut(&user).is_some_and(|b| b.remove(&other));
+        if let Some(b) = st.blocked_by.get_mut(&other) {
+            b.remove(&user);
+        }
+        let still = st.blocked_by.get(&user).is_some_and(|b| b.contains(&other));
+        Ok(BlockChange {
+            other: other_ref,
+            were_friends: false,
+            shared: removed && !still && st.shares_small_group(user, other, group_max),
+            other_online: st.online(other),
+        })
+    }
+
+    async fn blocks(&self, user: UserId) -> Result<Vec<UserRef>> {
+        let st = self.state();
+        Ok(st
+            .blocks
+            .get(&user)
+            .into_iter()
+            .flatten()
+            .filter_map(|&b| st.user_ref(b))
+            .collect())
     }
 
     async fn attempt_reserve(
@@ -269,6 +451,9 @@ impl Store for MemoryStore {
         max: u32,
     ) -> Result<bool> {
         let mut st = self.state();
+        if !st.accounts.contains_key(&user) {
+            return Err(Error::new(Code::NoSuchUser, "the account was deleted"));
+        }
         let set = st.sessions.entry(user).or_default();
         if set.len() >= max as usize {
             return Err(Error::new(
@@ -302,6 +487,7 @@ impl Store for MemoryStore {
             }
         }
         out.remove(&user);
+        out.retain(|&u| !st.across_block(user, u));
         Ok(out.into_iter().collect())
     }
 
@@ -324,6 +510,12 @@ impl Store for MemoryStore {
                 format!("user {other} does not exist"),
             ));
         };
+        if !st.accounts.contains_key(&user) {
+            return Err(account_gone());
+        }
+        if st.across_block(user, other) {
+            return Err(blocked_friend(other));
+        }
         let new = st.friends.entry(user).or_default().insert(other);
         st.friends.entry(other).or_default().insert(user);
         Ok((friend, new))
@@ -358,6 +550,9 @@ impl Store for MemoryStore {
 
     async fn group_create(&self, user: UserId, name: &str, desc: &str) -> Result<Group> {
         let mut st = self.state();
+        if !st.accounts.contains_key(&user) {
+            return Err(account_gone());
+        }
         let key = fold(name);
         if st.group_by_name.contains_key(&key) {
             return Err(Error::new(
@@ -383,6 +578,12 @@ impl Store for MemoryStore {
 
     async fn group_join(&self, user: UserId, group: GroupId) -> Result<Group> {
         let mut st = self.state();
+        if !st.groups.contains_key(&group) {
+            return Err(no_such_group(group));
+        }
+        if !st.accounts.contains_key(&user) {
+            return Err(account_gone());
+        }
         let Some(g) = st.groups.get_mut(&group) else {
             return Err(no_such_group(group));
         };
@@ -454,6 +655,9 @@ impl Store for MemoryStore {
                 return Ok(Stored { sent, prev });
             }
         }
+        if !st.accounts.contains_key(&msg.from) {
+            return Err(account_gone());
+        }
         let recipients: Vec<UserId> = match msg.to {
             Recipient::User(to) => {
                 if !st.accounts.contains_key(&to) {
@@ -461,6 +665,9 @@ impl Store for MemoryStore {
                         Code::NoSuchUser,
                         format!("user {to} does not exist"),
                     ));
+                }
+                if st.blocks.get(&to).is_some_and(|b| b.contains(&msg.from)) {
+                    return Err(blocked_send(to));
                 }
                 vec![to]
             }
@@ -591,6 +798,13 @@ impl Store for MemoryStore {
         for &u in users {
             self.sink.dispatch(u, payload.as_bytes());
         }
+        Ok(())
+    }
+
+    async fn close_sessions(&self, user: UserId, origin: &str, line: &str) -> Result<()> {
+        let payload = close_payload(origin, line);
+        let _st = self.state();
+        self.sink.dispatch(user, payload.as_bytes());
         Ok(())
     }
 

@@ -112,6 +112,32 @@ pub struct Retention {
     pub hard_max_len: u64,
 }
 
+/// Most live login tokens a user holds; a newer login revokes the oldest beyond it.
+pub const MAX_TOKENS_PER_USER: u32 = 256;
+
+/// What `block` or `unblock` changed between two users: what the node must tell them.
+#[derive(Debug, Clone)]
+pub struct BlockChange {
+    /// The other user.
+    pub other: UserRef,
+    /// `block`: they were friends (the friendship has ended).
+    pub were_friends: bool,
+    /// `block`: the block is new and presence flowed between them (a small shared group);
+    /// `unblock`: the block is lifted and presence flows again. False for a repeated request.
+    pub shared: bool,
+    /// Whether the other user is online.
+    pub other_online: bool,
+}
+
+/// What `account_delete` removed: who must hear of it.
+#[derive(Debug, Clone)]
+pub struct Deleted {
+    /// Former friends.
+    pub friends: Vec<UserId>,
+    /// Groups left, each with the members before the leave.
+    pub groups: Vec<Membership>,
+}
+
 /// What a group op tells the caller besides success: who must hear of it.
 #[derive(Debug, Clone)]
 pub struct Membership {
@@ -131,10 +157,16 @@ pub trait Store: Send + Sync + 'static {
     ) -> impl Future<Output = Result<UserRef>> + Send;
     /// Looks an account up by name or id.
     fn account(&self, who: Who<'_>) -> impl Future<Output = Result<Option<Account>>> + Send;
-    /// Looks a user up by name or id, with presence.
-    fn whois(&self, who: Who<'_>) -> impl Future<Output = Result<Option<Friend>>> + Send;
+    /// Looks a user up by name or id, with presence as `viewer` may see it (offline across a
+    /// block).
+    fn whois(
+        &self,
+        who: Who<'_>,
+        viewer: Option<UserId>,
+    ) -> impl Future<Output = Result<Option<Friend>>> + Send;
 
-    /// Stores a token digest for `user`, expiring after `ttl_secs`.
+    /// Stores a token digest for `user`, expiring after `ttl_secs`, and records it among the
+    /// user's tokens (at most [`MAX_TOKENS_PER_USER`]; the oldest beyond go).
     fn token_issue(
         &self,
         digest: &str,
@@ -145,6 +177,35 @@ pub trait Store: Send + Sync + 'static {
     fn token_account(&self, digest: &str) -> impl Future<Output = Result<Option<Account>>> + Send;
     /// Revokes a token digest.
     fn token_revoke(&self, digest: &str) -> impl Future<Output = Result<()>> + Send;
+    /// Sets a new password hash, revokes every token of `user` and stores the new token
+    /// digest, in one step.
+    fn password_change(
+        &self,
+        user: UserId,
+        password_hash: &str,
+        digest: &str,
+        ttl_secs: u64,
+    ) -> impl Future<Output = Result<()>> + Send;
+    /// Deletes an account in one step: tokens, friendships, memberships (a group left empty
+    /// goes), blocks both ways, inbox, sessions, the name. `None` when it is gone already.
+    fn account_delete(&self, user: UserId) -> impl Future<Output = Result<Option<Deleted>>> + Send;
+
+    /// `user` blocks `other` (idempotent); a friendship between them ends.
+    fn block(
+        &self,
+        user: UserId,
+        other: UserId,
+        group_max: usize,
+    ) -> impl Future<Output = Result<BlockChange>> + Send;
+    /// Undoes a block of `user` (idempotent); the friendship does not come back.
+    fn unblock(
+        &self,
+        user: UserId,
+        other: UserId,
+        group_max: usize,
+    ) -> impl Future<Output = Result<BlockChange>> + Send;
+    /// The users `user` blocks.
+    fn blocks(&self, user: UserId) -> impl Future<Output = Result<Vec<UserRef>>> + Send;
 
     /// Reserves one attempt against every limit key, atomically: drops each key's entries
     /// older than `window_ms`; if every key holds fewer than `max`, records one entry (time
@@ -180,8 +241,8 @@ pub trait Store: Send + Sync + 'static {
         session: &str,
         node: &str,
     ) -> impl Future<Output = Result<bool>> + Send;
-    /// Friends of `user` and fellow members of its groups of at most `group_max` members:
-    /// who hear of its presence.
+    /// Friends of `user` and fellow members of its groups of at most `group_max` members,
+    /// without anyone across a block: who hear of its presence.
     fn audience(
         &self,
         user: UserId,
@@ -264,6 +325,14 @@ pub trait Store: Send + Sync + 'static {
         origin: &str,
         line: &str,
     ) -> impl Future<Output = Result<()>> + Send;
+    /// Ends every session of `user` on every node except `origin`: each writes `line` (a
+    /// `goaway`) and closes.
+    fn close_sessions(
+        &self,
+        user: UserId,
+        origin: &str,
+        line: &str,
+    ) -> impl Future<Output = Result<()>> + Send;
     /// Starts receiving `user`'s channel on this node; returns once the subscription is live.
     fn subscribe(&self, user: UserId) -> impl Future<Output = Result<()>> + Send;
     /// Stops receiving `user`'s channel on this node.
@@ -294,6 +363,27 @@ pub(crate) fn client_id_conflict() -> crate::error::Error {
         crate::error::Code::ClientIdConflict,
         "this client_id was used for a different message",
     )
+}
+
+/// The answer to a `send` to a user who blocks the sender.
+pub(crate) fn blocked_send(to: UserId) -> crate::error::Error {
+    crate::error::Error::new(
+        crate::error::Code::Blocked,
+        format!("user {to} does not accept your messages"),
+    )
+}
+
+/// The answer to a `friend.add` across a block (either way).
+pub(crate) fn blocked_friend(other: UserId) -> crate::error::Error {
+    crate::error::Error::new(
+        crate::error::Code::Blocked,
+        format!("a block between you and user {other} forbids this"),
+    )
+}
+
+/// The answer to a request of a session whose account was deleted meanwhile.
+pub(crate) fn account_gone() -> crate::error::Error {
+    crate::error::Error::new(crate::error::Code::NotLoggedIn, "your account was deleted")
 }
 
 /// The answer to a send over the sender's `send_bytes_per_day`.

@@ -4,7 +4,8 @@
 //!
 //! - `M <seq> <origin> <ts> <trace> <json>`: one stored message copy; `trace` is the W3C
 //!   `traceparent` of the sending span or `-`;
-//! - `E <origin> <line>`: a live-only event.
+//! - `E <origin> <line>`: a live-only event;
+//! - `C <origin> <line>`: the sessions write the event (a `goaway`) and close.
 //!
 //! Fields are separated by single spaces and none but the last may contain one, so the JSON is
 //! everything after the fifth (`M`) or second (`E`) space. `src/store/lua/send.lua` builds the
@@ -25,6 +26,11 @@ pub fn message_payload(seq: Seq, msg: &Outgoing<'_>) -> String {
 /// A channel payload for an event: `E <origin> <line>`.
 pub fn event_payload(origin: &str, line: &str) -> String {
     format!("E {origin} {line}")
+}
+
+/// A channel payload that closes the sessions: `C <origin> <line>`.
+pub fn close_payload(origin: &str, line: &str) -> String {
+    format!("C {origin} {line}")
 }
 
 /// Parses a channel payload into the delivery queued for sessions; `None` if malformed.
@@ -49,6 +55,13 @@ pub fn parse(payload: &[u8]) -> Option<Live> {
         "E" => {
             let (origin, line) = rest.split_once(' ')?;
             Some(Live::Event {
+                origin: origin.into(),
+                line: line.into(),
+            })
+        }
+        "C" => {
+            let (origin, line) = rest.split_once(' ')?;
+            Some(Live::Close {
                 origin: origin.into(),
                 line: line.into(),
             })
@@ -165,6 +178,13 @@ mod tests {
             parse(b"E - {\"event\":\"x\"}"),
             Some(Live::Event { .. })
         ));
+        match parse(close_payload("n-1-2", r#"{"event":"goaway"}"#).as_bytes()) {
+            Some(Live::Close { origin, line }) => {
+                assert_eq!((&*origin, &*line), ("n-1-2", r#"{"event":"goaway"}"#));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(parse(b"C -").is_none());
     }
 
     #[test]

@@ -15,11 +15,11 @@ use redis::{FromRedisValue, IntoConnectionInfo, PushKind, Script, Value};
 use crate::error::{Code, Error, Result};
 use crate::metrics::Metrics;
 use crate::protocol::{Friend, Group, GroupId, GroupRef, Member, Role, Sent, Seq, UserId, UserRef};
-use crate::store::payload::event_payload;
+use crate::store::payload::{close_payload, event_payload};
 use crate::store::{
-    Account, CLIENT_ID_TTL_SECS, Entry, LiveSink, Membership, Outgoing, QUOTA_BUCKET_MS,
-    QUOTA_WINDOW_MS, Recipient, Retention, Store, Stored, Who, client_id_conflict, fold,
-    over_quota,
+    Account, BlockChange, CLIENT_ID_TTL_SECS, Deleted, Entry, LiveSink, MAX_TOKENS_PER_USER,
+    Membership, Outgoing, QUOTA_BUCKET_MS, QUOTA_WINDOW_MS, Recipient, Retention, Store, Stored,
+    Who, client_id_conflict, fold, over_quota,
 };
 
 /// Interval of the subscriber-path health check (a canary published to this node's channel).
@@ -76,6 +76,12 @@ struct Scripts {
     token_account: Script,
     login_state: Script,
     attempt: Script,
+    token_issue: Script,
+    password_change: Script,
+    account_delete: Script,
+    block: Script,
+    unblock: Script,
+    blocks: Script,
 }
 
 impl Scripts {
@@ -100,6 +106,12 @@ impl Scripts {
             token_account: script!("token_account"),
             login_state: script!("login_state"),
             attempt: script!("attempt"),
+            token_issue: script!("token_issue"),
+            password_change: script!("password_change"),
+            account_delete: script!("account_delete"),
+            block: script!("block"),
+            unblock: script!("unblock"),
+            blocks: script!("blocks"),
         }
     }
 }
@@ -523,15 +535,21 @@ impl RedisStore {
         self.call(op, run).await
     }
 
-    /// `(id, name, password hash, online)` of a user, if it exists.
-    async fn account_row(&self, who: Who<'_>) -> Result<Option<(UserId, String, String, i64)>> {
+    /// `(id, name, password hash, online)` of a user, if it exists; `online` as `viewer` may
+    /// see it.
+    async fn account_row(
+        &self,
+        who: Who<'_>,
+        viewer: Option<UserId>,
+    ) -> Result<Option<(UserId, String, String, i64)>> {
+        let viewer = viewer.map(|v| v.to_string()).unwrap_or_default();
         let v: Vec<Value> = match who {
             Who::Name(n) => {
-                self.run("account", &self.scripts.account, &[&"n", &fold(n)])
+                self.run("account", &self.scripts.account, &[&"n", &fold(n), &viewer])
                     .await?
             }
             Who::Id(id) => {
-                self.run("account", &self.scripts.account, &[&"i", &id])
+                self.run("account", &self.scripts.account, &[&"i", &id, &viewer])
                     .await?
             }
         };
@@ -539,6 +557,46 @@ impl RedisStore {
             return Ok(None);
         }
         conv(Value::Array(v), "account").map(Some)
+    }
+
+    /// Publishes one payload to each user's channel, in one pipeline.
+    async fn publish(&self, users: &[UserId], payload: String) -> Result<()> {
+        if users.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        for &u in users {
+            pipe.cmd("PUBLISH").arg(channel(u)).arg(&payload).ignore();
+        }
+        let mut con = self.cmd();
+        self.call("publish", pipe.query_async::<()>(&mut con)).await
+    }
+
+    /// `block.lua` or `unblock.lua`, whose replies have one shape.
+    async fn block_step(
+        &self,
+        op: &'static str,
+        script: &Script,
+        user: UserId,
+        other: UserId,
+        group_max: usize,
+    ) -> Result<BlockChange> {
+        let v: Value = self.run(op, script, &[&user, &other, &group_max]).await?;
+        let rest = status(v, op).map_err(|e| {
+            if e.code == Code::NoSuchUser {
+                Error::new(Code::NoSuchUser, format!("user {other} does not exist"))
+            } else {
+                e
+            }
+        })?;
+        let (_, name, friends, shared, online): (String, String, i64, i64, i64) =
+            conv(Value::Array(rest), op)?;
+        Ok(BlockChange {
+            other: UserRef { id: other, name },
+            were_friends: friends == 1,
+            shared: shared == 1,
+            other_online: online == 1,
+        })
     }
 
     async fn query<T: FromRedisValue>(&self, op: &'static str, cmd: &redis::Cmd) -> Result<T> {
@@ -664,15 +722,15 @@ impl Store for RedisStore {
     }
 
     async fn account(&self, who: Who<'_>) -> Result<Option<Account>> {
-        let row = self.account_row(who).await?;
+        let row = self.account_row(who, None).await?;
         Ok(row.map(|(id, name, password_hash, _)| Account {
             user: UserRef { id, name },
             password_hash,
         }))
     }
 
-    async fn whois(&self, who: Who<'_>) -> Result<Option<Friend>> {
-        let row = self.account_row(who).await?;
+    async fn whois(&self, who: Who<'_>, viewer: Option<UserId>) -> Result<Option<Friend>> {
+        let row = self.account_row(who, viewer).await?;
         Ok(row.map(|(id, name, _, online)| Friend {
             id,
             name,
@@ -681,15 +739,14 @@ impl Store for RedisStore {
     }
 
     async fn token_issue(&self, digest: &str, user: UserId, ttl_secs: u64) -> Result<()> {
-        self.query::<()>(
+        let now = crate::clock::now_ms();
+        self.run::<i64>(
             "token_issue",
-            redis::cmd("SET")
-                .arg(format!("sb:token:{digest}"))
-                .arg(user)
-                .arg("EX")
-                .arg(ttl_secs),
+            &self.scripts.token_issue,
+            &[&digest, &user, &ttl_secs, &now, &MAX_TOKENS_PER_USER],
         )
         .await
+        .map(drop)
     }
 
     async fn token_account(&self, digest: &str) -> Result<Option<Account>> {
@@ -713,6 +770,72 @@ impl Store for RedisStore {
             redis::cmd("DEL").arg(format!("sb:token:{digest}")),
         )
         .await
+    }
+
+    async fn password_change(
+        &self,
+        user: UserId,
+        password_hash: &str,
+        digest: &str,
+        ttl_secs: u64,
+    ) -> Result<()> {
+        let now = crate::clock::now_ms();
+        let v: Value = self
+            .run(
+                "password_change",
+                &self.scripts.password_change,
+                &[
+                    &user,
+                    &password_hash,
+                    &digest,
+                    &ttl_secs,
+                    &now,
+                    &MAX_TOKENS_PER_USER,
+                ],
+            )
+            .await?;
+        status(v, "password.change").map(drop)
+    }
+
+    async fn account_delete(&self, user: UserId) -> Result<Option<Deleted>> {
+        let v: Value = self
+            .run("account_delete", &self.scripts.account_delete, &[&user])
+            .await?;
+        let rest = match status(v, "account.delete") {
+            Ok(rest) => rest,
+            Err(e) if e.code == Code::NoSuchUser => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        type Left = (GroupId, String, Vec<UserId>);
+        let (_, _, friends, groups): (String, String, Vec<UserId>, Vec<Left>) =
+            conv(Value::Array(rest), "account.delete")?;
+        let groups = groups
+            .into_iter()
+            .map(|(id, name, members)| Membership {
+                group: GroupRef { id, name },
+                members,
+            })
+            .collect();
+        Ok(Some(Deleted { friends, groups }))
+    }
+
+    async fn block(&self, user: UserId, other: UserId, group_max: usize) -> Result<BlockChange> {
+        self.block_step("block", &self.scripts.block, user, other, group_max)
+            .await
+    }
+
+    async fn unblock(&self, user: UserId, other: UserId, group_max: usize) -> Result<BlockChange> {
+        self.block_step("unblock", &self.scripts.unblock, user, other, group_max)
+            .await
+    }
+
+    async fn blocks(&self, user: UserId) -> Result<Vec<UserRef>> {
+        let rows: Vec<(UserId, String)> =
+            self.run("blocks", &self.scripts.blocks, &[&user]).await?;
+        Ok(rows
+            .into_iter()
+            .map(|(id, name)| UserRef { id, name })
+            .collect())
     }
 
     async fn attempt_reserve(
@@ -805,12 +928,12 @@ impl Store for RedisStore {
         let v: Value = self
             .run("friend_add", &self.scripts.friend_add, &[&user, &other])
             .await?;
-        let rest = status(v, "friend.add").map_err(|e| {
-            if e.code == Code::NoSuchUser {
+        let rest = status(v, "friend.add").map_err(|e| match e.code {
+            Code::NoSuchUser => {
                 Error::new(Code::NoSuchUser, format!("user {other} does not exist"))
-            } else {
-                e
             }
+            Code::Blocked => super::blocked_friend(other),
+            _ => e,
         })?;
         let (_, new, name, online): (String, i64, String, i64) =
             conv(Value::Array(rest), "friend.add")?;
@@ -946,6 +1069,7 @@ impl Store for RedisStore {
             Code::NoSuchGroup | Code::NotAMember => group_error(e, target),
             Code::ClientIdConflict => client_id_conflict(),
             Code::RateLimited => over_quota(),
+            Code::Blocked => super::blocked_send(target),
             _ => e,
         })?;
         let (head, body, prev): (String, String, String) = conv(Value::Array(rest), "send")?;
@@ -1057,16 +1181,11 @@ impl Store for RedisStore {
     }
 
     async fn publish_event(&self, users: &[UserId], origin: &str, line: &str) -> Result<()> {
-        if users.is_empty() {
-            return Ok(());
-        }
-        let payload = event_payload(origin, line);
-        let mut pipe = redis::pipe();
-        for &u in users {
-            pipe.cmd("PUBLISH").arg(channel(u)).arg(&payload).ignore();
-        }
-        let mut con = self.cmd();
-        self.call("publish", pipe.query_async::<()>(&mut con)).await
+        self.publish(users, event_payload(origin, line)).await
+    }
+
+    async fn close_sessions(&self, user: UserId, origin: &str, line: &str) -> Result<()> {
+        self.publish(&[user], close_payload(origin, line)).await
     }
 
     async fn subscribe(&self, user: UserId) -> Result<()> {

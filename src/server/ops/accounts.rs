@@ -1,17 +1,19 @@
-//! Accounts: `register`, `login` (password or token), `logout`, `whois`.
+//! Accounts: `register`, `login` (password or token), `logout`, `whois`, `password.change`,
+//! `account.delete`.
 
 use std::sync::Arc;
 
 use crate::error::{Code, Error, Result};
-use crate::protocol::reply::{Done, LoggedIn as LoginReply, Registered, Whois};
+use crate::protocol::reply::{Done, LoggedIn as LoginReply, NewToken, Registered, Whois};
 use crate::protocol::{
-    LoginArgs, RegisterArgs, Reply, UserRef, WhoArgs, valid_name, valid_password,
+    AccountDeleteArgs, Event, LoginArgs, PasswordChangeArgs, RegisterArgs, Reply, UserRef, WhoArgs,
+    valid_name, valid_password,
 };
 use crate::server::admission::client_key;
 use crate::server::auth::{new_token, token_digest};
 use crate::server::outbox::Outbox;
 use crate::server::session::{LoggedIn, Session};
-use crate::store::{Store, Who};
+use crate::store::{Account, Store, Who, account_gone};
 
 /// Sliding window of `register_per_address_per_hour`.
 const REGISTER_WINDOW_MS: u64 = 3600 * 1000;
@@ -104,6 +106,28 @@ impl<S: Store> Session<S> {
             (None, Who::Name(name)) => format!("name:{}", name.to_ascii_lowercase()),
             (None, Who::Id(id)) => format!("id:{id}"),
         };
+        self.verify_limited(account.as_ref(), &name_key, password)
+            .await?;
+        let account = account.expect("verified");
+        let token = new_token();
+        let digest = token_digest(&token);
+        node.store
+            .token_issue(&digest, account.user.id, s.token_ttl_secs)
+            .await?;
+        self.establish(account.user, token, digest).await
+    }
+
+    /// Verifies `password` for `account` under the failed-login limits of `name_key` and the
+    /// client address: `bad_credentials` when wrong (or no account), `rate_limited` when a
+    /// limit is reached (even with the right password).
+    async fn verify_limited(
+        &self,
+        account: Option<&Account>,
+        name_key: &str,
+        password: String,
+    ) -> Result<()> {
+        let node = &self.node;
+        let s = &node.settings;
         let keys = [
             format!("loginfail:{name_key}"),
             format!("loginfail:addr:{}", client_key(self.peer.ip())),
@@ -122,7 +146,7 @@ impl<S: Store> Session<S> {
                 "too many failed logins; try again later",
             ));
         };
-        let verified = match &account {
+        let verified = match account {
             Some(a) => {
                 node.passwords
                     .verify(password, a.password_hash.clone())
@@ -138,17 +162,97 @@ impl<S: Store> Session<S> {
         {
             tracing::warn!(error = %e, "could not release a login reservation");
         }
-        let right = matches!(verified, Ok(true));
-        let Some(account) = account.filter(|_| right) else {
-            verified?;
-            return Err(Error::new(Code::BadCredentials, "wrong name or password"));
-        };
+        if verified? {
+            Ok(())
+        } else {
+            Err(Error::new(Code::BadCredentials, "wrong name or password"))
+        }
+    }
+
+    /// The logged-in user's account, its password checked like a login's.
+    async fn verify_own_password(&self, password: String) -> Result<Account> {
+        let me = self.me().clone();
+        let account = self
+            .node
+            .store
+            .account(Who::Id(me.id))
+            .await?
+            .ok_or_else(account_gone)?;
+        let name_key = format!("name:{}", account.user.name.to_ascii_lowercase());
+        self.verify_limited(Some(&account), &name_key, password)
+            .await?;
+        Ok(account)
+    }
+
+    pub(super) async fn password_change(&mut self, args: PasswordChangeArgs<'_>) -> Result<Reply> {
+        // Checked first: a malformed new password is no guess at the old one.
+        if !valid_password(&args.new) {
+            return Err(Error::new(
+                Code::InvalidPassword,
+                "a password is 8 to 128 bytes",
+            ));
+        }
+        let account = self.verify_own_password(args.old.into_owned()).await?;
+        let node = self.node.clone();
+        let hash = node.passwords.hash(args.new.into_owned()).await?;
         let token = new_token();
         let digest = token_digest(&token);
         node.store
-            .token_issue(&digest, account.user.id, s.token_ttl_secs)
+            .password_change(
+                account.user.id,
+                &hash,
+                &digest,
+                node.settings.token_ttl_secs,
+            )
             .await?;
-        self.establish(account.user, token, digest).await
+        // This session's `logout` now revokes the new token.
+        if let Some(login) = self.login.as_mut() {
+            login.token = digest;
+        }
+        tracing::info!(
+            user = account.user.id,
+            "password changed; every token revoked"
+        );
+        Ok(Reply::NewToken(NewToken { token }))
+    }
+
+    /// Deletes the account. Every step after the store's one atomic deletion is live-only, so
+    /// a crash leaves either the whole account (a retry works) or none of it.
+    pub(super) async fn account_delete(&mut self, args: AccountDeleteArgs<'_>) -> Result<Reply> {
+        let account = self.verify_own_password(args.password.into_owned()).await?;
+        let me = account.user;
+        let node = self.node.clone();
+        let goaway = Event::Goaway {
+            reason: "account_deleted".into(),
+            reconnect_after_ms: 0,
+        }
+        .line();
+        // The other sessions first, so none of them acts on the account while it goes; and
+        // again afterwards, for a login that raced the deletion.
+        let origin = self.id.clone();
+        if let Err(e) = node.store.close_sessions(me.id, &origin, &goaway).await {
+            tracing::warn!(error = %e, "sessions of a deleted account not closed");
+        }
+        let Some(deleted) = node.store.account_delete(me.id).await? else {
+            return Err(account_gone());
+        };
+        if let Err(e) = node.store.close_sessions(me.id, &origin, &goaway).await {
+            tracing::warn!(error = %e, "sessions of a deleted account not closed");
+        }
+        let removed = Event::FriendRemoved { user: me.clone() }.line();
+        self.publish(&deleted.friends, "-", &removed).await;
+        for left in deleted.groups {
+            let others: Vec<_> = left.members.into_iter().filter(|&m| m != me.id).collect();
+            let line = Event::MemberLeft {
+                group: left.group,
+                user: me.clone(),
+            }
+            .line();
+            self.publish(&others, "-", &line).await;
+        }
+        node.metrics.accounts_deleted.inc();
+        tracing::info!(user = me.id, "account deleted");
+        Ok(Reply::Done(Done {}))
     }
 
     async fn token_login(&mut self, token: &str) -> Result<Reply> {
@@ -170,6 +274,10 @@ impl<S: Store> Session<S> {
             .await
         {
             Ok(first) => first,
+            // The account was deleted since its token or password was checked.
+            Err(e) if e.code == Code::NoSuchUser => {
+                return Err(Error::new(Code::BadCredentials, "the account was deleted"));
+            }
             // A time-out does not mean the script did not run: remove what it may have written.
             Err(e) if e.code == Code::Unavailable => {
                 node.discard_session(&user, self.id.clone()).await;
@@ -232,7 +340,8 @@ impl<S: Store> Session<S> {
             (None, Some(id)) => Who::Id(id),
             (None, None) => return Err(Error::bad_request("whois needs a name or an id")),
         };
-        match self.node.store.whois(who).await? {
+        let viewer = self.login.as_ref().map(|l| l.user.id);
+        match self.node.store.whois(who, viewer).await? {
             Some(user) => Ok(Reply::Whois(Whois { user })),
             None => Err(Error::new(Code::NoSuchUser, "no such user")),
         }

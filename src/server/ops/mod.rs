@@ -2,6 +2,7 @@
 //! one exhaustive `match` over [`Request`], and each op group has a file of its own.
 
 mod accounts;
+mod blocks;
 mod friends;
 mod groups;
 mod history;
@@ -9,7 +10,7 @@ mod messages;
 
 use crate::error::{Code, Error, Result};
 use crate::protocol::reply::{Done, Friends, Groups};
-use crate::protocol::{Frame, Reply, Request, UserId, write_reply};
+use crate::protocol::{Event, Frame, OpKind, Reply, Request, UserId, write_reply};
 use crate::server::session::Session;
 use crate::store::Store;
 
@@ -26,6 +27,16 @@ impl<S: Store> Session<S> {
                 .inc();
         }
         write_reply(&mut self.out, &frame.op, frame.reference, &result);
+        // The account is gone: this session ends after its reply, like the user's others.
+        if result.is_ok() && frame.kind() == Some(OpKind::AccountDelete) {
+            Event::Goaway {
+                reason: "account_deleted".into(),
+                reconnect_after_ms: 0,
+            }
+            .write(&mut self.out);
+            self.kicked = true;
+            return;
+        }
         // A login just succeeded: its backlog follows the reply at once.
         if self.login.as_ref().is_some_and(|l| l.syncing) {
             self.deliver().await;
@@ -62,6 +73,11 @@ impl<S: Store> Session<S> {
                 let friends = self.node.store.friends(self.me().id).await?;
                 Ok(Reply::Friends(Friends { friends }))
             }
+            Request::Block(args) => self.block(args).await,
+            Request::Unblock(args) => self.unblock(args).await,
+            Request::BlockList => self.block_list().await,
+            Request::PasswordChange(args) => self.password_change(args).await,
+            Request::AccountDelete(args) => self.account_delete(args).await,
             Request::GroupCreate(args) => self.group_create(args).await,
             Request::GroupJoin(args) => self.group_join(args).await,
             Request::GroupLeave(args) => self.group_leave(args).await,

@@ -1,6 +1,8 @@
 -- ARGV: user id, largest group that carries presence. Friends, and fellow members of groups
--- of at most that many members, without the user.
-local seen, out = {[ARGV[1]] = true}, {}
+-- of at most that many members, without the user and without anyone across a block.
+-- Nobody across a block either way.
+local seen, out = hidden(ARGV[1]), {}
+seen[ARGV[1]] = true
 local max = tonumber(ARGV[2])
 local function add(id) if not seen[id] then seen[id] = true; out[#out + 1] = id end end
 for _, f in ipairs(redis.call('SMEMBERS', ukey(ARGV[1], ':friends'))) do add(f) end

@@ -2,8 +2,16 @@
 local function ukey(id, suffix) return 'sb:{u:' .. id .. '}' .. suffix end
 local function gkey(id, suffix) return 'sb:{g:' .. id .. '}' .. suffix end
 local function online(id) return redis.call('EXISTS', ukey(id, ':sessions')) end
+-- The users `uid` must not see as online nor be seen by: those it blocks and those blocking it
+-- (both sets live in its own slot). Usually empty: one SUNION of two missing keys.
+local function hidden(uid)
+  local h = {}
+  for _, id in ipairs(redis.call('SUNION', ukey(uid, ':blocks'), ukey(uid, ':blockedby'))) do h[id] = true end
+  return h
+end
 -- {id, name, desc, role, {{id, name, role, online}, ...}} as `uid` sees group `gid`, or nil.
-local function group_view(uid, gid)
+-- `hide` is hidden(uid): those members show as offline.
+local function group_view(uid, gid, hide)
   local g = redis.call('HMGET', gkey(gid, ''), 'name', 'desc')
   if not g[1] then return nil end
   local flat = redis.call('HGETALL', gkey(gid, ':members'))
@@ -11,8 +19,41 @@ local function group_view(uid, gid)
   for i = 1, #flat, 2 do
     local mid, mrole = flat[i], flat[i + 1]
     if mid == tostring(uid) then role = mrole end
-    members[#members + 1] = {mid, redis.call('HGET', ukey(mid, ''), 'name') or '', mrole, online(mid)}
+    local on = 0
+    if not hide[mid] then on = online(mid) end
+    members[#members + 1] = {mid, redis.call('HGET', ukey(mid, ''), 'name') or '', mrole, on}
   end
   if not role then return nil end
   return {tostring(gid), g[1], g[2] or '', role, members}
+end
+-- 1 when users a and b are both members of a group of at most `max` members (such groups
+-- carry presence between them), else 0.
+local function shares_small_group(a, b, max)
+  for _, g in ipairs(redis.call('SINTER', ukey(a, ':groups'), ukey(b, ':groups'))) do
+    if redis.call('HLEN', gkey(g, ':members')) <= max then return 1 end
+  end
+  return 0
+end
+-- Records a login token: sb:token:<digest> → user id (expiring), and the digest in the user's
+-- sb:{u:ID}:tokens (score = expiry ms), so that every token of the user can be revoked at once.
+-- Expired digests leave the set; beyond `max` live tokens the oldest are revoked.
+local function issue_token(digest, uid, ttl, now, max)
+  local tkey = ukey(uid, ':tokens')
+  local expiry = now + ttl * 1000
+  redis.call('SET', 'sb:token:' .. digest, uid, 'EX', ttl)
+  redis.call('ZADD', tkey, expiry, digest)
+  redis.call('ZREMRANGEBYSCORE', tkey, '-inf', now)
+  local excess = redis.call('ZCARD', tkey) - max
+  if excess > 0 then
+    local popped = redis.call('ZPOPMIN', tkey, excess)
+    for i = 1, #popped, 2 do redis.call('DEL', 'sb:token:' .. popped[i]) end
+  end
+  local newest = redis.call('ZRANGE', tkey, -1, -1, 'WITHSCORES')
+  redis.call('PEXPIREAT', tkey, math.max(expiry, tonumber(newest[2])))
+end
+-- Revokes every token recorded in sb:{u:ID}:tokens.
+local function revoke_tokens(uid)
+  local tkey = ukey(uid, ':tokens')
+  for _, d in ipairs(redis.call('ZRANGE', tkey, 0, -1)) do redis.call('DEL', 'sb:token:' .. d) end
+  redis.call('DEL', tkey)
 end

@@ -30,9 +30,12 @@ if ARGV[6] ~= '' then
     return {'dup', prev, before(seq)}
   end
 end
+-- A session that outlived its deleted account must not bring the account's keys back.
+if redis.call('EXISTS', ukey(from, '')) == 0 then return {'not_logged_in'} end
 local recipients
 if ARGV[2] == 'u' then
   if redis.call('EXISTS', ukey(ARGV[3], '')) == 0 then return {'no_such_user'} end
+  if redis.call('SISMEMBER', ukey(ARGV[3], ':blocks'), from) == 1 then return {'blocked'} end
   recipients = {ARGV[3]}
 else
   local mkey = gkey(ARGV[3], ':members')

@@ -2,6 +2,8 @@
 -- The node is put into sb:nodes (at Redis time, only when absent) in the same step as its
 -- session: a node that dies before its first heartbeat, or records a session after its final
 -- reap at shutdown, is then found dead and reaped by the others like any other dead node.
+-- A deleted account (a login racing its deletion) gets no session.
+if redis.call('EXISTS', ukey(ARGV[1], '')) == 0 then return {'no_such_user'} end
 local key = ukey(ARGV[1], ':sessions')
 local n = redis.call('HLEN', key)
 if n >= tonumber(ARGV[4]) then return {'too_many_sessions'} end

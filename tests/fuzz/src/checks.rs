@@ -261,7 +261,17 @@ fn arguments(req: &Request) {
                 // A name that is not a valid name is simply not found.
                 let _ = (a.group, a.name);
             }
+            Op::PasswordChange(a) => {
+                let _ = protocol::valid_password(&a.old);
+                let _ = protocol::valid_password(&a.new);
+            }
+            Op::AccountDelete(a) => {
+                let _ = protocol::valid_password(&a.password);
+            }
             Op::Whois(_)
+            | Op::Block(_)
+            | Op::Unblock(_)
+            | Op::BlockList
             | Op::FriendAdd(_)
             | Op::FriendRemove(_)
             | Op::GroupLeave(_)
