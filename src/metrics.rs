@@ -26,6 +26,10 @@ pub struct Metrics {
     pub users: IntGauge,
     /// Login attempts by method and result.
     pub logins: IntCounterVec,
+    /// Time to answer a login, by method (a reconnect storm shows here first).
+    pub login_latency: HistogramVec,
+    /// Sessions removed per batch (see `server::closer`).
+    pub close_batch: Histogram,
     /// Messages accepted by kind (direct, group).
     pub messages: IntCounterVec,
     /// Messages written to clients by path (live_local, live_remote, backlog).
@@ -159,6 +163,35 @@ impl Metrics {
                 "Login attempts by method (password, token) and result.",
                 &["method", "result"],
             ),
+            login_latency: {
+                let h = HistogramVec::new(
+                    HistogramOpts::new(
+                        "switchboard_login_duration_seconds",
+                        "Time to answer a login, by method (password, token).",
+                    )
+                    .buckets(LATENCY_BUCKETS.to_vec()),
+                    &["method"],
+                )
+                .expect("valid metric");
+                registry
+                    .register(Box::new(h.clone()))
+                    .expect("unique metric");
+                h
+            },
+            close_batch: {
+                let h = Histogram::with_opts(
+                    HistogramOpts::new(
+                        "switchboard_session_close_batch_size",
+                        "Sessions removed from the store per batch.",
+                    )
+                    .buckets(vec![1.0, 4.0, 16.0, 64.0, 256.0, 512.0]),
+                )
+                .expect("valid metric");
+                registry
+                    .register(Box::new(h.clone()))
+                    .expect("unique metric");
+                h
+            },
             delivery_latency: histogram(
                 "switchboard_delivery_latency_seconds",
                 "Time from storing a message to writing it to a recipient's socket (live deliveries).",

@@ -14,6 +14,7 @@ use tokio_util::task::TaskTracker;
 
 pub mod admission;
 pub mod auth;
+pub mod closer;
 pub mod conn;
 mod delivery;
 pub mod http;
@@ -178,6 +179,7 @@ impl Started {
         } = self;
         let drain = Duration::from_secs(settings.drain_timeout_secs);
         let node = Arc::new(Node::new(settings, store, registry, metrics));
+        let closer = node.start_closer();
         presence::reap_own(&node).await;
         health.set_node(node.clone());
         let beat = tokio::spawn(presence::heartbeat(node.clone()));
@@ -219,6 +221,7 @@ impl Started {
                 "cleanup did not finish; the other nodes' reaper removes what is left"
             );
         }
+        closer.abort();
         let took = started.elapsed().as_secs_f64();
         node.metrics.drain_seconds.set(took);
         tracing::info!(seconds = took, "drained");

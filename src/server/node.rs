@@ -10,6 +10,7 @@ use crate::metrics::Metrics;
 use crate::protocol::{Event, Friend, UserRef};
 use crate::server::admission::{TrustedProxies, Unauthenticated};
 use crate::server::auth::Passwords;
+use crate::server::closer;
 use crate::server::registry::Registry;
 use crate::store::Store;
 
@@ -37,6 +38,10 @@ pub struct Node<S> {
     pub trusted_proxies: TrustedProxies,
     /// Connections not logged in, per client address.
     pub unauthenticated: Arc<Unauthenticated>,
+    /// Session removals waiting for the closer (see [`closer`]).
+    closer: closer::Queue,
+    /// The closer's end of the queue until [`Node::start_closer`] takes it.
+    closer_rx: Mutex<Option<tokio::sync::mpsc::Receiver<closer::Removal>>>,
 }
 
 impl<S: Store> Node<S> {
@@ -49,7 +54,10 @@ impl<S: Store> Node<S> {
     ) -> Node<S> {
         // Validated at start-up; settings built in code that fail to parse trust no one.
         let trusted_proxies = TrustedProxies::new(settings.proxy_trusted().unwrap_or_default());
+        let (closer, closer_rx) = closer::queue();
         Node {
+            closer,
+            closer_rx: Mutex::new(Some(closer_rx)),
             trusted_proxies,
             unauthenticated: Unauthenticated::new(settings.max_unauthenticated_per_address),
             passwords: Passwords::new(&settings),
@@ -97,9 +105,54 @@ impl<S: Store> Node<S> {
         }
     }
 
+    /// Starts the task that commits session removals in batches; without it (a node built
+    /// only for a test) removals go one by one.
+    pub fn start_closer(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let rx = self
+            .closer_rx
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        let node = self.clone();
+        tokio::spawn(async move {
+            if let Some(rx) = rx {
+                closer::run(node, rx).await;
+            }
+        })
+    }
+
+    /// Hands a removal to the closer and waits until it is committed; false when the closer
+    /// does not run (the caller removes it itself).
+    async fn queue_removal(&self, user: &UserRef, session: &Arc<str>, announce: bool) -> bool {
+        if self
+            .closer_rx
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some()
+        {
+            return false;
+        }
+        let (done, committed) = tokio::sync::oneshot::channel();
+        let removal = closer::Removal {
+            user: user.clone(),
+            session: session.clone(),
+            announce,
+            done,
+        };
+        if self.closer.send(removal).await.is_err() {
+            return false;
+        }
+        // A closer stopped at the end of the drain drops the sender: nothing to wait for.
+        let _ = committed.await;
+        true
+    }
+
     /// Removes a session from the store and announces the user offline if it was their last;
     /// when the store is down, remembers it for [`Node::retry_orphans`].
     pub async fn close_session(&self, user: &UserRef, session: Arc<str>) {
+        if self.queue_removal(user, &session, true).await {
+            return;
+        }
         match self
             .store
             .session_close(user.id, &session, &self.settings.node_name)
@@ -116,6 +169,9 @@ impl<S: Store> Node<S> {
     /// is deferred to [`Node::retry_orphans`] like any other, or the record would hold one of
     /// the user's `max_sessions_per_user` slots and show them online until this node dies.
     pub async fn discard_session(&self, user: &UserRef, session: Arc<str>) {
+        if self.queue_removal(user, &session, false).await {
+            return;
+        }
         let node = &self.settings.node_name;
         if let Err(e) = self.store.session_close(user.id, &session, node).await {
             self.defer(user, session, &e);
@@ -160,7 +216,7 @@ impl<S: Store> Node<S> {
 
     /// Remembers a session whose removal failed. Logged when the first one is deferred, not
     /// each time: thousands of sessions closing while Redis is down would flood the log.
-    fn defer(&self, user: &UserRef, session: Arc<str>, e: &crate::error::Error) {
+    pub(crate) fn defer(&self, user: &UserRef, session: Arc<str>, e: &crate::error::Error) {
         let mut orphans = self.orphans.lock().unwrap_or_else(|e| e.into_inner());
         if orphans.is_empty() {
             tracing::warn!(user = user.id, error = %e, "session removal deferred (further ones are counted, not logged)");

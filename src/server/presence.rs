@@ -28,9 +28,13 @@ async fn reap<S: Store>(node: &Node<S>, dead: &str) {
                     "reaped sessions of a dead node"
                 );
             }
-            for user in users {
-                node.announce_presence(&user, false).await;
-            }
+            // One step per batch of users, not two round trips per user: a dead node may have
+            // held thousands.
+            let offline: Vec<_> = users
+                .iter()
+                .map(|u| (u.id, crate::server::closer::presence_line(u, false)))
+                .collect();
+            crate::server::closer::announce(node, &offline).await;
         }
         Err(e) => tracing::warn!(node = dead, error = %e, "reaping failed"),
     }

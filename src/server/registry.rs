@@ -89,8 +89,16 @@ impl Registry {
         }
     }
 
-    /// Removes a session; unsubscribes the user's channel when it was their last here.
-    pub async fn detach<S: Store>(&self, store: &S, user: UserId, outbox: &Arc<Outbox>) {
+    /// Removes a session; unsubscribes the user's channel when it was their last here, unless
+    /// `unsubscribe` is false (a draining node: its subscriber connection goes away with it,
+    /// and ten thousand UNSUBSCRIBEs queued behind each other slowed every other removal).
+    pub async fn detach<S: Store>(
+        &self,
+        store: &S,
+        user: UserId,
+        outbox: &Arc<Outbox>,
+        unsubscribe: bool,
+    ) {
         if !self.remove(user, outbox) {
             return;
         }
@@ -100,6 +108,10 @@ impl Registry {
             return;
         }
         self.metrics.subscriptions.dec();
+        if !unsubscribe {
+            // Publishes still arriving for the user are dropped as unrouted.
+            return;
+        }
         if let Err(e) = store.unsubscribe(user).await {
             // Harmless: publishes for a user without local sessions are dropped on arrival.
             tracing::warn!(user, error = %e, "unsubscribe failed");

@@ -454,8 +454,9 @@ impl<S: Store> Session<S> {
             return;
         };
         let node = &self.node;
+        let unsubscribe = !node.draining.is_cancelled();
         node.registry
-            .detach(&*node.store, login.user.id, &login.outbox)
+            .detach(&*node.store, login.user.id, &login.outbox, unsubscribe)
             .await;
         node.close_session(&login.user, self.id.clone()).await;
         node.metrics.sessions.dec();

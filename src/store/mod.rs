@@ -241,6 +241,36 @@ pub trait Store: Send + Sync + 'static {
         session: &str,
         node: &str,
     ) -> impl Future<Output = Result<bool>> + Send;
+    /// Removes many sessions of `node` in one step where the backend can (a drain, a logout
+    /// storm); for each, whether it was its user's last.
+    fn sessions_close(
+        &self,
+        node: &str,
+        sessions: &[(UserId, &str)],
+    ) -> impl Future<Output = Result<Vec<bool>>> + Send {
+        async move {
+            let mut last = Vec::with_capacity(sessions.len());
+            for &(user, session) in sessions {
+                last.push(self.session_close(user, session, node).await?);
+            }
+            Ok(last)
+        }
+    }
+    /// Publishes each `(user, presence event line)` to that user's [`Store::audience`], in one
+    /// step where the backend can.
+    fn announce(
+        &self,
+        events: &[(UserId, String)],
+        group_max: usize,
+    ) -> impl Future<Output = Result<()>> + Send {
+        async move {
+            for (user, line) in events {
+                let audience = self.audience(*user, group_max).await?;
+                self.publish_event(&audience, "-", line).await?;
+            }
+            Ok(())
+        }
+    }
     /// Friends of `user` and fellow members of its groups of at most `group_max` members,
     /// without anyone across a block: who hear of its presence.
     fn audience(

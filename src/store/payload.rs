@@ -23,7 +23,8 @@ pub fn message_payload(seq: Seq, msg: &Outgoing<'_>) -> String {
     format!("M {seq} {} {} {trace} {}", msg.origin, msg.ts, msg.json)
 }
 
-/// A channel payload for an event: `E <origin> <line>`.
+/// A channel payload for an event: `E <origin> <line>` (`presence_many.lua` builds `E - <line>`
+/// the same way).
 pub fn event_payload(origin: &str, line: &str) -> String {
     format!("E {origin} {line}")
 }

@@ -82,6 +82,8 @@ struct Scripts {
     block: Script,
     unblock: Script,
     blocks: Script,
+    sessions_close: Script,
+    presence_many: Script,
 }
 
 impl Scripts {
@@ -112,6 +114,8 @@ impl Scripts {
             block: script!("block"),
             unblock: script!("unblock"),
             blocks: script!("blocks"),
+            sessions_close: script!("sessions_close"),
+            presence_many: script!("presence_many"),
         }
     }
 }
@@ -904,6 +908,35 @@ impl Store for RedisStore {
             )
             .await?;
         Ok(last == 1)
+    }
+
+    async fn sessions_close(&self, node: &str, sessions: &[(UserId, &str)]) -> Result<Vec<bool>> {
+        if sessions.is_empty() {
+            return Ok(Vec::new());
+        }
+        let last: Vec<i64> = self
+            .eval("sessions_close", &self.scripts.sessions_close, |cmd| {
+                cmd.arg(node);
+                for &(user, session) in sessions {
+                    cmd.arg(user).arg(session);
+                }
+            })
+            .await?;
+        Ok(last.into_iter().map(|l| l == 1).collect())
+    }
+
+    async fn announce(&self, events: &[(UserId, String)], group_max: usize) -> Result<()> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        self.eval::<i64>("presence_many", &self.scripts.presence_many, |cmd| {
+            cmd.arg(group_max);
+            for (user, line) in events {
+                cmd.arg(*user).arg(line.as_str());
+            }
+        })
+        .await
+        .map(drop)
     }
 
     async fn audience(&self, user: UserId, group_max: usize) -> Result<Vec<UserId>> {

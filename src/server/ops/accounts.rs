@@ -77,6 +77,7 @@ impl<S: Store> Session<S> {
         }
         let node = self.node.clone();
         let metrics = &node.metrics;
+        let started = std::time::Instant::now();
         let (method, result) = match (&args.password, &args.token) {
             (Some(_), _) => ("password", self.password_login(args).await),
             (None, Some(token)) => ("token", self.token_login(token).await),
@@ -87,6 +88,10 @@ impl<S: Store> Session<S> {
             Err(e) => e.code.as_str(),
         };
         metrics.logins.with_label_values(&[method, outcome]).inc();
+        metrics
+            .login_latency
+            .with_label_values(&[method])
+            .observe(started.elapsed().as_secs_f64());
         result
     }
 
@@ -296,7 +301,9 @@ impl<S: Store> Session<S> {
         let (friends, groups, acked) = match setup {
             Ok(v) => v,
             Err(e) => {
-                node.registry.detach(&*node.store, user.id, &outbox).await;
+                node.registry
+                    .detach(&*node.store, user.id, &outbox, true)
+                    .await;
                 // Never announced online, so no offline announcement either; a failed
                 // removal is retried (the record must not outlive the login).
                 node.discard_session(&user, self.id.clone()).await;

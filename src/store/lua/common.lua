@@ -26,6 +26,21 @@ local function group_view(uid, gid, hide)
   if not role then return nil end
   return {tostring(gid), g[1], g[2] or '', role, members}
 end
+-- Who hears of `uid`'s presence: friends, and fellow members of groups of at most `max`
+-- members, without `uid` and without anyone across a block.
+local function audience_of(uid, max)
+  local seen, out = hidden(uid), {}
+  seen[uid] = true
+  local function add(id) if not seen[id] then seen[id] = true; out[#out + 1] = id end end
+  for _, f in ipairs(redis.call('SMEMBERS', ukey(uid, ':friends'))) do add(f) end
+  for _, g in ipairs(redis.call('SMEMBERS', ukey(uid, ':groups'))) do
+    local mkey = gkey(g, ':members')
+    if redis.call('HLEN', mkey) <= max then
+      for _, m in ipairs(redis.call('HKEYS', mkey)) do add(m) end
+    end
+  end
+  return out
+end
 -- 1 when users a and b are both members of a group of at most `max` members (such groups
 -- carry presence between them), else 0.
 local function shares_small_group(a, b, max)
