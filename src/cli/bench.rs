@@ -108,6 +108,17 @@ pub struct BenchArgs {
     /// Seconds to wait for late deliveries after sending stops.
     #[arg(long, default_value_t = 5.0)]
     pub settle: f64,
+    /// Chat: before sending, put the clients in groups of this many members (0 = none), so
+    /// that logins and logouts carry presence through groups as in a real deployment.
+    #[arg(long, default_value_t = 0)]
+    pub group_size: usize,
+    /// Chat: this share of the clients (0 to 1) also joins one big group of up to
+    /// `--big-group` members.
+    #[arg(long, default_value_t = 0.0)]
+    pub big_share: f64,
+    /// Chat: most members of each big group (see `--big-share`).
+    #[arg(long, default_value_t = 1000)]
+    pub big_group: usize,
     /// Print the summary as JSON.
     #[arg(long)]
     pub json: bool,
@@ -555,6 +566,8 @@ struct Tally {
     reconnects: AtomicU64,
     /// Longest time from losing a connection to being logged in again (µs).
     reconnect_max_us: AtomicU64,
+    /// Times from losing a connection (or its `goaway`) to being logged in again (µs).
+    reconnect_times: Mutex<Histogram<u64>>,
     /// Clients logged in right now.
     connected: AtomicU64,
     /// Clients logged in when the run ended.
@@ -584,6 +597,9 @@ impl Tally {
             redelivered: AtomicU64::new(0),
             reconnects: AtomicU64::new(0),
             reconnect_max_us: AtomicU64::new(0),
+            reconnect_times: Mutex::new(
+                Histogram::new_with_bounds(1, 600_000_000, 3).expect("histogram bounds"),
+            ),
             connected: AtomicU64::new(0),
             connected_at_end: AtomicU64::new(0),
             relogged: (0..n).map(|_| AtomicBool::new(false)).collect(),
@@ -817,9 +833,9 @@ fn spawn_client(
             if let Some(at) = lost_at.take() {
                 tally.relogged[me].store(true, Ordering::Relaxed);
                 tally.reconnects.fetch_add(1, Ordering::Relaxed);
-                tally
-                    .reconnect_max_us
-                    .fetch_max(at.elapsed().as_micros() as u64, Ordering::Relaxed);
+                let us = at.elapsed().as_micros() as u64;
+                tally.reconnect_max_us.fetch_max(us, Ordering::Relaxed);
+                let _ = tally.reconnect_times.lock().unwrap().record(us.max(1));
             }
             tally.connected.fetch_add(1, Ordering::Relaxed);
             let (rd, mut wr, kept) = c.into_parts();
@@ -1016,7 +1032,83 @@ fn latency_report(tally: &Tally, report: &mut Value) {
     report["reconnects"] = json!(tally.reconnects.load(Ordering::Relaxed));
     report["reconnect_max_ms"] =
         json!(tally.reconnect_max_us.load(Ordering::Relaxed) as f64 / 1000.0);
+    let r = tally.reconnect_times.lock().unwrap();
+    if r.len() > 0 {
+        report["reconnect_p50_ms"] = json!(r.value_at_quantile(0.5) as f64 / 1000.0);
+        report["reconnect_p99_ms"] = json!(r.value_at_quantile(0.99) as f64 / 1000.0);
+    }
     report["logged_in_at_end"] = json!(tally.connected_at_end.load(Ordering::Relaxed));
+}
+
+/// Puts the clients in groups (`--group-size`, `--big-share`, `--big-group`): client `i` is
+/// in small group `i / group_size`, and the first `big_share` of every stretch of clients in
+/// a big group too. Group names carry a random tag, so every run starts with fresh groups.
+async fn join_groups(args: &BenchArgs, conns: Vec<Conn>) -> anyhow::Result<Vec<Conn>> {
+    if args.group_size == 0 && args.big_share <= 0.0 {
+        return Ok(conns);
+    }
+    let mut conns: Vec<Option<Conn>> = conns.into_iter().map(Some).collect();
+    let tag: u32 = rand::random();
+    let n = conns.len();
+    let big_members = ((n as f64) * args.big_share.clamp(0.0, 1.0)).round() as usize;
+    let mut plan: Vec<Vec<String>> = vec![Vec::new(); n];
+    if args.group_size > 0 {
+        for (i, groups) in plan.iter_mut().enumerate() {
+            groups.push(format!("{}-{tag:08x}-g{}", args.prefix, i / args.group_size));
+        }
+    }
+    // Big-group members are spread over the clients (every k-th one).
+    if big_members > 0 {
+        let step = n / big_members;
+        for (k, i) in (0..n).step_by(step.max(1)).take(big_members).enumerate() {
+            let big = k / args.big_group.max(1);
+            plan[i].push(format!("{}-{tag:08x}-big{big}", args.prefix));
+        }
+    }
+    // Creators first (the first member of each group), then everyone else joins by name,
+    // a bounded number at a time.
+    let mut created = HashSet::new();
+    let mut joins: Vec<(usize, String)> = Vec::new();
+    for (i, groups) in plan.into_iter().enumerate() {
+        for g in groups {
+            if created.insert(g.clone()) {
+                conns[i]
+                    .as_mut()
+                    .expect("in place")
+                    .group_create(&g, None)
+                    .await
+                    .with_context(|| format!("creating group {g}"))?;
+            } else {
+                joins.push((i, g));
+            }
+        }
+    }
+    let total = joins.len();
+    let mut grouped: HashMap<usize, Vec<String>> = HashMap::new();
+    for (i, g) in joins {
+        grouped.entry(i).or_default().push(g);
+    }
+    // One task per joining client (each owns its connection meanwhile), then back in place.
+    let mut tasks = tokio::task::JoinSet::new();
+    for (i, groups) in grouped {
+        let mut conn = conns[i].take().expect("in place");
+        tasks.spawn(async move {
+            for g in &groups {
+                conn.group_join_name(g)
+                    .await
+                    .with_context(|| format!("joining group {g}"))?;
+            }
+            anyhow::Ok((i, conn))
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        let (i, conn) = done??;
+        conns[i] = Some(conn);
+    }
+    if !args.quiet {
+        eprintln!("{total} group joins done");
+    }
+    Ok(conns.into_iter().map(|c| c.expect("in place")).collect())
 }
 
 async fn chat(args: &BenchArgs) -> anyhow::Result<Value> {
@@ -1025,6 +1117,7 @@ async fn chat(args: &BenchArgs) -> anyhow::Result<Value> {
     }
     let users = users(args, args.clients).await?;
     let conns = connect_all(args, &users).await?;
+    let conns = join_groups(args, conns).await?;
     let ids: Arc<Vec<u64>> = Arc::new(users.iter().map(|u| u.id).collect());
     let tally = Tally::new(users.len());
     let per_client_rate = if args.rate > 0.0 {
