@@ -56,7 +56,7 @@ upstreams=$(for n in $(seq "$NODES"); do printf '127.0.0.1:%d,' $((BASE + 10 + n
 bash scripts/render-nginx.sh --no-proxy-protocol --static "${upstreams%,}" \
   --load-module /usr/lib/nginx/modules/ngx_stream_module.so --listen "127.0.0.1:$((BASE + 1))" \
   --pid "$run/nginx.pid" --error-log "$run/nginx.err warn" --access-log off \
-  --set-json '{"nginx":{"workerConnections":65536,"workerRlimitNofile":140000}}' >"$run/nginx.conf"
+  --set-json '{"loadBalancer":{"nginx":{"workerConnections":65536,"workerRlimitNofile":140000}}}' >"$run/nginx.conf"
 nginx -c "$run/nginx.conf" -g 'daemon off;' &
 pids+=($!)
 
@@ -78,10 +78,10 @@ for n in $(seq "$NODES"); do start_node "$n"; done
 
 # Snapshots: every live node's /metrics, Redis total commands, node CPU ticks.
 snap() {
-  local tag=$1
-  for n in $(seq "$NODES"); do
-    curl -sf "http://127.0.0.1:$((BASE + 30 + n))/metrics" >"$run/m-$tag-$n.txt" 2>/dev/null || : >"$run/m-$tag-$n.txt"
-    awk '{print $14 + $15}' "/proc/${node_pid[$n]}/stat" >"$run/cpu-$tag-$n.txt" 2>/dev/null || echo 0 >"$run/cpu-$tag-$n.txt"
+  local tag=$1 m
+  for m in $(seq "$NODES"); do
+    curl -sf "http://127.0.0.1:$((BASE + 30 + m))/metrics" >"$run/m-$tag-$m.txt" 2>/dev/null || : >"$run/m-$tag-$m.txt"
+    awk '{print $14 + $15}' "/proc/${node_pid[$m]}/stat" >"$run/cpu-$tag-$m.txt" 2>/dev/null || echo 0 >"$run/cpu-$tag-$m.txt"
   done
   redis-cli -p "$BASE" INFO stats | tr -d '\r' | awk -F: '/^total_commands_processed/ {print $2}' >"$run/redis-$tag.txt"
   awk '{print $14 + $15}' "/proc/$redis_pid/stat" >"$run/rcpu-$tag.txt"
