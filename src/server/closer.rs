@@ -4,9 +4,9 @@
 //! costs a script and, for a user's last session, an audience lookup and a publish: three
 //! round trips queued behind each other on the command connection, so the last of 10,000
 //! waited minutes. Here every removal joins a queue and one task commits whatever is queued in
-//! one `sessions_close` step, then announces everyone now offline in one `announce` step:
-//! two round trips per batch however many sessions it holds. A removal that arrives alone
-//! still goes at once (the batch is what is queued, nothing waits for company).
+//! one `sessions_close` step, which also announces everyone now offline: one round trip per
+//! batch however many sessions it holds. A removal that arrives alone still goes at once (the
+//! batch is what is queued, nothing waits for company).
 
 use std::sync::Arc;
 
@@ -51,22 +51,23 @@ pub async fn run<S: Store>(node: Arc<Node<S>>, mut rx: mpsc::Receiver<Removal>) 
 }
 
 async fn commit<S: Store>(node: &Node<S>, batch: &mut Vec<Removal>) {
-    let sessions: Vec<(UserId, &str)> = batch.iter().map(|r| (r.user.id, &*r.session)).collect();
+    let lines: Vec<Option<String>> = batch
+        .iter()
+        .map(|r| r.announce.then(|| presence_line(&r.user, false)))
+        .collect();
+    let sessions: Vec<(UserId, &str, Option<&str>)> = batch
+        .iter()
+        .zip(&lines)
+        .map(|(r, line)| (r.user.id, &*r.session, line.as_deref()))
+        .collect();
     node.metrics.close_batch.observe(batch.len() as f64);
+    let group_max = node.settings.presence_group_max;
     match node
         .store
-        .sessions_close(&node.settings.node_name, &sessions)
+        .sessions_close(&node.settings.node_name, &sessions, group_max)
         .await
     {
-        Ok(last) => {
-            let offline: Vec<(UserId, String)> = batch
-                .iter()
-                .zip(last)
-                .filter(|(r, last)| *last && r.announce)
-                .map(|(r, _)| (r.user.id, presence_line(&r.user, false)))
-                .collect();
-            announce(node, &offline).await;
-        }
+        Ok(_) => {}
         Err(e) => {
             for r in batch.iter() {
                 node.defer(&r.user, r.session.clone(), &e);

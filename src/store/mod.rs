@@ -138,6 +138,9 @@ pub struct Deleted {
     pub groups: Vec<Membership>,
 }
 
+/// What a login reply and its backlog need: friends, groups, the acknowledged position.
+pub type LoginState = (Vec<Friend>, Vec<Group>, Seq);
+
 /// What a group op tells the caller besides success: who must hear of it.
 #[derive(Debug, Clone)]
 pub struct Membership {
@@ -242,18 +245,48 @@ pub trait Store: Send + Sync + 'static {
         node: &str,
     ) -> impl Future<Output = Result<bool>> + Send;
     /// Removes many sessions of `node` in one step where the backend can (a drain, a logout
-    /// storm); for each, whether it was its user's last.
+    /// storm): `(user, session, presence line)`; a user whose last session it was is announced
+    /// offline with the line, if given, as by [`Store::announce`]. For each, whether it was its
+    /// user's last.
     fn sessions_close(
         &self,
         node: &str,
-        sessions: &[(UserId, &str)],
+        sessions: &[(UserId, &str, Option<&str>)],
+        group_max: usize,
     ) -> impl Future<Output = Result<Vec<bool>>> + Send {
         async move {
             let mut last = Vec::with_capacity(sessions.len());
-            for &(user, session) in sessions {
-                last.push(self.session_close(user, session, node).await?);
+            let mut offline = Vec::new();
+            for &(user, session, line) in sessions {
+                let was_last = self.session_close(user, session, node).await?;
+                if let (true, Some(line)) = (was_last, line) {
+                    offline.push((user, line.to_string()));
+                }
+                last.push(was_last);
             }
+            self.announce(&offline, group_max).await?;
             Ok(last)
+        }
+    }
+    /// A login's bookkeeping in one step where the backend can: [`Store::session_open`], then
+    /// [`Store::login_state`], and for the user's first session the `presence` line to its
+    /// audience (as [`Store::announce`]). Returns whether it is the first session and the state.
+    fn session_login(
+        &self,
+        user: UserId,
+        session: &str,
+        node: &str,
+        max: u32,
+        presence: (&str, usize),
+    ) -> impl Future<Output = Result<(bool, LoginState)>> + Send {
+        async move {
+            let first = self.session_open(user, session, node, max).await?;
+            let state = self.login_state(user).await?;
+            if first {
+                self.announce(&[(user, presence.0.to_string())], presence.1)
+                    .await?;
+            }
+            Ok((first, state))
         }
     }
     /// Publishes each `(user, presence event line)` to that user's [`Store::audience`], in one
@@ -341,10 +374,7 @@ pub trait Store: Send + Sync + 'static {
         limit: usize,
     ) -> impl Future<Output = Result<Vec<Entry>>> + Send;
     /// Friends, groups and the acknowledged position: everything a login needs, in one step.
-    fn login_state(
-        &self,
-        user: UserId,
-    ) -> impl Future<Output = Result<(Vec<Friend>, Vec<Group>, Seq)>> + Send;
+    fn login_state(&self, user: UserId) -> impl Future<Output = Result<LoginState>> + Send;
     /// Moves the acknowledged position forward to `seq`; `bad_request` if `seq` is not in the inbox.
     fn ack(&self, user: UserId, seq: Seq) -> impl Future<Output = Result<()>> + Send;
 

@@ -17,7 +17,8 @@ use crate::metrics::Metrics;
 use crate::protocol::{Friend, Group, GroupId, GroupRef, Member, Role, Sent, Seq, UserId, UserRef};
 use crate::store::payload::{close_payload, event_payload};
 use crate::store::{
-    Account, BlockChange, CLIENT_ID_TTL_SECS, Deleted, Entry, LiveSink, MAX_TOKENS_PER_USER,
+    Account, BlockChange, CLIENT_ID_TTL_SECS, Deleted, Entry, LiveSink, LoginState,
+    MAX_TOKENS_PER_USER,
     Membership, Outgoing, QUOTA_BUCKET_MS, QUOTA_WINDOW_MS, Recipient, Retention, Store, Stored,
     Who, client_id_conflict, fold, over_quota,
 };
@@ -84,6 +85,7 @@ struct Scripts {
     blocks: Script,
     sessions_close: Script,
     presence_many: Script,
+    session_login: Script,
 }
 
 impl Scripts {
@@ -116,6 +118,7 @@ impl Scripts {
             blocks: script!("blocks"),
             sessions_close: script!("sessions_close"),
             presence_many: script!("presence_many"),
+            session_login: script!("session_login"),
         }
     }
 }
@@ -886,16 +889,7 @@ impl Store for RedisStore {
                 &[&user, &session, &node, &max],
             )
             .await?;
-        let mut rest = status(v, "login").map_err(|e| {
-            if e.code == Code::TooManySessions {
-                Error::new(
-                    Code::TooManySessions,
-                    format!("at most {max} sessions per user"),
-                )
-            } else {
-                e
-            }
-        })?;
+        let mut rest = status(v, "login").map_err(|e| session_error(e, max))?;
         Ok(conv::<i64>(rest.remove(1), "login")? == 1)
     }
 
@@ -910,19 +904,49 @@ impl Store for RedisStore {
         Ok(last == 1)
     }
 
-    async fn sessions_close(&self, node: &str, sessions: &[(UserId, &str)]) -> Result<Vec<bool>> {
+    async fn sessions_close(
+        &self,
+        node: &str,
+        sessions: &[(UserId, &str, Option<&str>)],
+        group_max: usize,
+    ) -> Result<Vec<bool>> {
         if sessions.is_empty() {
             return Ok(Vec::new());
         }
         let last: Vec<i64> = self
             .eval("sessions_close", &self.scripts.sessions_close, |cmd| {
-                cmd.arg(node);
-                for &(user, session) in sessions {
-                    cmd.arg(user).arg(session);
+                cmd.arg(node).arg(group_max);
+                for &(user, session, line) in sessions {
+                    cmd.arg(user).arg(session).arg(line.unwrap_or(""));
                 }
             })
             .await?;
         Ok(last.into_iter().map(|l| l == 1).collect())
+    }
+
+    async fn session_login(
+        &self,
+        user: UserId,
+        session: &str,
+        node: &str,
+        max: u32,
+        presence: (&str, usize),
+    ) -> Result<(bool, LoginState)> {
+        let v: Value = self
+            .eval("session_login", &self.scripts.session_login, |cmd| {
+                cmd.arg(user)
+                    .arg(session)
+                    .arg(node)
+                    .arg(max)
+                    .arg(presence.1)
+                    .arg(presence.0);
+            })
+            .await?;
+        let mut rest = status(v, "login").map_err(|e| session_error(e, max))?;
+        rest.remove(0);
+        let first: i64 = conv(rest.remove(0), "login")?;
+        let state = login_state_from(conv(Value::Array(rest), "login")?)?;
+        Ok((first == 1, state))
     }
 
     async fn announce(&self, events: &[(UserId, String)], group_max: usize) -> Result<()> {
@@ -1175,24 +1199,11 @@ impl Store for RedisStore {
         rows.into_iter().map(entry_from).collect()
     }
 
-    async fn login_state(&self, user: UserId) -> Result<(Vec<Friend>, Vec<Group>, Seq)> {
-        let (friends, groups, acked): (Vec<(UserId, String, i64)>, Vec<GroupRow>, String) = self
+    async fn login_state(&self, user: UserId) -> Result<LoginState> {
+        let row: LoginRow = self
             .run("login_state", &self.scripts.login_state, &[&user])
             .await?;
-        let friends = friends
-            .into_iter()
-            .map(|(id, name, online)| Friend {
-                id,
-                name,
-                online: online == 1,
-            })
-            .collect();
-        let acked = if acked.is_empty() {
-            Seq::ZERO
-        } else {
-            acked.parse()?
-        };
-        Ok((friends, groups.into_iter().map(group_from).collect(), acked))
+        login_state_from(row)
     }
 
     async fn ack(&self, user: UserId, seq: Seq) -> Result<()> {
@@ -1268,6 +1279,38 @@ impl Store for RedisStore {
 
     fn healthy(&self) -> bool {
         self.healthy.load(Ordering::Acquire)
+    }
+}
+
+/// `login_view` in common.lua: friend rows, group views, acked position ('' for none).
+type LoginRow = (Vec<(UserId, String, i64)>, Vec<GroupRow>, String);
+
+fn login_state_from((friends, groups, acked): LoginRow) -> Result<LoginState> {
+    let friends = friends
+        .into_iter()
+        .map(|(id, name, online)| Friend {
+            id,
+            name,
+            online: online == 1,
+        })
+        .collect();
+    let acked = if acked.is_empty() {
+        Seq::ZERO
+    } else {
+        acked.parse()?
+    };
+    Ok((friends, groups.into_iter().map(group_from).collect(), acked))
+}
+
+/// The errors of `open_session` in common.lua, with a message for people.
+fn session_error(e: Error, max: u32) -> Error {
+    match e.code {
+        Code::TooManySessions => Error::new(
+            Code::TooManySessions,
+            format!("at most {max} sessions per user"),
+        ),
+        Code::NoSuchUser => Error::new(Code::NoSuchUser, "the account was deleted"),
+        _ => e,
     }
 }
 

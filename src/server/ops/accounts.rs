@@ -273,45 +273,42 @@ impl<S: Store> Session<S> {
     async fn establish(&mut self, user: UserRef, token: String, digest: String) -> Result<Reply> {
         let node = self.node.clone();
         let s = &node.settings;
-        let first = match node
+        // One step: the session, what the reply needs, and (first session) the presence.
+        let online = crate::server::closer::presence_line(&user, true);
+        let opened = node
             .store
-            .session_open(user.id, &self.id, &s.node_name, s.max_sessions_per_user)
-            .await
-        {
-            Ok(first) => first,
+            .session_login(
+                user.id,
+                &self.id,
+                &s.node_name,
+                s.max_sessions_per_user,
+                (&online, s.presence_group_max),
+            )
+            .await;
+        let (_, (friends, groups, acked)) = match opened {
+            Ok(v) => v,
             // The account was deleted since its token or password was checked.
             Err(e) if e.code == Code::NoSuchUser => {
                 return Err(Error::new(Code::BadCredentials, "the account was deleted"));
             }
-            // A time-out does not mean the script did not run: remove what it may have written.
+            // A time-out does not mean the script did not run: remove what it may have
+            // written, and announce the user offline if it was (and is) their only session.
             Err(e) if e.code == Code::Unavailable => {
-                node.discard_session(&user, self.id.clone()).await;
+                node.close_session(&user, self.id.clone()).await;
                 return Err(e);
             }
             Err(e) => return Err(e),
         };
         let outbox = Arc::new(Outbox::new(self.id.clone(), user.clone(), s.outbound_queue));
-        let setup = async {
-            node.registry
-                .attach(&*node.store, user.id, outbox.clone())
-                .await?;
-            node.store.login_state(user.id).await
-        }
-        .await;
-        let (friends, groups, acked) = match setup {
-            Ok(v) => v,
-            Err(e) => {
-                node.registry
-                    .detach(&*node.store, user.id, &outbox, true)
-                    .await;
-                // Never announced online, so no offline announcement either; a failed
-                // removal is retried (the record must not outlive the login).
-                node.discard_session(&user, self.id.clone()).await;
-                return Err(e);
-            }
-        };
-        if first {
-            node.announce_presence(&user, true).await;
+        if let Err(e) = node
+            .registry
+            .attach(&*node.store, user.id, outbox.clone())
+            .await
+        {
+            // Registered (and announced) already: removed like a logout, retried if need be
+            // (the record must not outlive the login).
+            node.close_session(&user, self.id.clone()).await;
+            return Err(e);
         }
         node.metrics.sessions.inc();
         tracing::Span::current().record("user", user.id);

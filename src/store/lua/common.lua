@@ -72,3 +72,39 @@ local function revoke_tokens(uid)
   for _, d in ipairs(redis.call('ZRANGE', tkey, 0, -1)) do redis.call('DEL', 'sb:token:' .. d) end
   redis.call('DEL', tkey)
 end
+-- Registers session `sid` of `uid` on `node` (at most `max` per user). Returns {'ok', 1 if it is
+-- the user's first session else 0}, {'too_many_sessions'} or {'no_such_user'} (a deleted
+-- account: a login racing its deletion). The node is put into sb:nodes (at Redis time, only
+-- when absent) in the same step: a node that dies before its first heartbeat, or records a
+-- session after its final reap at shutdown, is then found dead and reaped like any other.
+local function open_session(uid, sid, node, max)
+  if redis.call('EXISTS', ukey(uid, '')) == 0 then return {'no_such_user'} end
+  local key = ukey(uid, ':sessions')
+  local n = redis.call('HLEN', key)
+  if n >= max then return {'too_many_sessions'} end
+  local t = redis.call('TIME')
+  redis.call('ZADD', 'sb:nodes', 'NX', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000), node)
+  redis.call('HSET', key, sid, node)
+  redis.call('SADD', 'sb:{n:' .. node .. '}:sessions', uid .. ' ' .. sid)
+  if n == 0 then return {'ok', 1} end
+  return {'ok', 0}
+end
+-- What a login reply and its backlog need: {{friend rows {id, name, online}}, {group views},
+-- acked position or ''}.
+local function login_view(uid)
+  local friends = {}
+  for _, f in ipairs(redis.call('SMEMBERS', ukey(uid, ':friends'))) do
+    friends[#friends + 1] = {f, redis.call('HGET', ukey(f, ''), 'name') or '', online(f)}
+  end
+  local groups, hide = {}, hidden(uid)
+  for _, g in ipairs(redis.call('SMEMBERS', ukey(uid, ':groups'))) do
+    local v = group_view(uid, g, hide)
+    if v then groups[#groups + 1] = v end
+  end
+  return {friends, groups, redis.call('GET', ukey(uid, ':acked')) or ''}
+end
+-- Publishes the event `line` (payload `E - <line>`) to every member of audience_of(uid, max).
+local function announce(uid, line, max)
+  local payload = 'E - ' .. line
+  for _, id in ipairs(audience_of(uid, max)) do redis.call('PUBLISH', ukey(id, ':ch'), payload) end
+end
