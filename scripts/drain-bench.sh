@@ -19,6 +19,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${BIN:-target/release/switchboard}
+BENCH_BIN=${BENCH_BIN:-$BIN}     # the load generator (a newer one can drive an older node)
 CLIENTS=${CLIENTS:-2000}
 NODES=${NODES:-3}
 MODE=${MODE:-drain}
@@ -89,7 +90,7 @@ snap() {
 
 # The bench runs in the background; it prepares (register, log in, join groups) first, and
 # the clock for the drains starts when it sends (its progress line starts).
-"$BIN" bench chat --addr "127.0.0.1:$((BASE + 1))" -c "$CLIENTS" -d "$SECS" --rate "$CLIENTS" \
+"$BENCH_BIN" bench chat --addr "127.0.0.1:$((BASE + 1))" -c "$CLIENTS" -d "$SECS" --rate "$CLIENTS" \
   --group-size "$GROUP" --big-share "$BIG_SHARE" --big-group "$BIG" --source-ips "$SOURCE_IPS" \
   --users-file "$run/users.jsonl" --settle 15 --json >"$OUT/bench-$MODE.json" 2>"$run/bench.err" &
 bench=$!

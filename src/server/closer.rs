@@ -27,9 +27,6 @@ pub struct Removal {
     pub user: UserRef,
     /// Its global id.
     pub session: Arc<str>,
-    /// Announce the user offline if it was their last session (false for a login that never
-    /// went live).
-    pub announce: bool,
     /// Told when the removal is committed (or deferred).
     pub done: oneshot::Sender<()>,
 }
@@ -51,14 +48,14 @@ pub async fn run<S: Store>(node: Arc<Node<S>>, mut rx: mpsc::Receiver<Removal>) 
 }
 
 async fn commit<S: Store>(node: &Node<S>, batch: &mut Vec<Removal>) {
-    let lines: Vec<Option<String>> = batch
+    let lines: Vec<String> = batch
         .iter()
-        .map(|r| r.announce.then(|| presence_line(&r.user, false)))
+        .map(|r| presence_line(&r.user, false))
         .collect();
     let sessions: Vec<(UserId, &str, Option<&str>)> = batch
         .iter()
         .zip(&lines)
-        .map(|(r, line)| (r.user.id, &*r.session, line.as_deref()))
+        .map(|(r, line)| (r.user.id, &*r.session, Some(line.as_str())))
         .collect();
     node.metrics.close_batch.observe(batch.len() as f64);
     let group_max = node.settings.presence_group_max;

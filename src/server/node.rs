@@ -123,7 +123,7 @@ impl<S: Store> Node<S> {
 
     /// Hands a removal to the closer and waits until it is committed; false when the closer
     /// does not run (the caller removes it itself).
-    async fn queue_removal(&self, user: &UserRef, session: &Arc<str>, announce: bool) -> bool {
+    async fn queue_removal(&self, user: &UserRef, session: &Arc<str>) -> bool {
         if self
             .closer_rx
             .lock()
@@ -136,7 +136,6 @@ impl<S: Store> Node<S> {
         let removal = closer::Removal {
             user: user.clone(),
             session: session.clone(),
-            announce,
             done,
         };
         if self.closer.send(removal).await.is_err() {
@@ -150,7 +149,7 @@ impl<S: Store> Node<S> {
     /// Removes a session from the store and announces the user offline if it was their last;
     /// when the store is down, remembers it for [`Node::retry_orphans`].
     pub async fn close_session(&self, user: &UserRef, session: Arc<str>) {
-        if self.queue_removal(user, &session, true).await {
+        if self.queue_removal(user, &session).await {
             return;
         }
         match self
@@ -161,20 +160,6 @@ impl<S: Store> Node<S> {
             Ok(true) => self.announce_presence(user, false).await,
             Ok(false) => {}
             Err(e) => self.defer(user, session, &e),
-        }
-    }
-
-    /// Removes the record of a session that never went live (a login that failed after
-    /// `session_open`): nothing was announced, so nothing is announced now. A failed removal
-    /// is deferred to [`Node::retry_orphans`] like any other, or the record would hold one of
-    /// the user's `max_sessions_per_user` slots and show them online until this node dies.
-    pub async fn discard_session(&self, user: &UserRef, session: Arc<str>) {
-        if self.queue_removal(user, &session, false).await {
-            return;
-        }
-        let node = &self.settings.node_name;
-        if let Err(e) = self.store.session_close(user.id, &session, node).await {
-            self.defer(user, session, &e);
         }
     }
 
