@@ -77,6 +77,10 @@ pub struct Settings {
     pub idle_timeout_secs: u64,
     /// Milliseconds a Redis request may take before the op answers `unavailable`.
     pub redis_timeout_ms: u64,
+    /// Replicas that must confirm a message (Redis `WAIT`) before a send is acknowledged (0 = none).
+    pub redis_wait_replicas: u32,
+    /// Milliseconds a send waits for `redis_wait_replicas` before answering `unavailable`.
+    pub redis_wait_timeout_ms: u64,
     /// Argon2id memory cost in KiB.
     pub argon2_memory_kib: u32,
     /// Argon2id iterations.
@@ -130,6 +134,8 @@ impl Default for Settings {
             write_timeout_secs: 30,
             idle_timeout_secs: 300,
             redis_timeout_ms: 3000,
+            redis_wait_replicas: 0,
+            redis_wait_timeout_ms: 1000,
             // OWASP's first recommended argon2id set: 19 MiB, 2 passes, 1 lane.
             argon2_memory_kib: 19 * 1024,
             argon2_iterations: 2,
@@ -300,6 +306,14 @@ impl Settings {
             "redis_timeout_ms",
             "must be at least 10",
         )?;
+        if self.redis_wait_replicas > 0 {
+            // The WAIT reply must come back before the request itself times out.
+            check(
+                self.redis_wait_timeout_ms >= 1 && self.redis_wait_timeout_ms < self.redis_timeout_ms,
+                "redis_wait_timeout_ms",
+                "must be at least 1 and less than redis_timeout_ms when redis_wait_replicas > 0",
+            )?;
+        }
         check(
             self.register_per_address_per_hour >= 1,
             "register_per_address_per_hour",

@@ -155,7 +155,13 @@ impl Started {
                 self.metrics.clone(),
             );
             match attempt.await {
-                Ok(store) => return Some(store),
+                Ok(store) => {
+                    store.set_wait_replicas(
+                        self.settings.redis_wait_replicas,
+                        Duration::from_millis(self.settings.redis_wait_timeout_ms),
+                    );
+                    return Some(store);
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, retry_in = ?delay, "redis not reachable yet");
                     tokio::select! {

@@ -165,6 +165,10 @@ pub struct RedisStore {
     metrics: Arc<Metrics>,
     /// This node's name (a reap by another node leaves its mark, see reap.lua).
     node: String,
+    /// Replicas a send waits for (`WAIT`), 0 = none; see [`RedisStore::set_wait_replicas`].
+    wait_replicas: AtomicU32,
+    /// Milliseconds of that `WAIT`.
+    wait_timeout_ms: AtomicU64,
 }
 
 fn channel(user: UserId) -> String {
@@ -247,7 +251,23 @@ impl RedisStore {
             healthy: AtomicBool::new(true),
             metrics,
             node: node.to_string(),
+            wait_replicas: AtomicU32::new(0),
+            wait_timeout_ms: AtomicU64::new(0),
         }))
+    }
+
+    /// Acknowledges a send only once `replicas` replicas confirm it (`WAIT replicas timeout`,
+    /// pipelined right behind the script on the same connection), else `unavailable`.
+    pub fn set_wait_replicas(&self, replicas: u32, timeout: Duration) {
+        self.wait_timeout_ms
+            .store(timeout.as_millis() as u64, Ordering::Release);
+        self.wait_replicas.store(replicas, Ordering::Release);
+    }
+
+    /// `(replicas, timeout ms)` sends wait for, if any.
+    fn wait(&self) -> Option<(u32, u64)> {
+        let n = self.wait_replicas.load(Ordering::Acquire);
+        (n > 0).then(|| (n, self.wait_timeout_ms.load(Ordering::Acquire)))
     }
 
     /// Runs forever: publishes a canary every interval and judges the live path by whether the
@@ -521,6 +541,54 @@ impl RedisStore {
             }
         };
         self.call(op, run).await
+    }
+
+    /// Like [`RedisStore::eval`], with `WAIT replicas timeout` right behind the script in one
+    /// pipeline: a `ConnectionManager` writes a pipeline as one contiguous request on its one
+    /// connection, and Redis runs a connection's commands in order, so the `WAIT` covers this
+    /// script's writes (WAIT counts the replication offset of its own connection's last write;
+    /// on another connection it would prove nothing). Fewer replicas in time: `unavailable`.
+    async fn eval_waited<T: FromRedisValue>(
+        &self,
+        op: &'static str,
+        script: &Script,
+        (replicas, wait_ms): (u32, u64),
+        fill: impl FnOnce(&mut redis::Cmd),
+    ) -> Result<T> {
+        let mut cmd = redis::Cmd::with_capacity(24, 1024);
+        cmd.arg("EVALSHA").arg(script.get_hash()).arg(0);
+        fill(&mut cmd);
+        let mut pipe = redis::pipe();
+        pipe.add_command(cmd);
+        pipe.cmd("WAIT").arg(replicas).arg(wait_ms);
+        let mut con = self.cmd();
+        let run = async {
+            match pipe.query_async::<(Value, i64)>(&mut con).await {
+                Err(e)
+                    if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+                {
+                    script.prepare_invoke().load_async(&mut con).await?;
+                    pipe.query_async::<(Value, i64)>(&mut con).await
+                }
+                result => result,
+            }
+        };
+        let (v, acked) = self.call(op, run).await?;
+        // A script error reply is returned as is: nothing of it needs replicas.
+        if let Value::ServerError(e) = v {
+            return Err(Error::unavailable(format!("{e:?}")));
+        }
+        if acked < i64::from(replicas) {
+            self.metrics
+                .redis_errors
+                .with_label_values(&["wait_replicas"])
+                .inc();
+            tracing::warn!(op, acked, replicas, "write not confirmed by enough replicas in time");
+            return Err(Error::unavailable(format!(
+                "stored, but confirmed by {acked} of {replicas} Redis replicas in time; retry with the same client_id"
+            )));
+        }
+        conv(v, op)
     }
 
     /// `(id, name, password hash, online)` of a user, if it exists.
@@ -917,8 +985,8 @@ impl Store for RedisStore {
         let cutoff_id = format!("{}-{}", cutoff.saturating_sub(1), u64::MAX);
         let bucket = now / QUOTA_BUCKET_MS;
         let oldest = now.saturating_sub(QUOTA_WINDOW_MS) / QUOTA_BUCKET_MS;
-        let v: Value = self
-            .eval("send", &self.scripts.send, |cmd| {
+        let wait = self.wait();
+        let fill = |cmd: &mut redis::Cmd| {
                 cmd.arg(msg.from)
                     .arg(kind)
                     .arg(target)
@@ -936,9 +1004,16 @@ impl Store for RedisStore {
                     .arg(msg.quota)
                     .arg(bucket)
                     .arg(oldest)
-                    .arg(self.retention.hard_max_len);
-            })
-            .await?;
+                    .arg(self.retention.hard_max_len)
+                    // A repeated client_id writes its record again when the reply waits for
+                    // replicas: WAIT then covers the first send's copies, which an earlier
+                    // attempt stored but may not have seen replicated.
+                    .arg(if wait.is_some() { "1" } else { "" });
+            };
+        let v: Value = match wait {
+            None => self.eval("send", &self.scripts.send, fill).await?,
+            Some(w) => self.eval_waited("send", &self.scripts.send, w, fill).await?,
+        };
         let rest = status(v, "send").map_err(|e| match e.code {
             Code::NoSuchUser => {
                 Error::new(Code::NoSuchUser, format!("user {target} does not exist"))
