@@ -31,6 +31,8 @@ pub struct Settings {
     pub http_listen: SocketAddr,
     /// Redis URL; `None` runs the embedded in-memory backend (single node, nothing kept).
     pub redis_url: Option<String>,
+    /// Redis Cluster seed URLs, comma-separated; set (instead of `redis_url`) for cluster mode.
+    pub redis_cluster_nodes: Option<String>,
     /// Name of this node in Redis, logs and `hello` (the pod name on Kubernetes).
     pub node_name: String,
     /// Seconds after which the sessions of a node that stopped heart-beating stop counting.
@@ -111,6 +113,7 @@ impl Default for Settings {
             listen: ([0, 0, 0, 0], 6000).into(),
             http_listen: ([0, 0, 0, 0], 8080).into(),
             redis_url: None,
+            redis_cluster_nodes: None,
             node_name: default_node_name(),
             presence_ttl_secs: 15,
             presence_group_max: 200,
@@ -352,6 +355,19 @@ impl Settings {
             "argon2_slots",
             "must be between 1 and 64",
         )?;
+        if let Some(nodes) = &self.redis_cluster_nodes {
+            check(
+                self.redis_url.is_none(),
+                "redis_cluster_nodes",
+                "and redis_url are exclusive: set one",
+            )?;
+            check(
+                !self.cluster_seeds().is_empty()
+                    && self.cluster_seeds().iter().all(|u| u.starts_with("redis://")),
+                "redis_cluster_nodes",
+                &format!("{nodes:?}: must be comma-separated redis:// URLs"),
+            )?;
+        }
         if let Some(url) = &self.redis_url {
             check(
                 url.starts_with("redis://"),
@@ -364,6 +380,18 @@ impl Settings {
 }
 
 impl Settings {
+    /// The seed URLs of [`Settings::redis_cluster_nodes`] (empty when unset).
+    pub fn cluster_seeds(&self) -> Vec<String> {
+        self.redis_cluster_nodes
+            .as_deref()
+            .unwrap_or_default()
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(String::from)
+            .collect()
+    }
+
     /// The parsed [`Settings::proxy_trusted_cidrs`]; `Err` carries the first entry that is not
     /// a CIDR. A bare address counts as a single host (/32 or /128).
     pub fn proxy_trusted(&self) -> Result<Vec<IpNet>, String> {

@@ -171,11 +171,11 @@ pub struct RedisStore {
     wait_timeout_ms: AtomicU64,
 }
 
-fn channel(user: UserId) -> String {
+pub(super) fn channel(user: UserId) -> String {
     format!("sb:{{u:{user}}}:ch")
 }
 
-fn user_of_channel(channel: &[u8]) -> Option<UserId> {
+pub(super) fn user_of_channel(channel: &[u8]) -> Option<UserId> {
     let s = std::str::from_utf8(channel).ok()?;
     s.strip_prefix("sb:{u:")?.strip_suffix("}:ch")?.parse().ok()
 }
@@ -617,7 +617,7 @@ impl RedisStore {
 
 /// Whether Redis refused a write because `maxmemory` is reached (`-OOM command not allowed
 /// ...`, also when raised by a `redis.call` inside a script).
-fn is_oom(e: &redis::RedisError) -> bool {
+pub(super) fn is_oom(e: &redis::RedisError) -> bool {
     e.code() == Some("OOM") || e.to_string().contains("OOM command not allowed")
 }
 
@@ -631,7 +631,7 @@ enum Ping {
     TimedOut,
 }
 
-trait ErrorKindStr {
+pub(super) trait ErrorKindStr {
     fn kind_str(&self) -> String;
 }
 
@@ -649,7 +649,7 @@ impl ErrorKindStr for redis::RedisError {
 }
 
 /// Splits a script reply `{status, ...}` into the rest, or the protocol error it names.
-fn status(v: Value, what: &str) -> Result<Vec<Value>> {
+pub(super) fn status(v: Value, what: &str) -> Result<Vec<Value>> {
     let mut items = match v {
         Value::Array(items) => items,
         other => {
@@ -675,11 +675,11 @@ fn status(v: Value, what: &str) -> Result<Vec<Value>> {
     ))
 }
 
-fn conv<T: FromRedisValue>(v: Value, what: &str) -> Result<T> {
+pub(super) fn conv<T: FromRedisValue>(v: Value, what: &str) -> Result<T> {
     T::from_redis_value(v).map_err(|e| Error::internal(format!("{what}: {e}")))
 }
 
-fn role(s: &str) -> Role {
+pub(super) fn role(s: &str) -> Role {
     if s == "creator" {
         Role::Creator
     } else {
@@ -1194,7 +1194,7 @@ impl Store for RedisStore {
     }
 }
 
-fn group_error(e: Error, group: GroupId) -> Error {
+pub(super) fn group_error(e: Error, group: GroupId) -> Error {
     match e.code {
         Code::NoSuchGroup => Error::new(Code::NoSuchGroup, format!("group {group} does not exist")),
         Code::NotAMember => Error::new(Code::NotAMember, format!("not a member of group {group}")),
@@ -1207,7 +1207,7 @@ fn group_error(e: Error, group: GroupId) -> Error {
 }
 
 /// An inbox entry from an `XRANGE`/`XREVRANGE` row: `f` (sender id), `m` (message JSON).
-fn entry_from((id, fields): (String, Vec<String>)) -> Result<Entry> {
+pub(super) fn entry_from((id, fields): (String, Vec<String>)) -> Result<Entry> {
     let mut from = 0;
     let mut json = String::new();
     for pair in fields.chunks_exact(2) {

@@ -1,0 +1,415 @@
+//! Cluster mode (issue 11): nodes on a real 6-process Redis Cluster on loopback (3 masters,
+//! 3 replicas, `redis-cli --cluster create`): the ops' essentials, and a master killed with
+//! `redis_wait_replicas = 1` (its replica promoted, the subscriber layer rebuilt, nothing
+//! acknowledged lost).
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Client, Node, PASSWORD, settings, stop_tree, uname, user};
+use serde_json::{Value, json};
+
+/// Six `redis-server --cluster-enabled yes` processes forming one cluster; killed on drop.
+struct RedisCluster {
+    nodes: Vec<(u16, Option<Child>)>,
+    dir: PathBuf,
+}
+
+/// A port whose cluster bus port (+10000) is free as well.
+fn cluster_port() -> u16 {
+    loop {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let p = l.local_addr().unwrap().port();
+        if p < 55000 && std::net::TcpListener::bind(("127.0.0.1", p + 10000)).is_ok() {
+            return p;
+        }
+    }
+}
+
+fn cli(port: u16, args: &[&str]) -> String {
+    let out = Command::new("redis-cli")
+        .args(["-p", &port.to_string()])
+        .args(args)
+        .output()
+        .expect("redis-cli");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+impl RedisCluster {
+    fn start() -> RedisCluster {
+        let dir = std::env::temp_dir().join(format!(
+            "sb-rcluster-{}-{}",
+            std::process::id(),
+            rand::random::<u32>()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut c = RedisCluster {
+            nodes: Vec::new(),
+            dir,
+        };
+        let mut ports = Vec::new();
+        while ports.len() < 6 {
+            let p = cluster_port();
+            if !ports.contains(&p) {
+                ports.push(p);
+            }
+        }
+        for &p in &ports {
+            let child = c.spawn(p);
+            c.nodes.push((p, Some(child)));
+        }
+        for &p in &ports {
+            wait_for(Duration::from_secs(5), "redis-server up", || {
+                std::net::TcpStream::connect(("127.0.0.1", p)).is_ok()
+            });
+        }
+        let addrs: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        let out = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addrs)
+            .args(["--cluster-replicas", "1", "--cluster-yes"])
+            .output()
+            .expect("redis-cli --cluster create");
+        assert!(
+            out.status.success(),
+            "cluster create failed: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        c.wait_ok();
+        c
+    }
+
+    fn spawn(&self, port: u16) -> Child {
+        Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", ""])
+            .args(["--cluster-enabled", "yes", "--cluster-node-timeout", "1000"])
+            .args(["--cluster-config-file", &format!("nodes-{port}.conf")])
+            .args(["--appendonly", "yes", "--appendfsync", "everysec"])
+            .args(["--appendfilename", &format!("aof-{port}.aof")])
+            .args(["--appenddirname", &format!("aof-{port}")])
+            .arg("--dir")
+            .arg(&self.dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed")
+    }
+
+    /// Waits for `cluster_state:ok` on every live node and every replica's link.
+    fn wait_ok(&self) {
+        wait_for(Duration::from_secs(20), "cluster_state:ok", || {
+            self.live().all(|p| {
+                cli(p, &["CLUSTER", "INFO"]).contains("cluster_state:ok") && {
+                    let r = cli(p, &["INFO", "replication"]);
+                    r.contains("role:master") || r.contains("master_link_status:up")
+                }
+            })
+        });
+    }
+
+    fn live(&self) -> impl Iterator<Item = u16> + '_ {
+        self.nodes
+            .iter()
+            .filter(|(_, c)| c.is_some())
+            .map(|(p, _)| *p)
+    }
+
+    fn seeds(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|(p, _)| format!("redis://127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// The port of the master serving `key`'s slot.
+    fn master_of(&self, key: &str) -> u16 {
+        let slot: u16 = cli(self.live().next().unwrap(), &["CLUSTER", "KEYSLOT", key])
+            .parse()
+            .unwrap();
+        for p in self.live() {
+            let nodes = cli(p, &["CLUSTER", "NODES"]);
+            for line in nodes.lines() {
+                let f: Vec<&str> = line.split(' ').collect();
+                if !f[2].contains("master") || f[2].contains("fail") {
+                    continue;
+                }
+                for range in &f[8..] {
+                    let (a, b) = range.split_once('-').unwrap_or((range, range));
+                    if let (Ok(a), Ok(b)) = (a.parse::<u16>(), b.parse::<u16>()) {
+                        if (a..=b).contains(&slot) {
+                            let addr = f[1].split('@').next().unwrap();
+                            return addr.rsplit(':').next().unwrap().parse().unwrap();
+                        }
+                    }
+                }
+            }
+            break;
+        }
+        panic!("no master for {key}");
+    }
+
+    /// SIGKILLs the server on `port`.
+    fn kill(&mut self, port: u16) {
+        let entry = self.nodes.iter_mut().find(|(p, _)| *p == port).unwrap();
+        if let Some(mut child) = entry.1.take() {
+            stop_tree(&mut child, "-KILL", Duration::ZERO);
+        }
+    }
+
+    /// Starts the server on `port` again (it rejoins as a replica of its promoted one).
+    fn revive(&mut self, port: u16) {
+        let child = self.spawn(port);
+        self.nodes.iter_mut().find(|(p, _)| *p == port).unwrap().1 = Some(child);
+    }
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        for (_, c) in &mut self.nodes {
+            if let Some(mut child) = c.take() {
+                stop_tree(&mut child, "-KILL", Duration::ZERO);
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn wait_for(limit: Duration, what: &str, mut ok: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !ok() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn cluster_settings(name: &str, rc: &RedisCluster) -> switchboard::config::Settings {
+    let mut s = settings(name, None);
+    s.redis_cluster_nodes = Some(rc.seeds());
+    s.validate().unwrap();
+    s
+}
+
+fn texts(history: &Value) -> Vec<String> {
+    history["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["msg"]["text"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_mode_essentials() {
+    let rc = tokio::task::spawn_blocking(RedisCluster::start).await.unwrap();
+    let n0 = Node::start(cluster_settings("c0", &rc)).await;
+    let n1 = Node::start(cluster_settings("c1", &rc)).await;
+
+    // 1:1 across nodes, live; users spread over slots (and masters).
+    let mut a = user(n0.addr, "ca").await;
+    let mut b = user(n1.addr, "cb").await;
+    let r = a
+        .ok(json!({"op": "send", "to": b.id, "text": "hi b", "client_id": "k1"}))
+        .await;
+    let ev = b.event("message").await;
+    assert_eq!(ev["msg"]["id"], r["msg"]["id"]);
+    assert_eq!(ev["msg"]["text"], "hi b");
+    // Idempotent.
+    let again = a
+        .ok(json!({"op": "send", "to": b.id, "text": "hi b", "client_id": "k1"}))
+        .await;
+    assert_eq!(again["msg"], r["msg"]);
+    b.no_event("message", Duration::from_millis(300)).await;
+    assert_eq!(
+        a.err(json!({"op": "send", "to": b.id, "text": "other", "client_id": "k1"}))
+            .await,
+        "client_id_conflict"
+    );
+    assert_eq!(
+        a.err(json!({"op": "send", "to": 99_999_999, "text": "x"})).await,
+        "no_such_user"
+    );
+
+    // Friends and presence.
+    let r = a.ok(json!({"op": "friend.add", "user": b.id})).await;
+    assert_eq!(r["friend"]["online"], true);
+    let ev = b.event("friend_added").await;
+    assert_eq!(ev["friend"]["id"], a.id);
+    let fl = b.ok(json!({"op": "friend.list"})).await;
+    assert_eq!(fl["friends"][0]["id"], a.id);
+    b.ok(json!({"op": "logout"})).await;
+    let ev = a.event("presence").await;
+    assert_eq!(ev["user"]["id"], b.id);
+    assert_eq!(ev["user"]["online"], false);
+
+    // Offline catch-up: b is away, a sends, b logs in and gets the backlog.
+    let bname = {
+        let mut c = Client::connect(n0.addr).await;
+        let r = c.ok(json!({"op": "whois", "id": b.id})).await;
+        r["user"]["name"].as_str().unwrap().to_string()
+    };
+    for i in 0..5 {
+        a.ok(json!({"op": "send", "to": b.id, "text": format!("away {i}")}))
+            .await;
+    }
+    let mut b = Client::connect(n1.addr).await;
+    b.send(json!({"op": "login", "name": bname, "password": PASSWORD}))
+        .await;
+    let login = b.reply().await;
+    assert_eq!(login["ok"], true, "{login}");
+    b.id = login["user"]["id"].as_u64().unwrap();
+    let (msgs, unread) = b.backlog().await;
+    let got: Vec<&str> = msgs
+        .iter()
+        .map(|m| m["msg"]["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(got[0], "hi b");
+    assert_eq!(&got[1..], ["away 0", "away 1", "away 2", "away 3", "away 4"]);
+    assert_eq!(unread, 6);
+    assert_eq!(a.event("presence").await["user"]["online"], true);
+
+    // Group send to members in several slots (and so, with 3 masters, several shards).
+    let mut members = Vec::new();
+    for i in 0..5 {
+        members.push(user(if i % 2 == 0 { n0.addr } else { n1.addr }, "cg").await);
+    }
+    let gname = uname("G");
+    let g = a
+        .ok(json!({"op": "group.create", "name": gname, "desc": "d"}))
+        .await;
+    let gid = g["group"]["id"].as_u64().unwrap();
+    for m in &mut members {
+        m.ok(json!({"op": "group.join", "group": gid})).await;
+    }
+    let joined = members[0].ok(json!({"op": "group.list"})).await;
+    assert_eq!(joined["groups"][0]["members"].as_array().unwrap().len(), 6);
+    let r = a
+        .ok(json!({"op": "group.send", "group": gid, "text": "to all", "client_id": "g1"}))
+        .await;
+    for m in &mut members {
+        let ev = m.event("message").await;
+        assert_eq!(ev["msg"]["id"], r["msg"]["id"]);
+    }
+    let again = a
+        .ok(json!({"op": "group.send", "group": gid, "text": "to all", "client_id": "g1"}))
+        .await;
+    assert_eq!(again["msg"], r["msg"]);
+    for m in &mut members {
+        m.no_event("message", Duration::from_millis(100)).await;
+    }
+    // join by name, leave, and the name is free again once the group empties.
+    let mut solo = user(n1.addr, "cs").await;
+    let r = solo
+        .ok(json!({"op": "group.create", "name": uname("S"), "desc": ""}))
+        .await;
+    let sname = r["group"]["name"].as_str().unwrap().to_string();
+    let sid = r["group"]["id"].as_u64().unwrap();
+    a.ok(json!({"op": "group.join", "name": sname.to_lowercase()}))
+        .await;
+    a.ok(json!({"op": "group.leave", "group": sid})).await;
+    solo.ok(json!({"op": "group.leave", "group": sid})).await;
+    solo.ok(json!({"op": "group.create", "name": sname, "desc": ""}))
+        .await;
+
+    // History of b's inbox, newest first.
+    let h = b.ok(json!({"op": "history", "limit": 3})).await;
+    assert_eq!(texts(&h), ["away 4", "away 3", "away 2"]);
+    // Ack.
+    let seq = msgs.last().unwrap()["seq"].clone();
+    b.ok(json!({"op": "ack", "seq": seq})).await;
+    // Password login failures and register limits go through the per-key steps.
+    let mut c = Client::connect(n0.addr).await;
+    assert_eq!(
+        c.err(json!({"op": "login", "name": bname, "password": "wrong password"}))
+            .await,
+        "bad_credentials"
+    );
+    assert_eq!(
+        c.err(json!({"op": "register", "name": bname.to_uppercase(), "password": PASSWORD}))
+            .await,
+        "name_taken"
+    );
+    drop(n1);
+    drop(n0);
+}
+
+/// Sends `text` with `client_id`, retrying `unavailable` (the same client_id) until `deadline`.
+async fn send_retrying(a: &mut Client, to: u64, text: &str, cid: &str, deadline: Instant) -> Value {
+    loop {
+        let r = a
+            .req(json!({"op": "send", "to": to, "text": text, "client_id": cid}))
+            .await;
+        if r["ok"] == true {
+            return r;
+        }
+        assert_eq!(r["error"]["code"], "unavailable", "{r}");
+        assert!(Instant::now() < deadline, "send {cid} never succeeded: {r}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn master_killed_nothing_acknowledged_is_lost() {
+    let mut rc = tokio::task::spawn_blocking(RedisCluster::start).await.unwrap();
+    let mut s = cluster_settings("f0", &rc);
+    s.redis_wait_replicas = 1;
+    s.redis_wait_timeout_ms = 500;
+    let node = Node::start(s).await;
+    let mut a = user(node.addr, "fa").await;
+    let mut b = user(node.addr, "fb").await;
+    let victim = rc.master_of(&format!("sb:{{u:{}}}:inbox", b.id));
+
+    let mut acked = Vec::new();
+    for i in 0..20 {
+        let r = send_retrying(&mut a, b.id, &format!("m{i}"), &format!("c{i}"), Instant::now() + Duration::from_secs(5)).await;
+        acked.push(r["msg"]["id"].as_str().unwrap().to_string());
+    }
+    // Kill b's master mid-stream; keep sending (retrying unavailable with the client_id).
+    rc.kill(victim);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for i in 20..40 {
+        let r = send_retrying(&mut a, b.id, &format!("m{i}"), &format!("c{i}"), deadline).await;
+        acked.push(r["msg"]["id"].as_str().unwrap().to_string());
+    }
+    let promoted = rc.master_of(&format!("sb:{{u:{}}}:inbox", b.id));
+    assert_ne!(promoted, victim);
+
+    // Every acknowledged message is in b's inbox exactly once, in order.
+    let mut seen = Vec::new();
+    let mut c = Client::connect(node.addr).await;
+    let bname = a
+        .ok(json!({"op": "whois", "id": b.id}))
+        .await["user"]["name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    c.login(&bname).await;
+    let (msgs, _) = c.backlog().await;
+    for m in &msgs {
+        seen.push(m["msg"]["id"].as_str().unwrap().to_string());
+    }
+    let unique: std::collections::HashSet<&String> = seen.iter().collect();
+    assert_eq!(unique.len(), seen.len(), "a message stored twice");
+    assert_eq!(seen, acked, "acknowledged messages lost or out of order");
+
+    // The live path recovered: b's first session drains what it missed, then gets new ones live.
+    let r = send_retrying(&mut a, b.id, "after", "after", deadline).await;
+    let mut live = Vec::new();
+    while live.last().map(|id: &String| id.as_str()) != r["msg"]["id"].as_str() {
+        let ev = b.event("message").await;
+        live.push(ev["msg"]["id"].as_str().unwrap().to_string());
+    }
+    let unique: std::collections::HashSet<&String> = live.iter().collect();
+    assert_eq!(unique.len(), live.len(), "a duplicate within a session");
+    // The old master comes back as a replica.
+    rc.revive(victim);
+    tokio::task::spawn_blocking(move || {
+        rc.wait_ok();
+        rc
+    })
+    .await
+    .unwrap();
+}
