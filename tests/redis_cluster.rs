@@ -367,15 +367,36 @@ async fn master_killed_nothing_acknowledged_is_lost() {
         let r = send_retrying(&mut a, b.id, &format!("m{i}"), &format!("c{i}"), Instant::now() + Duration::from_secs(5)).await;
         acked.push(r["msg"]["id"].as_str().unwrap().to_string());
     }
-    // Kill b's master mid-stream; keep sending (retrying unavailable with the client_id).
+    // Kill b's master mid-stream; keep sending, retrying `unavailable` with the client_id. Its
+    // replica is promoted, but with no replica of its own WAIT 1 fails until the old master is
+    // back (as a replica): then the retries succeed.
     rc.kill(victim);
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let killed = Instant::now();
+    let deadline = killed + Duration::from_secs(40);
+    let (mut revived, mut refused) = (false, 0);
     for i in 20..40 {
-        let r = send_retrying(&mut a, b.id, &format!("m{i}"), &format!("c{i}"), deadline).await;
+        let (text, cid) = (format!("m{i}"), format!("c{i}"));
+        let r = loop {
+            let r = a
+                .req(json!({"op": "send", "to": b.id, "text": text, "client_id": cid}))
+                .await;
+            if r["ok"] == true {
+                break r;
+            }
+            assert_eq!(r["error"]["code"], "unavailable", "{r}");
+            refused += 1;
+            assert!(Instant::now() < deadline, "send {cid} never succeeded: {r}");
+            if !revived && rc.master_of(&format!("sb:{{u:{}}}:inbox", b.id)) != victim {
+                eprintln!("replica promoted after {:?}", killed.elapsed());
+                rc.revive(victim);
+                revived = true;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
         acked.push(r["msg"]["id"].as_str().unwrap().to_string());
     }
-    let promoted = rc.master_of(&format!("sb:{{u:{}}}:inbox", b.id));
-    assert_ne!(promoted, victim);
+    eprintln!("all acknowledged {:?} after the kill; {refused} sends answered unavailable", killed.elapsed());
+    assert!(revived);
 
     // Every acknowledged message is in b's inbox exactly once, in order.
     let mut seen = Vec::new();
@@ -404,8 +425,6 @@ async fn master_killed_nothing_acknowledged_is_lost() {
     }
     let unique: std::collections::HashSet<&String> = live.iter().collect();
     assert_eq!(unique.len(), live.len(), "a duplicate within a session");
-    // The old master comes back as a replica.
-    rc.revive(victim);
     tokio::task::spawn_blocking(move || {
         rc.wait_ok();
         rc
