@@ -62,12 +62,14 @@ DEBIAN_STREAM_MODULE = "/usr/lib/nginx/modules/ngx_stream_module.so"
 # Settings of src/config.rs that the chart sets itself rather than from .Values.config.
 # proxy_protocol is under config: too, but its default there is null (Helm drops the key):
 # the chart derives it from loadBalancer.mode.
-CHART_SET_SETTINGS = {"node_name", "redis_url", "proxy_protocol"}
+CHART_SET_SETTINGS = {"node_name", "redis_url", "proxy_protocol", "redis_cluster_nodes", "redis_wait_replicas"}
+# Settings the chart sets only in some modes (checked by those scenarios).
+MODE_SETTINGS = {"redis_url", "redis_cluster_nodes"}
 # Values under .Values.config that are not (yet) fields of src/config.rs.
 NOT_IN_CONFIG_RS: set[str] = set()
 # Defaults the chart deliberately changes (proxy_protocol: on in mode nginx;
 # proxy_trusted_cidrs: the private ranges pod networks live in).
-CHANGED_DEFAULTS = {"log_format", "proxy_protocol", "proxy_trusted_cidrs"}
+CHANGED_DEFAULTS = {"log_format", "proxy_protocol", "proxy_trusted_cidrs", "redis_wait_replicas"}
 
 
 # ---------------------------------------------------------------------------------------
@@ -381,7 +383,7 @@ def check_servicemonitor(doc: dict, what: str) -> list[str]:
 
 
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-COMPONENTS = {"chat", "redis", "lb", "test"}
+COMPONENTS = {"chat", "redis", "redis-cluster-job", "lb", "test"}
 
 
 def check_conventions(docs: list[tuple[str, dict]]) -> list[str]:
@@ -448,11 +450,20 @@ def check_chat_deployment(docs, values: dict) -> list[str]:
     require("checksum/config" in deploy["spec"]["template"]["metadata"].get("annotations", {}), "no checksum/config annotation", problems)
     env = container_env(deploy)
     require(env.get("SWITCHBOARD_NODE_NAME") == {"fieldRef": {"fieldPath": "metadata.name"}}, "SWITCHBOARD_NODE_NAME is not the pod name", problems)
-    require("SWITCHBOARD_REDIS_URL" in env, "no SWITCHBOARD_REDIS_URL", problems)
+    cluster = merged["redis"]["mode"] == "cluster"
+    target = "SWITCHBOARD_REDIS_CLUSTER_NODES" if cluster else "SWITCHBOARD_REDIS_URL"
+    other = "SWITCHBOARD_REDIS_URL" if cluster else "SWITCHBOARD_REDIS_CLUSTER_NODES"
+    require(target in env, f"no {target}", problems)
+    require(other not in env, f"{other} set in redis.mode {merged['redis']['mode']}", problems)
     names = [e["name"] for e in c["env"]]
-    if "REDIS_PASSWORD" in names:
-        require(names.index("REDIS_PASSWORD") < names.index("SWITCHBOARD_REDIS_URL"), "REDIS_PASSWORD must come before SWITCHBOARD_REDIS_URL for $(VAR) expansion", problems)
-        require("$(REDIS_PASSWORD)" in str(env["SWITCHBOARD_REDIS_URL"]), "SWITCHBOARD_REDIS_URL does not use $(REDIS_PASSWORD)", problems)
+    if "REDIS_PASSWORD" in names and target in names:
+        require(names.index("REDIS_PASSWORD") < names.index(target), f"REDIS_PASSWORD must come before {target} for $(VAR) expansion", problems)
+        if merged["redis"]["enabled"]:
+            require("$(REDIS_PASSWORD)" in str(env[target]), f"{target} does not use $(REDIS_PASSWORD)", problems)
+    wait = env.get("SWITCHBOARD_REDIS_WAIT_REPLICAS")
+    want = merged["config"].get("redisWaitReplicas")
+    want = str(want if want is not None else (1 if cluster else 0))
+    require(wait == want, f"SWITCHBOARD_REDIS_WAIT_REPLICAS is {wait!r}, expected {want!r}", problems)
     ports = {p["name"]: p["containerPort"] for p in c["ports"]}
     require(ports.get("chat") == int(merged["config"]["listen"].rsplit(":", 1)[1]), "chat port differs from config.listen", problems)
     require(ports.get("metrics") == int(merged["config"]["httpListen"].rsplit(":", 1)[1]), "metrics port differs from config.httpListen", problems)
@@ -504,6 +515,8 @@ def check_config_coverage() -> str:
     deploy = find(manifests_of(render({})), "Deployment", "-chat")
     env = container_env(deploy)
     for f in fields:
+        if f in MODE_SETTINGS - {"redis_url"}:
+            continue
         require(f"SWITCHBOARD_{f.upper()}" in env, f"setting {f}: no SWITCHBOARD_{f.upper()} in the chat Deployment", problems)
     config_keys = {snake(k): k for k in merged_values({})["config"]}
     for key in sorted(set(config_keys) - set(fields)):
@@ -646,6 +659,42 @@ def expect_external_redis(url: str | None, secret: str | None):
             require(env.get("SWITCHBOARD_REDIS_URL", {}).get("secretKeyRef", {}).get("name") == secret, "SWITCHBOARD_REDIS_URL not from redis.externalUrlSecret", p)
         return p
     return check
+
+
+def expect_redis_cluster(docs, rendered):
+    p = []
+    sts = find(docs, "StatefulSet", "-redis")
+    require(sts is not None and sts["spec"]["replicas"] == 6, "bundled Redis Cluster is not 6 pods", p)
+    if sts:
+        c = sts["spec"]["template"]["spec"]["containers"][0]
+        require("--cluster-announce-hostname" in c["args"], "cluster nodes do not announce their host name", p)
+        require("--masterauth" in c["args"], "replicas cannot authenticate to their master", p)
+        require(any(pt["containerPort"] == 16379 for pt in c["ports"]), "no cluster bus port", p)
+        require(sts["spec"].get("podManagementPolicy") == "Parallel", "cluster pods do not start in parallel", p)
+        require("volumeClaimTemplates" in sts["spec"], "no PVCs for the cluster's AOF", p)
+    conf = find(docs, "ConfigMap", "-redis")["data"]["redis.conf"]
+    for line in ["cluster-enabled yes", "cluster-preferred-endpoint-type hostname", "cluster-require-full-coverage no", "appendonly yes"]:
+        require(line in conf, f"redis.conf lacks {line!r}", p)
+    svc = find(docs, "Service", "-redis")
+    require(svc["spec"].get("publishNotReadyAddresses") is True, "headless Service hides unready cluster pods", p)
+    job = find(docs, "Job", "-redis-cluster")
+    require(job is not None and "--cluster create" in str(job) and "--cluster fix" in str(job), "no create/repair Job", p)
+    pdb = find(docs, "PodDisruptionBudget", "-redis")
+    require(pdb is not None and pdb["spec"]["maxUnavailable"] == 1, "no Redis PodDisruptionBudget with maxUnavailable 1", p)
+    env = container_env(find(docs, "Deployment", "-chat"))
+    seeds = env.get("SWITCHBOARD_REDIS_CLUSTER_NODES", "")
+    require(isinstance(seeds, str) and len(seeds.split(",")) == 6, "SWITCHBOARD_REDIS_CLUSTER_NODES does not list the 6 pods", p)
+    return p
+
+
+def expect_external_cluster(docs, rendered):
+    p = []
+    require(find(docs, "StatefulSet") is None, "Redis StatefulSet rendered with redis.enabled false", p)
+    require(find(docs, "Job") is None, "cluster Job rendered for an external cluster", p)
+    env = container_env(find(docs, "Deployment", "-chat"))
+    require(env.get("SWITCHBOARD_REDIS_CLUSTER_NODES") == "redis://:$(REDIS_PASSWORD)@a.example:6379,redis://:$(REDIS_PASSWORD)@b.example:6379", "SWITCHBOARD_REDIS_CLUSTER_NODES is not redis.external.clusterNodes", p)
+    require(env.get("REDIS_PASSWORD", {}).get("secretKeyRef", {}).get("name") == "ext-redis", "REDIS_PASSWORD not from redis.external.passwordSecret", p)
+    return p
 
 
 def expect_existing_secret(docs, rendered):
@@ -808,6 +857,11 @@ def scenarios() -> list[Scenario]:
         Scenario("mode nginx + NodePort", {"loadBalancer": {"service": {"type": "NodePort", "externalTrafficPolicy": "Local"}}}, expect_nodeport_nginx),
         Scenario("redis disabled + externalUrl", {"redis": {"enabled": False, "externalUrl": "redis://:secret@redis.example.com:6379"}}, expect_external_redis("redis://:secret@redis.example.com:6379", None)),
         Scenario("redis disabled + externalUrlSecret", {"redis": {"enabled": False, "externalUrlSecret": {"name": "my-redis", "key": "url"}}}, expect_external_redis(None, "my-redis")),
+        Scenario("redis mode cluster (bundled)", {"redis": {"mode": "cluster"}}, expect_redis_cluster),
+        Scenario("redis mode cluster, networkPolicy", {"redis": {"mode": "cluster"}, "networkPolicy": {"enabled": True}}, expect_redis_cluster),
+        Scenario("redis mode cluster (external)", {"redis": {"mode": "cluster", "enabled": False, "external": {
+            "clusterNodes": "redis://:$(REDIS_PASSWORD)@a.example:6379,redis://:$(REDIS_PASSWORD)@b.example:6379",
+            "passwordSecret": {"name": "ext-redis", "key": "password"}}}}, expect_external_cluster),
         Scenario("redis existingSecret, no persistence", {"redis": {"existingSecret": "my-redis-auth", "persistence": {"enabled": False}}}, expect_existing_secret),
         Scenario("redis maxmemoryPercent 50 of 3Gi", {"redis": {"maxmemoryPercent": 50, "resources": {"limits": {"memory": "3Gi"}}}}, expect_redis_maxmemory("maxmemory 1610612736")),
         Scenario("redis maxmemory explicit", {"redis": {"maxmemory": "700mb"}}, expect_redis_maxmemory("maxmemory 700mb")),
@@ -834,6 +888,8 @@ def scenarios() -> list[Scenario]:
 NEGATIVE = [
     ("grace period shorter than preStop + drain", {"chat": {"terminationGracePeriodSeconds": 20}}, "terminationGracePeriodSeconds"),
     ("redis disabled without a URL", {"redis": {"enabled": False}}, "externalUrl"),
+    ("redis mode cluster, disabled, without seeds", {"redis": {"mode": "cluster", "enabled": False}}, "clusterNodes"),
+    ("unknown redis.mode", {"redis": {"mode": "sentinel"}}, "mode"),
     ("proxy timeout under the ping interval", {"loadBalancer": {"nginx": {"proxyTimeoutSeconds": 100}}}, "proxyTimeoutSeconds"),
     ("no resolver and no static servers", {"loadBalancer": {"nginx": {"resolver": ""}}}, "resolver"),
     ("unknown loadBalancer.mode", {"loadBalancer": {"mode": "haproxy"}}, "mode"),
