@@ -432,3 +432,111 @@ async fn master_killed_nothing_acknowledged_is_lost() {
     .await
     .unwrap();
 }
+
+/// `CLUSTER MYID` of the server on `port`.
+fn node_id(port: u16) -> String {
+    cli(port, &["CLUSTER", "MYID"])
+}
+
+/// Moves `slot` from the master on `from` to the master on `to`, keys and all, the way
+/// `redis-cli --cluster reshard` does (IMPORTING/MIGRATING, MIGRATE, SETSLOT NODE).
+fn migrate_slot(rc: &RedisCluster, slot: u16, from: u16, to: u16) {
+    let (src, dst, s) = (node_id(from), node_id(to), slot.to_string());
+    assert_eq!(cli(to, &["CLUSTER", "SETSLOT", &s, "IMPORTING", &src]), "OK");
+    assert_eq!(cli(from, &["CLUSTER", "SETSLOT", &s, "MIGRATING", &dst]), "OK");
+    loop {
+        let keys = cli(from, &["CLUSTER", "GETKEYSINSLOT", &s, "100"]);
+        let keys: Vec<&str> = keys.lines().filter(|k| !k.is_empty()).collect();
+        if keys.is_empty() {
+            break;
+        }
+        let port = to.to_string();
+        let mut args = vec!["MIGRATE", "127.0.0.1", &port, "", "0", "5000", "KEYS"];
+        args.extend(keys);
+        let out = cli(from, &args);
+        assert!(out == "OK" || out == "NOKEY", "MIGRATE: {out}");
+    }
+    for p in rc.live().collect::<Vec<_>>() {
+        cli(p, &["CLUSTER", "SETSLOT", &s, "NODE", &dst]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slot_migration_and_a_frozen_replica() {
+    let rc = tokio::task::spawn_blocking(RedisCluster::start).await.unwrap();
+    let mut s = cluster_settings("m0", &rc);
+    s.redis_wait_replicas = 1;
+    s.redis_wait_timeout_ms = 300;
+    let node = Node::start(s).await;
+    let mut a = user(node.addr, "ma").await;
+    let mut b = user(node.addr, "mb").await;
+    let key = format!("sb:{{u:{}}}:inbox", b.id);
+    let slot: u16 = cli(rc.live().next().unwrap(), &["CLUSTER", "KEYSLOT", &key])
+        .parse()
+        .unwrap();
+    let from = rc.master_of(&key);
+    let to = rc
+        .live()
+        .find(|&p| p != from && cli(p, &["INFO", "replication"]).contains("role:master"))
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut acked = Vec::new();
+    for i in 0..10 {
+        let r = send_retrying(&mut a, b.id, &format!("m{i}"), &format!("c{i}"), deadline).await;
+        acked.push(r["msg"]["id"].as_str().unwrap().to_string());
+    }
+    // Move b's slot (inbox, channel and all) to another master: Redis drops b's channel
+    // on the old master (an unrequested `sunsubscribe`); the node subscribes it again on
+    // the new one, and b's session catches up.
+    let rc = tokio::task::spawn_blocking(move || {
+        migrate_slot(&rc, slot, from, to);
+        rc
+    })
+    .await
+    .unwrap();
+    assert_eq!(rc.master_of(&key), to);
+    for i in 10..15 {
+        let r = send_retrying(&mut a, b.id, &format!("m{i}"), &format!("c{i}"), deadline).await;
+        acked.push(r["msg"]["id"].as_str().unwrap().to_string());
+    }
+
+    // A frozen replica (SIGSTOP) of b's new master: a send to b answers `unavailable` within
+    // the WAIT time-out, and succeeds when retried once the replica runs again.
+    let replica = rc
+        .live()
+        .find(|&p| {
+            let r = cli(p, &["INFO", "replication"]);
+            r.contains("role:slave") && r.contains(&format!("master_port:{to}"))
+        })
+        .expect("a replica of the new master");
+    let pid = rc
+        .nodes
+        .iter()
+        .find(|(p, _)| *p == replica)
+        .and_then(|(_, c)| c.as_ref().map(|c| c.id()))
+        .unwrap();
+    common::signal_pid(pid, "-STOP");
+    let started = Instant::now();
+    let r = a
+        .req(json!({"op": "send", "to": b.id, "text": "frozen", "client_id": "frozen"}))
+        .await;
+    common::signal_pid(pid, "-CONT");
+    assert_eq!(r["error"]["code"], "unavailable", "{r}");
+    assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+    let r = send_retrying(&mut a, b.id, "frozen", "frozen", deadline).await;
+    acked.push(r["msg"]["id"].as_str().unwrap().to_string());
+    for i in 15..20 {
+        let r = send_retrying(&mut a, b.id, &format!("m{i}"), &format!("c{i}"), deadline).await;
+        acked.push(r["msg"]["id"].as_str().unwrap().to_string());
+    }
+
+    // b's session got every message, live or through its catch-up, once each, in order.
+    let mut got = Vec::new();
+    while got.len() < acked.len() {
+        let ev = b.event("message").await;
+        got.push(ev["msg"]["id"].as_str().unwrap().to_string());
+    }
+    assert_eq!(got, acked);
+    b.no_event("message", Duration::from_millis(300)).await;
+    drop(rc);
+}
