@@ -338,6 +338,19 @@ async fn cluster_mode_essentials() {
             .await,
         "name_taken"
     );
+    // Redis connections stay O(masters) per node, whatever the number of users (7 here,
+    // 2 switchboard nodes): per Redis node at most 2 per switchboard node (command,
+    // subscriber) + 1 (CLUSTER SHARDS) each, + this redis-cli.
+    let mut counts = Vec::new();
+    for p in rc.live() {
+        let n: usize = cli(p, &["INFO", "clients"])
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("connected_clients:")?.parse().ok())
+            .unwrap();
+        counts.push(n);
+    }
+    eprintln!("connected clients per Redis node (2 switchboard nodes, 7 users): {counts:?}");
+    assert!(counts.iter().all(|&n| n <= 2 * 3 + 1), "{counts:?}");
     drop(n1);
     drop(n0);
 }
