@@ -631,3 +631,54 @@ async fn without_wait_a_failover_loses_acknowledged_messages() {
     assert_eq!(lost, 10);
     drop(rc);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn manual_failover_keeps_every_message() {
+    let rc = tokio::task::spawn_blocking(RedisCluster::start).await.unwrap();
+    let mut s = cluster_settings("v0", &rc);
+    s.redis_wait_replicas = 1;
+    let node = Node::start(s).await;
+    let mut a = user(node.addr, "va").await;
+    let mut b = user(node.addr, "vb").await;
+    let key = format!("sb:{{u:{}}}:inbox", b.id);
+    let old = rc.master_of(&key);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut acked = Vec::new();
+    for i in 0..10 {
+        let r = send_retrying(&mut a, b.id, &format!("m{i}"), &format!("c{i}"), deadline).await;
+        acked.push(r["msg"]["id"].as_str().unwrap().to_string());
+    }
+    // CLUSTER FAILOVER on the replica: it becomes the master, the old master its replica.
+    let replica = rc
+        .live()
+        .find(|&p| {
+            let r = cli(p, &["INFO", "replication"]);
+            r.contains("role:slave") && r.contains(&format!("master_port:{old}"))
+        })
+        .expect("a replica of b's master");
+    assert_eq!(cli(replica, &["CLUSTER", "FAILOVER"]), "OK");
+    for i in 10..20 {
+        let r = send_retrying(&mut a, b.id, &format!("m{i}"), &format!("c{i}"), deadline).await;
+        acked.push(r["msg"]["id"].as_str().unwrap().to_string());
+    }
+    let key2 = key.clone();
+    let rc = tokio::task::spawn_blocking(move || {
+        wait_for(Duration::from_secs(10), "failover", || {
+            rc.try_master_of(&key2) == Some(replica)
+        });
+        rc
+    })
+    .await
+    .unwrap();
+    let r = send_retrying(&mut a, b.id, "after", "after", deadline).await;
+    acked.push(r["msg"]["id"].as_str().unwrap().to_string());
+    // b's session: every message once, in order (live or through its catch-up).
+    let mut got = Vec::new();
+    while got.len() < acked.len() {
+        let ev = b.event("message").await;
+        got.push(ev["msg"]["id"].as_str().unwrap().to_string());
+    }
+    assert_eq!(got, acked);
+    assert_eq!(cli(replica, &["XLEN", &key]), acked.len().to_string());
+    drop(rc);
+}

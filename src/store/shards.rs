@@ -289,8 +289,9 @@ impl Shards {
             for n in nodes {
                 let f = map_pairs(n.clone());
                 let text = |k: &str| f.get(k).and_then(string);
+                // health: online, failed or loading (a restarted master still reading its AOF).
                 if text("role").as_deref() != Some("master")
-                    || text("health").as_deref() == Some("fail")
+                    || text("health").as_deref() != Some("online")
                 {
                     continue;
                 }
