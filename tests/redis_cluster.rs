@@ -293,7 +293,8 @@ fn migrate_slot(rc: &RedisCluster, slot: u16, from: u16, to: u16) {
             break;
         }
         let port = to.to_string();
-        let mut args = vec!["MIGRATE", "127.0.0.1", &port, "", "0", "5000", "KEYS"];
+        let mut args = vec!["MIGRATE", "127.0.0.1", &port, "", "0", "5000"];
+        args.extend(["AUTH", common::redis_cluster::CLUSTER_PASSWORD, "KEYS"]);
         args.extend(keys);
         let out = cli(from, &args);
         assert!(out == "OK" || out == "NOKEY", "MIGRATE: {out}");

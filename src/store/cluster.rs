@@ -102,6 +102,7 @@ impl ClusterStore {
             .connection_timeout(timeout)
             .response_timeout(timeout)
             .retries(3)
+            .tcp_settings(crate::store::redis::tcp_settings())
             .build()?;
         let con = tokio::time::timeout(timeout, client.get_async_connection()).await??;
         let shards = Shards::connect(con.clone(), seeds, sink, node, timeout).await?;

@@ -190,6 +190,18 @@ fn with_resp3(url: &str) -> String {
     }
 }
 
+/// TCP settings of every Redis connection: keepalive probes and `TCP_USER_TIMEOUT`, so a
+/// connection whose peer vanished without a FIN fails within seconds (see the constants).
+pub(super) fn tcp_settings() -> TcpSettings {
+    let keepalive = TcpKeepalive::new()
+        .with_time(KEEPALIVE_IDLE)
+        .with_interval(KEEPALIVE_INTERVAL)
+        .with_retries(KEEPALIVE_PROBES);
+    TcpSettings::default()
+        .set_keepalive(keepalive)
+        .set_user_timeout(TCP_USER_TIMEOUT)
+}
+
 impl RedisStore {
     /// Connects both connections and subscribes this node's canary channel.
     pub async fn connect(

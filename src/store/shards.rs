@@ -331,7 +331,9 @@ impl Shards {
                 Ok::<(), std::convert::Infallible>(())
             });
         let url = format!("{}{}?protocol=resp3", self.auth, master.addr);
-        let client = redis::Client::open(url)?;
+        let info = redis::IntoConnectionInfo::into_connection_info(url)?
+            .set_tcp_settings(crate::store::redis::tcp_settings());
+        let client = redis::Client::open(info)?;
         let con = tokio::time::timeout(
             self.timeout,
             client.get_multiplexed_async_connection_with_config(&config),

@@ -24,8 +24,12 @@ pub fn cluster_port() -> u16 {
     }
 }
 
+/// The password of every test cluster node (as the chart's cluster has one).
+pub const CLUSTER_PASSWORD: &str = "sb-cluster-test";
+
 pub fn cli(port: u16, args: &[&str]) -> String {
     let out = Command::new("redis-cli")
+        .env("REDISCLI_AUTH", CLUSTER_PASSWORD)
         .args(["-p", &port.to_string()])
         .args(args)
         .output()
@@ -63,6 +67,7 @@ impl RedisCluster {
         }
         let addrs: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
         let out = Command::new("redis-cli")
+            .env("REDISCLI_AUTH", CLUSTER_PASSWORD)
             .args(["--cluster", "create"])
             .args(&addrs)
             .args(["--cluster-replicas", "1", "--cluster-yes"])
@@ -81,6 +86,7 @@ impl RedisCluster {
         Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", ""])
             .args(["--cluster-enabled", "yes", "--cluster-node-timeout", "1000"])
+            .args(["--requirepass", CLUSTER_PASSWORD, "--masterauth", CLUSTER_PASSWORD])
             .args(["--cluster-config-file", &format!("nodes-{port}.conf")])
             .args(["--appendonly", "yes", "--appendfsync", "everysec"])
             .args(["--appendfilename", &format!("aof-{port}.aof")])
@@ -115,7 +121,7 @@ impl RedisCluster {
     pub fn seeds(&self) -> String {
         self.nodes
             .iter()
-            .map(|(p, _)| format!("redis://127.0.0.1:{p}"))
+            .map(|(p, _)| format!("redis://:{CLUSTER_PASSWORD}@127.0.0.1:{p}"))
             .collect::<Vec<_>>()
             .join(",")
     }
