@@ -312,7 +312,8 @@ impl Settings {
         if self.redis_wait_replicas > 0 {
             // The WAIT reply must come back before the request itself times out.
             check(
-                self.redis_wait_timeout_ms >= 1 && self.redis_wait_timeout_ms < self.redis_timeout_ms,
+                self.redis_wait_timeout_ms >= 1
+                    && self.redis_wait_timeout_ms < self.redis_timeout_ms,
                 "redis_wait_timeout_ms",
                 "must be at least 1 and less than redis_timeout_ms when redis_wait_replicas > 0",
             )?;
@@ -363,7 +364,10 @@ impl Settings {
             )?;
             check(
                 !self.cluster_seeds().is_empty()
-                    && self.cluster_seeds().iter().all(|u| u.starts_with("redis://")),
+                    && self
+                        .cluster_seeds()
+                        .iter()
+                        .all(|u| u.starts_with("redis://")),
                 "redis_cluster_nodes",
                 &format!("{nodes:?}: must be comma-separated redis:// URLs"),
             )?;

@@ -29,7 +29,9 @@ fn texts(history: &Value) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_mode_essentials() {
-    let rc = tokio::task::spawn_blocking(RedisCluster::start).await.unwrap();
+    let rc = tokio::task::spawn_blocking(RedisCluster::start)
+        .await
+        .unwrap();
     let n0 = Node::start(cluster_settings("c0", &rc)).await;
     let n1 = Node::start(cluster_settings("c1", &rc)).await;
 
@@ -54,7 +56,8 @@ async fn cluster_mode_essentials() {
         "client_id_conflict"
     );
     assert_eq!(
-        a.err(json!({"op": "send", "to": 99_999_999, "text": "x"})).await,
+        a.err(json!({"op": "send", "to": 99_999_999, "text": "x"}))
+            .await,
         "no_such_user"
     );
 
@@ -92,7 +95,10 @@ async fn cluster_mode_essentials() {
         .map(|m| m["msg"]["text"].as_str().unwrap())
         .collect();
     assert_eq!(got[0], "hi b");
-    assert_eq!(&got[1..], ["away 0", "away 1", "away 2", "away 3", "away 4"]);
+    assert_eq!(
+        &got[1..],
+        ["away 0", "away 1", "away 2", "away 3", "away 4"]
+    );
     assert_eq!(unread, 6);
     assert_eq!(a.event("presence").await["user"]["online"], true);
 
@@ -191,7 +197,9 @@ async fn send_retrying(a: &mut Client, to: u64, text: &str, cid: &str, deadline:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn master_killed_nothing_acknowledged_is_lost() {
-    let mut rc = tokio::task::spawn_blocking(RedisCluster::start).await.unwrap();
+    let mut rc = tokio::task::spawn_blocking(RedisCluster::start)
+        .await
+        .unwrap();
     let mut s = cluster_settings("f0", &rc);
     s.redis_wait_replicas = 1;
     s.redis_wait_timeout_ms = 500;
@@ -202,7 +210,14 @@ async fn master_killed_nothing_acknowledged_is_lost() {
 
     let mut acked = Vec::new();
     for i in 0..20 {
-        let r = send_retrying(&mut a, b.id, &format!("m{i}"), &format!("c{i}"), Instant::now() + Duration::from_secs(5)).await;
+        let r = send_retrying(
+            &mut a,
+            b.id,
+            &format!("m{i}"),
+            &format!("c{i}"),
+            Instant::now() + Duration::from_secs(5),
+        )
+        .await;
         acked.push(r["msg"]["id"].as_str().unwrap().to_string());
     }
     // Kill b's master mid-stream; keep sending, retrying `unavailable` with the client_id. Its
@@ -237,15 +252,16 @@ async fn master_killed_nothing_acknowledged_is_lost() {
         };
         acked.push(r["msg"]["id"].as_str().unwrap().to_string());
     }
-    eprintln!("all acknowledged {:?} after the kill; {refused} sends answered unavailable", killed.elapsed());
+    eprintln!(
+        "all acknowledged {:?} after the kill; {refused} sends answered unavailable",
+        killed.elapsed()
+    );
     assert!(revived);
 
     // Every acknowledged message is in b's inbox exactly once, in order.
     let mut seen = Vec::new();
     let mut c = Client::connect(node.addr).await;
-    let bname = a
-        .ok(json!({"op": "whois", "id": b.id}))
-        .await["user"]["name"]
+    let bname = a.ok(json!({"op": "whois", "id": b.id})).await["user"]["name"]
         .as_str()
         .unwrap()
         .to_string();
@@ -284,8 +300,14 @@ fn node_id(port: u16) -> String {
 /// `redis-cli --cluster reshard` does (IMPORTING/MIGRATING, MIGRATE, SETSLOT NODE).
 fn migrate_slot(rc: &RedisCluster, slot: u16, from: u16, to: u16) {
     let (src, dst, s) = (node_id(from), node_id(to), slot.to_string());
-    assert_eq!(cli(to, &["CLUSTER", "SETSLOT", &s, "IMPORTING", &src]), "OK");
-    assert_eq!(cli(from, &["CLUSTER", "SETSLOT", &s, "MIGRATING", &dst]), "OK");
+    assert_eq!(
+        cli(to, &["CLUSTER", "SETSLOT", &s, "IMPORTING", &src]),
+        "OK"
+    );
+    assert_eq!(
+        cli(from, &["CLUSTER", "SETSLOT", &s, "MIGRATING", &dst]),
+        "OK"
+    );
     loop {
         let keys = cli(from, &["CLUSTER", "GETKEYSINSLOT", &s, "100"]);
         let keys: Vec<&str> = keys.lines().filter(|k| !k.is_empty()).collect();
@@ -306,7 +328,9 @@ fn migrate_slot(rc: &RedisCluster, slot: u16, from: u16, to: u16) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slot_migration_and_a_frozen_replica() {
-    let rc = tokio::task::spawn_blocking(RedisCluster::start).await.unwrap();
+    let rc = tokio::task::spawn_blocking(RedisCluster::start)
+        .await
+        .unwrap();
     let mut s = cluster_settings("m0", &rc);
     s.redis_wait_replicas = 1;
     s.redis_wait_timeout_ms = 300;
@@ -365,7 +389,11 @@ async fn slot_migration_and_a_frozen_replica() {
         .await;
     common::signal_pid(pid, "-CONT");
     assert_eq!(r["error"]["code"], "unavailable", "{r}");
-    assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
     let r = send_retrying(&mut a, b.id, "frozen", "frozen", deadline).await;
     acked.push(r["msg"]["id"].as_str().unwrap().to_string());
     for i in 15..20 {
@@ -390,7 +418,9 @@ async fn slot_migration_and_a_frozen_replica() {
 /// `unavailable` instead (`slot_migration_and_a_frozen_replica`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_wait_a_failover_loses_acknowledged_messages() {
-    let mut rc = tokio::task::spawn_blocking(RedisCluster::start).await.unwrap();
+    let mut rc = tokio::task::spawn_blocking(RedisCluster::start)
+        .await
+        .unwrap();
     let node = Node::start(cluster_settings("z0", &rc)).await;
     let mut a = user(node.addr, "za").await;
     let b = user(node.addr, "zb").await;
@@ -445,7 +475,9 @@ async fn without_wait_a_failover_loses_acknowledged_messages() {
     .unwrap();
     let stored: u64 = cli(rc.master_of(&key), &["XLEN", &key]).parse().unwrap();
     let lost = acked - stored;
-    eprintln!("WAIT_REPLICAS=0, master killed while its replica lagged: {acked} acknowledged, {stored} kept, {lost} lost");
+    eprintln!(
+        "WAIT_REPLICAS=0, master killed while its replica lagged: {acked} acknowledged, {stored} kept, {lost} lost"
+    );
     // Only the message the replica had before it was cut off survives.
     assert_eq!(stored, 1);
     assert_eq!(lost, 10);
@@ -454,7 +486,9 @@ async fn without_wait_a_failover_loses_acknowledged_messages() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn manual_failover_keeps_every_message() {
-    let rc = tokio::task::spawn_blocking(RedisCluster::start).await.unwrap();
+    let rc = tokio::task::spawn_blocking(RedisCluster::start)
+        .await
+        .unwrap();
     let mut s = cluster_settings("v0", &rc);
     s.redis_wait_replicas = 1;
     let node = Node::start(s).await;

@@ -157,7 +157,8 @@ impl ClusterStore {
         fut: impl Future<Output = redis::RedisResult<T>>,
     ) -> Result<T> {
         let started = std::time::Instant::now();
-        let limit = self.timeout + Duration::from_millis(self.wait_timeout_ms.load(Ordering::Acquire));
+        let limit =
+            self.timeout + Duration::from_millis(self.wait_timeout_ms.load(Ordering::Acquire));
         let result = tokio::time::timeout(limit, fut).await;
         self.metrics
             .redis_latency
@@ -248,7 +249,12 @@ impl ClusterStore {
                     .redis_errors
                     .with_label_values(&["wait_replicas"])
                     .inc();
-                tracing::warn!(op, acked, replicas = n, "write not confirmed by enough replicas in time");
+                tracing::warn!(
+                    op,
+                    acked,
+                    replicas = n,
+                    "write not confirmed by enough replicas in time"
+                );
                 return Err(Error::unavailable(format!(
                     "stored, but confirmed by {acked} of {n} Redis replicas in time; retry with the same client_id"
                 )));
@@ -275,7 +281,10 @@ impl ClusterStore {
             Who::Id(id) => id,
             Who::Name(n) => {
                 let id: Option<UserId> = self
-                    .q("account", redis::cmd("HGET").arg("sb:users:byname").arg(fold(n)))
+                    .q(
+                        "account",
+                        redis::cmd("HGET").arg("sb:users:byname").arg(fold(n)),
+                    )
                     .await?;
                 match id {
                     Some(id) => id,
@@ -301,7 +310,10 @@ impl ClusterStore {
     /// A group as `user` sees it; `None` when it does not exist or `user` is not a member.
     async fn group_view(&self, user: UserId, group: GroupId) -> Result<Option<Group>> {
         let mut pipe = redis::pipe();
-        pipe.cmd("HMGET").arg(gkey(group, "")).arg("name").arg("desc");
+        pipe.cmd("HMGET")
+            .arg(gkey(group, ""))
+            .arg("name")
+            .arg("desc");
         pipe.cmd("HGETALL").arg(gkey(group, ":members"));
         let (head, members): (Vec<Option<String>>, Vec<(UserId, String)>) =
             self.qp("group_view", &pipe).await?;
@@ -309,7 +321,11 @@ impl ClusterStore {
         let (Some(name), desc) = (head.next().flatten(), head.next().flatten()) else {
             return Ok(None);
         };
-        let Some(my_role) = members.iter().find(|(m, _)| *m == user).map(|(_, r)| role(r)) else {
+        let Some(my_role) = members
+            .iter()
+            .find(|(m, _)| *m == user)
+            .map(|(_, r)| role(r))
+        else {
             return Ok(None);
         };
         let mut list = Vec::with_capacity(members.len());
@@ -388,7 +404,10 @@ impl Store for ClusterStore {
         let folded = fold(name);
         let taken = || Error::new(Code::NameTaken, format!("name {name:?} is taken"));
         let exists: i64 = self
-            .q("register", redis::cmd("HEXISTS").arg("sb:users:byname").arg(&folded))
+            .q(
+                "register",
+                redis::cmd("HEXISTS").arg("sb:users:byname").arg(&folded),
+            )
             .await?;
         if exists == 1 {
             return Err(taken());
@@ -411,7 +430,10 @@ impl Store for ClusterStore {
         let claimed: i64 = self
             .q(
                 "register",
-                redis::cmd("HSETNX").arg("sb:users:byname").arg(&folded).arg(id),
+                redis::cmd("HSETNX")
+                    .arg("sb:users:byname")
+                    .arg(&folded)
+                    .arg(id),
             )
             .await?;
         if claimed == 0 {
@@ -456,7 +478,10 @@ impl Store for ClusterStore {
 
     async fn token_account(&self, digest: &str) -> Result<Option<Account>> {
         let id: Option<UserId> = self
-            .q("token_account", redis::cmd("GET").arg(format!("sb:token:{digest}")))
+            .q(
+                "token_account",
+                redis::cmd("GET").arg(format!("sb:token:{digest}")),
+            )
             .await?;
         match id {
             Some(id) => self.account(Who::Id(id)).await,
@@ -465,8 +490,11 @@ impl Store for ClusterStore {
     }
 
     async fn token_revoke(&self, digest: &str) -> Result<()> {
-        self.q("token_revoke", redis::cmd("DEL").arg(format!("sb:token:{digest}")))
-            .await
+        self.q(
+            "token_revoke",
+            redis::cmd("DEL").arg(format!("sb:token:{digest}")),
+        )
+        .await
     }
 
     async fn attempt_reserve(
@@ -510,7 +538,13 @@ impl Store for ClusterStore {
         Ok(())
     }
 
-    async fn session_open(&self, user: UserId, session: &str, node: &str, max: u32) -> Result<bool> {
+    async fn session_open(
+        &self,
+        user: UserId,
+        session: &str,
+        node: &str,
+        max: u32,
+    ) -> Result<bool> {
         // The node's record first: a crash after it leaves a record the reaper removes (it
         // finds no session), never a session no reaper knows of.
         let entry = format!("{user} {session}");
@@ -519,8 +553,14 @@ impl Store for ClusterStore {
             redis::cmd("SADD").arg(nkey(node, ":sessions")).arg(&entry),
         )
         .await?;
-        self.eval::<i64>("login", &self.scripts.node_join, &["sb:nodes"], &[&node], None)
-            .await?;
+        self.eval::<i64>(
+            "login",
+            &self.scripts.node_join,
+            &["sb:nodes"],
+            &[&node],
+            None,
+        )
+        .await?;
         let skey = ukey(user, ":sessions");
         let v: Value = self
             .eval(
@@ -603,14 +643,20 @@ impl Store for ClusterStore {
 
     async fn friends(&self, user: UserId) -> Result<Vec<Friend>> {
         let ids: Vec<UserId> = self
-            .q("friends", redis::cmd("SMEMBERS").arg(ukey(user, ":friends")))
+            .q(
+                "friends",
+                redis::cmd("SMEMBERS").arg(ukey(user, ":friends")),
+            )
             .await?;
         self.friend_rows(ids).await
     }
 
     async fn friend_add(&self, user: UserId, other: UserId) -> Result<(Friend, bool)> {
         let Some((name, _, online)) = self.user_row(other).await? else {
-            return Err(Error::new(Code::NoSuchUser, format!("user {other} does not exist")));
+            return Err(Error::new(
+                Code::NoSuchUser,
+                format!("user {other} does not exist"),
+            ));
         };
         // The other side first: the caller's set decides "new", so a retry after a crash in
         // between completes the friendship and still reports it new.
@@ -639,11 +685,16 @@ impl Store for ClusterStore {
         let is: i64 = self
             .q(
                 "friend.remove",
-                redis::cmd("SISMEMBER").arg(ukey(user, ":friends")).arg(other),
+                redis::cmd("SISMEMBER")
+                    .arg(ukey(user, ":friends"))
+                    .arg(other),
             )
             .await?;
         if is == 0 {
-            return Err(Error::new(Code::NoSuchUser, format!("user {other} is not your friend")));
+            return Err(Error::new(
+                Code::NoSuchUser,
+                format!("user {other} is not your friend"),
+            ));
         }
         // The other side first, as in friend_add: a retry finds the caller's side still there.
         self.q::<()>(
@@ -671,7 +722,10 @@ impl Store for ClusterStore {
         let folded = fold(name);
         let taken = || Error::new(Code::NameTaken, format!("group name {name:?} is taken"));
         let exists: i64 = self
-            .q("group.create", redis::cmd("HEXISTS").arg("sb:groups:byname").arg(&folded))
+            .q(
+                "group.create",
+                redis::cmd("HEXISTS").arg("sb:groups:byname").arg(&folded),
+            )
             .await?;
         if exists == 1 {
             return Err(taken());
@@ -697,7 +751,10 @@ impl Store for ClusterStore {
         let claimed: i64 = self
             .q(
                 "group.create",
-                redis::cmd("HSETNX").arg("sb:groups:byname").arg(&folded).arg(id),
+                redis::cmd("HSETNX")
+                    .arg("sb:groups:byname")
+                    .arg(&folded)
+                    .arg(id),
             )
             .await?;
         if claimed == 0 {
@@ -726,7 +783,13 @@ impl Store for ClusterStore {
             .await?;
         let (g, m) = (gkey(group, ""), gkey(group, ":members"));
         let r: String = self
-            .eval("group.join", &self.scripts.group_join, &[&g, &m], &[&user], None)
+            .eval(
+                "group.join",
+                &self.scripts.group_join,
+                &[&g, &m],
+                &[&user],
+                None,
+            )
             .await?;
         if r != "ok" {
             if r == "no_such_group" && added == 1 {
@@ -747,7 +810,13 @@ impl Store for ClusterStore {
     async fn group_leave(&self, user: UserId, group: GroupId) -> Result<Membership> {
         let (g, m) = (gkey(group, ""), gkey(group, ":members"));
         let v: Value = self
-            .eval("group.leave", &self.scripts.group_leave, &[&g, &m], &[&user], None)
+            .eval(
+                "group.leave",
+                &self.scripts.group_leave,
+                &[&g, &m],
+                &[&user],
+                None,
+            )
             .await?;
         let rest = status(v, "group.leave").map_err(|e| group_error(e, group))?;
         let (_, name, members, gone): (String, String, Vec<UserId>, i64) =
@@ -774,13 +843,19 @@ impl Store for ClusterStore {
     }
 
     async fn group_id(&self, name: &str) -> Result<Option<GroupId>> {
-        self.q("group_id", redis::cmd("HGET").arg("sb:groups:byname").arg(fold(name)))
-            .await
+        self.q(
+            "group_id",
+            redis::cmd("HGET").arg("sb:groups:byname").arg(fold(name)),
+        )
+        .await
     }
 
     async fn group_name(&self, group: GroupId) -> Result<Option<String>> {
-        self.q("group_name", redis::cmd("HGET").arg(gkey(group, "")).arg("name"))
-            .await
+        self.q(
+            "group_name",
+            redis::cmd("HGET").arg(gkey(group, "")).arg("name"),
+        )
+        .await
     }
 
     async fn send(&self, msg: Outgoing<'_>) -> Result<Stored> {
@@ -788,9 +863,14 @@ impl Store for ClusterStore {
         // Recipients first (other slots; read only).
         let recipients: Vec<UserId> = match msg.to {
             Recipient::User(u) => {
-                let n: i64 = self.q("send", redis::cmd("EXISTS").arg(ukey(u, ""))).await?;
+                let n: i64 = self
+                    .q("send", redis::cmd("EXISTS").arg(ukey(u, "")))
+                    .await?;
                 if n == 0 {
-                    return Err(Error::new(Code::NoSuchUser, format!("user {u} does not exist")));
+                    return Err(Error::new(
+                        Code::NoSuchUser,
+                        format!("user {u} does not exist"),
+                    ));
                 }
                 vec![u]
             }
@@ -976,7 +1056,13 @@ impl Store for ClusterStore {
         }
         let (a, i) = (ukey(user, ":acked"), ukey(user, ":inbox"));
         let r: String = self
-            .eval("ack", &self.scripts.ack, &[&a, &i], &[&seq.to_string()], None)
+            .eval(
+                "ack",
+                &self.scripts.ack,
+                &[&a, &i],
+                &[&seq.to_string()],
+                None,
+            )
             .await?;
         if r == "ok" {
             Ok(())
@@ -990,8 +1076,11 @@ impl Store for ClusterStore {
     async fn publish_event(&self, users: &[UserId], origin: &str, line: &str) -> Result<()> {
         let payload = event_payload(origin, line);
         for &u in users {
-            self.q::<()>("publish", redis::cmd("SPUBLISH").arg(channel(u)).arg(&payload))
-                .await?;
+            self.q::<()>(
+                "publish",
+                redis::cmd("SPUBLISH").arg(channel(u)).arg(&payload),
+            )
+            .await?;
         }
         Ok(())
     }
@@ -1020,7 +1109,8 @@ impl Store for ClusterStore {
             )
             .await?;
         if reaped == 1 {
-            self.q::<()>("heartbeat", redis::cmd("DEL").arg(&mark)).await?;
+            self.q::<()>("heartbeat", redis::cmd("DEL").arg(&mark))
+                .await?;
         }
         if v.is_empty() {
             return Err(Error::internal("heartbeat: empty reply"));
@@ -1058,7 +1148,11 @@ impl Store for ClusterStore {
         if node != self.node {
             self.q::<()>(
                 "reap",
-                redis::cmd("SET").arg(&mark).arg(&self.node).arg("EX").arg(86400),
+                redis::cmd("SET")
+                    .arg(&mark)
+                    .arg(&self.node)
+                    .arg("EX")
+                    .arg(86400),
             )
             .await?;
         } else {

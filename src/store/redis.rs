@@ -595,7 +595,12 @@ impl RedisStore {
                 .redis_errors
                 .with_label_values(&["wait_replicas"])
                 .inc();
-            tracing::warn!(op, acked, replicas, "write not confirmed by enough replicas in time");
+            tracing::warn!(
+                op,
+                acked,
+                replicas,
+                "write not confirmed by enough replicas in time"
+            );
             return Err(Error::unavailable(format!(
                 "stored, but confirmed by {acked} of {replicas} Redis replicas in time; retry with the same client_id"
             )));
@@ -999,32 +1004,35 @@ impl Store for RedisStore {
         let oldest = now.saturating_sub(QUOTA_WINDOW_MS) / QUOTA_BUCKET_MS;
         let wait = self.wait();
         let fill = |cmd: &mut redis::Cmd| {
-                cmd.arg(msg.from)
-                    .arg(kind)
-                    .arg(target)
-                    .arg(msg.json)
-                    .arg(msg.origin)
-                    .arg(msg.client_id.unwrap_or(""))
-                    .arg(msg.id)
-                    .arg(msg.ts)
-                    .arg(self.retention.max_len)
-                    .arg(&cutoff_id)
-                    .arg(CLIENT_ID_TTL_SECS)
-                    .arg(msg.trace.unwrap_or("-"))
-                    .arg(msg.fingerprint)
-                    .arg(msg.text_bytes)
-                    .arg(msg.quota)
-                    .arg(bucket)
-                    .arg(oldest)
-                    .arg(self.retention.hard_max_len)
-                    // A repeated client_id writes its record again when the reply waits for
-                    // replicas: WAIT then covers the first send's copies, which an earlier
-                    // attempt stored but may not have seen replicated.
-                    .arg(if wait.is_some() { "1" } else { "" });
-            };
+            cmd.arg(msg.from)
+                .arg(kind)
+                .arg(target)
+                .arg(msg.json)
+                .arg(msg.origin)
+                .arg(msg.client_id.unwrap_or(""))
+                .arg(msg.id)
+                .arg(msg.ts)
+                .arg(self.retention.max_len)
+                .arg(&cutoff_id)
+                .arg(CLIENT_ID_TTL_SECS)
+                .arg(msg.trace.unwrap_or("-"))
+                .arg(msg.fingerprint)
+                .arg(msg.text_bytes)
+                .arg(msg.quota)
+                .arg(bucket)
+                .arg(oldest)
+                .arg(self.retention.hard_max_len)
+                // A repeated client_id writes its record again when the reply waits for
+                // replicas: WAIT then covers the first send's copies, which an earlier
+                // attempt stored but may not have seen replicated.
+                .arg(if wait.is_some() { "1" } else { "" });
+        };
         let v: Value = match wait {
             None => self.eval("send", &self.scripts.send, fill).await?,
-            Some(w) => self.eval_waited("send", &self.scripts.send, w, fill).await?,
+            Some(w) => {
+                self.eval_waited("send", &self.scripts.send, w, fill)
+                    .await?
+            }
         };
         let rest = status(v, "send").map_err(|e| match e.code {
             Code::NoSuchUser => {

@@ -178,7 +178,10 @@ impl Shards {
         timeout: Duration,
     ) -> anyhow::Result<Arc<Shards>> {
         let seed = seeds.first().map(String::as_str).unwrap_or_default();
-        let auth = match seed.strip_prefix("redis://").and_then(|r| r.split_once('@')) {
+        let auth = match seed
+            .strip_prefix("redis://")
+            .and_then(|r| r.split_once('@'))
+        {
             Some((creds, _)) => format!("redis://{creds}@"),
             None => "redis://".to_string(),
         };
@@ -378,22 +381,24 @@ impl Shards {
                 .iter()
                 .find(|sh| sh.master.owns(s) && !sh.link.broken.load(Ordering::Acquire))
                 .map(|sh| (sh.con.clone(), sh.generation));
-            if let Some((mut con, generation)) = found {
-                if ssubscribe(&mut con, &ch).await.is_ok() {
-                    // A rebuild meanwhile took its channel list from `wanted`, which had this
-                    // user already; but a rebuild of the old connection after our SSUBSCRIBE
-                    // could have lost it: check that the connection is still the current one.
-                    let current = lock(&self.shards)
-                        .iter()
-                        .any(|sh| sh.generation == generation);
-                    if current {
-                        return Ok(());
-                    }
+            if let Some((mut con, generation)) = found
+                && ssubscribe(&mut con, &ch).await.is_ok()
+            {
+                // A rebuild meanwhile took its channel list from `wanted`, which had this user
+                // already; but a rebuild of the old connection after our SSUBSCRIBE could have
+                // lost it: check that the connection is still the current one.
+                let current = lock(&self.shards)
+                    .iter()
+                    .any(|sh| sh.generation == generation);
+                if current {
+                    return Ok(());
                 }
             }
             if tokio::time::Instant::now() >= deadline {
                 lock(&self.wanted).remove(&user);
-                return Err(Error::unavailable("no live subscriber connection to the user's Redis shard"));
+                return Err(Error::unavailable(
+                    "no live subscriber connection to the user's Redis shard",
+                ));
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -414,7 +419,9 @@ impl Shards {
         lock(&link.leaving).insert(ch.clone().into_bytes());
         let r = tokio::time::timeout(
             self.timeout,
-            redis::cmd("SUNSUBSCRIBE").arg(&ch).query_async::<Value>(&mut con),
+            redis::cmd("SUNSUBSCRIBE")
+                .arg(&ch)
+                .query_async::<Value>(&mut con),
         )
         .await;
         match r {
@@ -467,6 +474,18 @@ impl Shards {
                 self.set_health();
                 continue;
             };
+            let unchanged = {
+                let shards = lock(&self.shards);
+                shards.len() == masters.len()
+                    && shards.iter().all(|sh| {
+                        masters.contains(&sh.master) && !sh.link.broken.load(Ordering::Acquire)
+                    })
+            };
+            if unchanged {
+                self.resume_if_whole();
+                self.set_health();
+                continue;
+            }
             // Keep what is whole and unchanged; rebuild the rest.
             let mut keep: HashMap<String, Shard> = HashMap::new();
             let mut dropped = false;
@@ -500,20 +519,29 @@ impl Shards {
             }
             let _ = dropped;
             *lock(&self.shards) = fresh;
-            if whole && self.sink.paused() {
-                // Losses first, then the links: a link that breaks after this check pauses
-                // again with a higher count, which this resume does not cover.
-                let upto = self.sink.losses();
-                let intact = lock(&self.shards)
-                    .iter()
-                    .all(|sh| !sh.link.broken.load(Ordering::Acquire));
-                if intact {
-                    // Every wanted channel is subscribed on the current masters again.
-                    tracing::info!("redis shards re-subscribed; sessions catch up from their inboxes");
-                    self.sink.resume(upto);
-                }
+            if whole {
+                self.resume_if_whole();
             }
             self.set_health();
+        }
+    }
+
+    /// Lifts the pause of the live path when every shard is whole: every session then catches
+    /// up from its inbox.
+    fn resume_if_whole(&self) {
+        if !self.sink.paused() {
+            return;
+        }
+        // Losses first, then the links: a link that breaks after this check pauses again with
+        // a higher count, which this resume does not cover.
+        let upto = self.sink.losses();
+        let intact = lock(&self.shards)
+            .iter()
+            .all(|sh| !sh.link.broken.load(Ordering::Acquire));
+        if intact {
+            // Every wanted channel is subscribed on the current masters again.
+            tracing::info!("redis shards re-subscribed; sessions catch up from their inboxes");
+            self.sink.resume(upto);
         }
     }
 
@@ -592,7 +620,7 @@ mod tests {
     /// Values from the Redis cluster specification.
     #[test]
     fn slots_match_redis() {
-        assert_eq!(slot(b"123456789"), 0x31c3 % 16384);
+        assert_eq!(slot(b"123456789"), 0x31c3);
         assert_eq!(slot(b"foo"), 12182);
         assert_eq!(slot(b"{user1000}.following"), slot(b"user1000"));
         assert_eq!(slot(b"sb:{u:1}:inbox"), slot(b"sb:{u:1}:ch"));

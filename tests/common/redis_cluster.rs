@@ -84,9 +84,21 @@ impl RedisCluster {
 
     pub fn spawn(&self, port: u16) -> Child {
         Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", ""])
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+            ])
             .args(["--cluster-enabled", "yes", "--cluster-node-timeout", "1000"])
-            .args(["--requirepass", CLUSTER_PASSWORD, "--masterauth", CLUSTER_PASSWORD])
+            .args([
+                "--requirepass",
+                CLUSTER_PASSWORD,
+                "--masterauth",
+                CLUSTER_PASSWORD,
+            ])
             .args(["--cluster-config-file", &format!("nodes-{port}.conf")])
             .args(["--appendonly", "yes", "--appendfsync", "everysec"])
             .args(["--appendfilename", &format!("aof-{port}.aof")])
@@ -137,24 +149,22 @@ impl RedisCluster {
         let slot: u16 = cli(self.live().next().unwrap(), &["CLUSTER", "KEYSLOT", key])
             .parse()
             .unwrap();
-        for p in self.live() {
-            let nodes = cli(p, &["CLUSTER", "NODES"]);
-            for line in nodes.lines() {
-                let f: Vec<&str> = line.split(' ').collect();
-                if !f[2].contains("master") || f[2].contains("fail") {
-                    continue;
-                }
-                for range in &f[8..] {
-                    let (a, b) = range.split_once('-').unwrap_or((range, range));
-                    if let (Ok(a), Ok(b)) = (a.parse::<u16>(), b.parse::<u16>()) {
-                        if (a..=b).contains(&slot) {
-                            let addr = f[1].split('@').next().unwrap();
-                            return addr.rsplit(':').next().unwrap().parse().ok();
-                        }
-                    }
+        // One node's view (the first live one) is enough: the tests wait for it to settle.
+        let nodes = cli(self.live().next()?, &["CLUSTER", "NODES"]);
+        for line in nodes.lines() {
+            let f: Vec<&str> = line.split(' ').collect();
+            if !f[2].contains("master") || f[2].contains("fail") {
+                continue;
+            }
+            for range in &f[8..] {
+                let (a, b) = range.split_once('-').unwrap_or((range, range));
+                if let (Ok(a), Ok(b)) = (a.parse::<u16>(), b.parse::<u16>())
+                    && (a..=b).contains(&slot)
+                {
+                    let addr = f[1].split('@').next().unwrap();
+                    return addr.rsplit(':').next().unwrap().parse().ok();
                 }
             }
-            break;
         }
         None
     }
@@ -192,4 +202,3 @@ pub fn wait_for(limit: Duration, what: &str, mut ok: impl FnMut() -> bool) {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
-
