@@ -31,6 +31,8 @@ pub struct Settings {
     pub http_listen: SocketAddr,
     /// Redis URL; `None` runs the embedded in-memory backend (single node, nothing kept).
     pub redis_url: Option<String>,
+    /// Redis Cluster seed URLs, comma-separated; set (instead of `redis_url`) for cluster mode.
+    pub redis_cluster_nodes: Option<String>,
     /// Name of this node in Redis, logs and `hello` (the pod name on Kubernetes).
     pub node_name: String,
     /// Seconds after which the sessions of a node that stopped heart-beating stop counting.
@@ -77,6 +79,10 @@ pub struct Settings {
     pub idle_timeout_secs: u64,
     /// Milliseconds a Redis request may take before the op answers `unavailable`.
     pub redis_timeout_ms: u64,
+    /// Replicas that must confirm a message (Redis `WAIT`) before a send is acknowledged (0 = none).
+    pub redis_wait_replicas: u32,
+    /// Milliseconds a send waits for `redis_wait_replicas` before answering `unavailable`.
+    pub redis_wait_timeout_ms: u64,
     /// Argon2id memory cost in KiB.
     pub argon2_memory_kib: u32,
     /// Argon2id iterations.
@@ -107,6 +113,7 @@ impl Default for Settings {
             listen: ([0, 0, 0, 0], 6000).into(),
             http_listen: ([0, 0, 0, 0], 8080).into(),
             redis_url: None,
+            redis_cluster_nodes: None,
             node_name: default_node_name(),
             presence_ttl_secs: 15,
             presence_group_max: 200,
@@ -130,6 +137,8 @@ impl Default for Settings {
             write_timeout_secs: 30,
             idle_timeout_secs: 300,
             redis_timeout_ms: 3000,
+            redis_wait_replicas: 0,
+            redis_wait_timeout_ms: 1000,
             // OWASP's first recommended argon2id set: 19 MiB, 2 passes, 1 lane.
             argon2_memory_kib: 19 * 1024,
             argon2_iterations: 2,
@@ -300,6 +309,15 @@ impl Settings {
             "redis_timeout_ms",
             "must be at least 10",
         )?;
+        if self.redis_wait_replicas > 0 {
+            // The WAIT reply must come back before the request itself times out.
+            check(
+                self.redis_wait_timeout_ms >= 1
+                    && self.redis_wait_timeout_ms < self.redis_timeout_ms,
+                "redis_wait_timeout_ms",
+                "must be at least 1 and less than redis_timeout_ms when redis_wait_replicas > 0",
+            )?;
+        }
         check(
             self.register_per_address_per_hour >= 1,
             "register_per_address_per_hour",
@@ -338,6 +356,22 @@ impl Settings {
             "argon2_slots",
             "must be between 1 and 64",
         )?;
+        if let Some(nodes) = &self.redis_cluster_nodes {
+            check(
+                self.redis_url.is_none(),
+                "redis_cluster_nodes",
+                "and redis_url are exclusive: set one",
+            )?;
+            check(
+                !self.cluster_seeds().is_empty()
+                    && self
+                        .cluster_seeds()
+                        .iter()
+                        .all(|u| u.starts_with("redis://")),
+                "redis_cluster_nodes",
+                &format!("{nodes:?}: must be comma-separated redis:// URLs"),
+            )?;
+        }
         if let Some(url) = &self.redis_url {
             check(
                 url.starts_with("redis://"),
@@ -350,6 +384,18 @@ impl Settings {
 }
 
 impl Settings {
+    /// The seed URLs of [`Settings::redis_cluster_nodes`] (empty when unset).
+    pub fn cluster_seeds(&self) -> Vec<String> {
+        self.redis_cluster_nodes
+            .as_deref()
+            .unwrap_or_default()
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(String::from)
+            .collect()
+    }
+
     /// The parsed [`Settings::proxy_trusted_cidrs`]; `Err` carries the first entry that is not
     /// a CIDR. A bare address counts as a single host (/32 or /128).
     pub fn proxy_trusted(&self) -> Result<Vec<IpNet>, String> {

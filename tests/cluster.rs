@@ -15,7 +15,7 @@ async fn acknowledged_messages_survive_every_node_stopping() {
     let bname = uname("db");
     let bid = register(c.addr(1), &bname).await;
     let sent = a.ok(json!({"op": "send", "to": bid, "text": "kept"})).await;
-    let Cluster { redis, nodes } = c;
+    let Cluster { redis, nodes, .. } = c;
     let redis = redis.unwrap();
     for n in nodes {
         n.stop().await;

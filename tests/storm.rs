@@ -24,10 +24,19 @@ async fn mass_disconnect_is_removed_in_batches_and_announced() {
     }
     let ids: std::collections::HashSet<u64> = clients.iter().map(|c| c.id).collect();
     // Everything so far (friend_added events) is out of the way.
-    while watcher.frame_within(Duration::from_millis(300)).await.ok().flatten().is_some() {}
+    while watcher
+        .frame_within(Duration::from_millis(300))
+        .await
+        .ok()
+        .flatten()
+        .is_some()
+    {}
     let node = &c.nodes[0];
     let sessions_key = format!("sb:{{n:{}}}:sessions", node.name);
-    assert_eq!(redis.cli(&["SCARD", &sessions_key]).trim(), USERS.to_string());
+    assert_eq!(
+        redis.cli(&["SCARD", &sessions_key]).trim(),
+        USERS.to_string()
+    );
 
     drop(clients);
 
@@ -52,7 +61,10 @@ async fn mass_disconnect_is_removed_in_batches_and_announced() {
     let removed = metric(&body, "switchboard_session_close_batch_size_sum");
     let batches = metric(&body, "switchboard_session_close_batch_size_count");
     assert_eq!(removed, USERS as f64, "every session removed once");
-    assert!(batches < removed, "{batches} batches for {removed} sessions: none was batched");
+    assert!(
+        batches < removed,
+        "{batches} batches for {removed} sessions: none was batched"
+    );
     let mut w = Client::connect(c.addr(1)).await;
     for id in ids.iter().take(5) {
         let r = w.ok(json!({"op": "whois", "id": id})).await;

@@ -1054,7 +1054,11 @@ async fn join_groups(args: &BenchArgs, conns: Vec<Conn>) -> anyhow::Result<Vec<C
     let mut plan: Vec<Vec<String>> = vec![Vec::new(); n];
     if args.group_size > 0 {
         for (i, groups) in plan.iter_mut().enumerate() {
-            groups.push(format!("{}-{tag:08x}-g{}", args.prefix, i / args.group_size));
+            groups.push(format!(
+                "{}-{tag:08x}-g{}",
+                args.prefix,
+                i / args.group_size
+            ));
         }
     }
     // Big-group members are spread over the clients (every k-th one).

@@ -34,7 +34,7 @@ use crate::protocol::Event;
 use crate::server::http::Health;
 use crate::server::node::Node;
 use crate::server::registry::Registry;
-use crate::store::{MemoryStore, RedisStore, Retention, Store};
+use crate::store::{ClusterStore, MemoryStore, RedisStore, Retention, Store};
 
 /// Pause after a failed `accept` (for example out of file descriptors) before the next one.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
@@ -102,7 +102,19 @@ impl Server {
             registry,
             metrics,
         };
+        let seeds = started.settings.cluster_seeds();
         let result = match started.settings.redis_url.clone() {
+            None if !seeds.is_empty() => {
+                match started.connect_cluster(&seeds, retention, &shutdown).await {
+                    None => Ok(()),
+                    Some(store) => {
+                        let watch = tokio::spawn(store.shards().watch());
+                        let result = started.run(store, shutdown).await;
+                        watch.abort();
+                        result
+                    }
+                }
+            }
             None => {
                 tracing::warn!(
                     "no redis_url configured: embedded in-memory backend, single node, nothing is kept across restarts"
@@ -156,9 +168,53 @@ impl Started {
                 self.metrics.clone(),
             );
             match attempt.await {
-                Ok(store) => return Some(store),
+                Ok(store) => {
+                    store.set_wait_replicas(
+                        self.settings.redis_wait_replicas,
+                        Duration::from_millis(self.settings.redis_wait_timeout_ms),
+                    );
+                    return Some(store);
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, retry_in = ?delay, "redis not reachable yet");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return None,
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                    delay = (delay * 2).min(CONNECT_BACKOFF_MAX);
+                }
+            }
+        }
+    }
+
+    /// As [`Started::connect_redis`], for Redis Cluster (`redis_cluster_nodes`).
+    async fn connect_cluster(
+        &self,
+        seeds: &[String],
+        retention: Retention,
+        shutdown: &CancellationToken,
+    ) -> Option<Arc<ClusterStore>> {
+        let timeout = Duration::from_millis(self.settings.redis_timeout_ms);
+        let mut delay = CONNECT_BACKOFF_MIN;
+        loop {
+            let attempt = ClusterStore::connect(
+                seeds,
+                &self.settings.node_name,
+                self.registry.clone(),
+                retention,
+                timeout,
+                self.metrics.clone(),
+            );
+            match attempt.await {
+                Ok(store) => {
+                    store.set_wait_replicas(
+                        self.settings.redis_wait_replicas,
+                        Duration::from_millis(self.settings.redis_wait_timeout_ms),
+                    );
+                    return Some(store);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, retry_in = ?delay, "redis cluster not reachable yet");
                     tokio::select! {
                         _ = shutdown.cancelled() => return None,
                         _ = tokio::time::sleep(delay) => {}

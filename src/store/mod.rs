@@ -5,9 +5,11 @@
 //! whatever a node receives on a user's channel is handed to the node's [`LiveSink`] (the
 //! registry, which the store does not know by name). The payload format is in [`payload`].
 
+pub mod cluster;
 pub mod memory;
 pub mod payload;
 pub mod redis;
+pub mod shards;
 pub mod sink;
 
 use std::future::Future;
@@ -15,6 +17,7 @@ use std::future::Future;
 use crate::error::Result;
 use crate::protocol::{Friend, Group, GroupId, GroupRef, Sent, Seq, UserId, UserRef};
 
+pub use cluster::ClusterStore;
 pub use memory::MemoryStore;
 pub use redis::RedisStore;
 pub use sink::LiveSink;

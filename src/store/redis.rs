@@ -18,9 +18,8 @@ use crate::protocol::{Friend, Group, GroupId, GroupRef, Member, Role, Sent, Seq,
 use crate::store::payload::{close_payload, event_payload};
 use crate::store::{
     Account, BlockChange, CLIENT_ID_TTL_SECS, Deleted, Entry, LiveSink, LoginState,
-    MAX_TOKENS_PER_USER,
-    Membership, Outgoing, QUOTA_BUCKET_MS, QUOTA_WINDOW_MS, Recipient, Retention, Store, Stored,
-    Who, client_id_conflict, fold, over_quota,
+    MAX_TOKENS_PER_USER, Membership, Outgoing, QUOTA_BUCKET_MS, QUOTA_WINDOW_MS, Recipient,
+    Retention, Store, Stored, Who, client_id_conflict, fold, over_quota,
 };
 
 /// Interval of the subscriber-path health check (a canary published to this node's channel).
@@ -184,13 +183,17 @@ pub struct RedisStore {
     metrics: Arc<Metrics>,
     /// This node's name (a reap by another node leaves its mark, see reap.lua).
     node: String,
+    /// Replicas a send waits for (`WAIT`), 0 = none; see [`RedisStore::set_wait_replicas`].
+    wait_replicas: AtomicU32,
+    /// Milliseconds of that `WAIT`.
+    wait_timeout_ms: AtomicU64,
 }
 
-fn channel(user: UserId) -> String {
+pub(super) fn channel(user: UserId) -> String {
     format!("sb:{{u:{user}}}:ch")
 }
 
-fn user_of_channel(channel: &[u8]) -> Option<UserId> {
+pub(super) fn user_of_channel(channel: &[u8]) -> Option<UserId> {
     let s = std::str::from_utf8(channel).ok()?;
     s.strip_prefix("sb:{u:")?.strip_suffix("}:ch")?.parse().ok()
 }
@@ -203,6 +206,18 @@ fn with_resp3(url: &str) -> String {
     } else {
         format!("{url}?protocol=resp3")
     }
+}
+
+/// TCP settings of every Redis connection: keepalive probes and `TCP_USER_TIMEOUT`, so a
+/// connection whose peer vanished without a FIN fails within seconds (see the constants).
+pub(super) fn tcp_settings() -> TcpSettings {
+    let keepalive = TcpKeepalive::new()
+        .with_time(KEEPALIVE_IDLE)
+        .with_interval(KEEPALIVE_INTERVAL)
+        .with_retries(KEEPALIVE_PROBES);
+    TcpSettings::default()
+        .set_keepalive(keepalive)
+        .set_user_timeout(TCP_USER_TIMEOUT)
 }
 
 impl RedisStore {
@@ -266,7 +281,23 @@ impl RedisStore {
             healthy: AtomicBool::new(true),
             metrics,
             node: node.to_string(),
+            wait_replicas: AtomicU32::new(0),
+            wait_timeout_ms: AtomicU64::new(0),
         }))
+    }
+
+    /// Acknowledges a send only once `replicas` replicas confirm it (`WAIT replicas timeout`,
+    /// pipelined right behind the script on the same connection), else `unavailable`.
+    pub fn set_wait_replicas(&self, replicas: u32, timeout: Duration) {
+        self.wait_timeout_ms
+            .store(timeout.as_millis() as u64, Ordering::Release);
+        self.wait_replicas.store(replicas, Ordering::Release);
+    }
+
+    /// `(replicas, timeout ms)` sends wait for, if any.
+    fn wait(&self) -> Option<(u32, u64)> {
+        let n = self.wait_replicas.load(Ordering::Acquire);
+        (n > 0).then(|| (n, self.wait_timeout_ms.load(Ordering::Acquire)))
     }
 
     /// Runs forever: publishes a canary every interval and judges the live path by whether the
@@ -542,6 +573,59 @@ impl RedisStore {
         self.call(op, run).await
     }
 
+    /// Like [`RedisStore::eval`], with `WAIT replicas timeout` right behind the script in one
+    /// pipeline: a `ConnectionManager` writes a pipeline as one contiguous request on its one
+    /// connection, and Redis runs a connection's commands in order, so the `WAIT` covers this
+    /// script's writes (WAIT counts the replication offset of its own connection's last write;
+    /// on another connection it would prove nothing). Fewer replicas in time: `unavailable`.
+    async fn eval_waited<T: FromRedisValue>(
+        &self,
+        op: &'static str,
+        script: &Script,
+        (replicas, wait_ms): (u32, u64),
+        fill: impl FnOnce(&mut redis::Cmd),
+    ) -> Result<T> {
+        let mut cmd = redis::Cmd::with_capacity(24, 1024);
+        cmd.arg("EVALSHA").arg(script.get_hash()).arg(0);
+        fill(&mut cmd);
+        let mut pipe = redis::pipe();
+        pipe.add_command(cmd);
+        pipe.cmd("WAIT").arg(replicas).arg(wait_ms);
+        let mut con = self.cmd();
+        let run = async {
+            match pipe.query_async::<(Value, i64)>(&mut con).await {
+                Err(e)
+                    if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+                {
+                    script.prepare_invoke().load_async(&mut con).await?;
+                    pipe.query_async::<(Value, i64)>(&mut con).await
+                }
+                result => result,
+            }
+        };
+        let (v, acked) = self.call(op, run).await?;
+        // A script error reply is returned as is: nothing of it needs replicas.
+        if let Value::ServerError(e) = v {
+            return Err(Error::unavailable(format!("{e:?}")));
+        }
+        if acked < i64::from(replicas) {
+            self.metrics
+                .redis_errors
+                .with_label_values(&["wait_replicas"])
+                .inc();
+            tracing::warn!(
+                op,
+                acked,
+                replicas,
+                "write not confirmed by enough replicas in time"
+            );
+            return Err(Error::unavailable(format!(
+                "stored, but confirmed by {acked} of {replicas} Redis replicas in time; retry with the same client_id"
+            )));
+        }
+        conv(v, op)
+    }
+
     /// `(id, name, password hash, online)` of a user, if it exists; `online` as `viewer` may
     /// see it.
     async fn account_row(
@@ -614,7 +698,7 @@ impl RedisStore {
 
 /// Whether Redis refused a write because `maxmemory` is reached (`-OOM command not allowed
 /// ...`, also when raised by a `redis.call` inside a script).
-fn is_oom(e: &redis::RedisError) -> bool {
+pub(super) fn is_oom(e: &redis::RedisError) -> bool {
     e.code() == Some("OOM") || e.to_string().contains("OOM command not allowed")
 }
 
@@ -628,7 +712,7 @@ enum Ping {
     TimedOut,
 }
 
-trait ErrorKindStr {
+pub(super) trait ErrorKindStr {
     fn kind_str(&self) -> String;
 }
 
@@ -646,7 +730,7 @@ impl ErrorKindStr for redis::RedisError {
 }
 
 /// Splits a script reply `{status, ...}` into the rest, or the protocol error it names.
-fn status(v: Value, what: &str) -> Result<Vec<Value>> {
+pub(super) fn status(v: Value, what: &str) -> Result<Vec<Value>> {
     let mut items = match v {
         Value::Array(items) => items,
         other => {
@@ -672,11 +756,11 @@ fn status(v: Value, what: &str) -> Result<Vec<Value>> {
     ))
 }
 
-fn conv<T: FromRedisValue>(v: Value, what: &str) -> Result<T> {
+pub(super) fn conv<T: FromRedisValue>(v: Value, what: &str) -> Result<T> {
     T::from_redis_value(v).map_err(|e| Error::internal(format!("{what}: {e}")))
 }
 
-fn role(s: &str) -> Role {
+pub(super) fn role(s: &str) -> Role {
     if s == "creator" {
         Role::Creator
     } else {
@@ -1097,28 +1181,38 @@ impl Store for RedisStore {
         let cutoff_id = format!("{}-{}", cutoff.saturating_sub(1), u64::MAX);
         let bucket = now / QUOTA_BUCKET_MS;
         let oldest = now.saturating_sub(QUOTA_WINDOW_MS) / QUOTA_BUCKET_MS;
-        let v: Value = self
-            .eval("send", &self.scripts.send, |cmd| {
-                cmd.arg(msg.from)
-                    .arg(kind)
-                    .arg(target)
-                    .arg(msg.json)
-                    .arg(msg.origin)
-                    .arg(msg.client_id.unwrap_or(""))
-                    .arg(msg.id)
-                    .arg(msg.ts)
-                    .arg(self.retention.max_len)
-                    .arg(&cutoff_id)
-                    .arg(CLIENT_ID_TTL_SECS)
-                    .arg(msg.trace.unwrap_or("-"))
-                    .arg(msg.fingerprint)
-                    .arg(msg.text_bytes)
-                    .arg(msg.quota)
-                    .arg(bucket)
-                    .arg(oldest)
-                    .arg(self.retention.hard_max_len);
-            })
-            .await?;
+        let wait = self.wait();
+        let fill = |cmd: &mut redis::Cmd| {
+            cmd.arg(msg.from)
+                .arg(kind)
+                .arg(target)
+                .arg(msg.json)
+                .arg(msg.origin)
+                .arg(msg.client_id.unwrap_or(""))
+                .arg(msg.id)
+                .arg(msg.ts)
+                .arg(self.retention.max_len)
+                .arg(&cutoff_id)
+                .arg(CLIENT_ID_TTL_SECS)
+                .arg(msg.trace.unwrap_or("-"))
+                .arg(msg.fingerprint)
+                .arg(msg.text_bytes)
+                .arg(msg.quota)
+                .arg(bucket)
+                .arg(oldest)
+                .arg(self.retention.hard_max_len)
+                // A repeated client_id writes its record again when the reply waits for
+                // replicas: WAIT then covers the first send's copies, which an earlier
+                // attempt stored but may not have seen replicated.
+                .arg(if wait.is_some() { "1" } else { "" });
+        };
+        let v: Value = match wait {
+            None => self.eval("send", &self.scripts.send, fill).await?,
+            Some(w) => {
+                self.eval_waited("send", &self.scripts.send, w, fill)
+                    .await?
+            }
+        };
         let rest = status(v, "send").map_err(|e| match e.code {
             Code::NoSuchUser => {
                 Error::new(Code::NoSuchUser, format!("user {target} does not exist"))
@@ -1314,7 +1408,7 @@ fn session_error(e: Error, max: u32) -> Error {
     }
 }
 
-fn group_error(e: Error, group: GroupId) -> Error {
+pub(super) fn group_error(e: Error, group: GroupId) -> Error {
     match e.code {
         Code::NoSuchGroup => Error::new(Code::NoSuchGroup, format!("group {group} does not exist")),
         Code::NotAMember => Error::new(Code::NotAMember, format!("not a member of group {group}")),
@@ -1327,7 +1421,7 @@ fn group_error(e: Error, group: GroupId) -> Error {
 }
 
 /// An inbox entry from an `XRANGE`/`XREVRANGE` row: `f` (sender id), `m` (message JSON).
-fn entry_from((id, fields): (String, Vec<String>)) -> Result<Entry> {
+pub(super) fn entry_from((id, fields): (String, Vec<String>)) -> Result<Entry> {
     let mut from = 0;
     let mut json = String::new();
     for pair in fields.chunks_exact(2) {

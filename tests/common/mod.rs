@@ -3,6 +3,8 @@
 //! in for the code under test.
 #![allow(dead_code)]
 
+pub mod redis_cluster;
+
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
@@ -504,10 +506,13 @@ pub async fn user(addr: SocketAddr, prefix: &str) -> Client {
     c
 }
 
-/// A deployment under test: one node on the embedded backend, or two nodes sharing a Redis.
+/// A deployment under test: one node on the embedded backend, or nodes sharing a Redis or a
+/// Redis Cluster.
 pub struct Cluster {
     pub redis: Option<Redis>,
     pub nodes: Vec<Node>,
+    /// Last: dropped after the nodes.
+    pub redis_cluster: Option<redis_cluster::RedisCluster>,
 }
 
 impl Cluster {
@@ -523,6 +528,7 @@ impl Cluster {
         Cluster {
             redis: None,
             nodes: vec![Node::start(s).await],
+            redis_cluster: None,
         }
     }
 
@@ -543,6 +549,25 @@ impl Cluster {
         Cluster {
             redis: Some(redis),
             nodes,
+            redis_cluster: None,
+        }
+    }
+
+    /// `n` nodes on a real 6-process Redis Cluster (3 masters + 3 replicas).
+    pub async fn redis_cluster(n: usize) -> Cluster {
+        let rc = tokio::task::spawn_blocking(redis_cluster::RedisCluster::start)
+            .await
+            .unwrap();
+        let mut nodes = Vec::new();
+        for i in 0..n {
+            let mut s = settings(&format!("cnode{i}-{}", rand::random::<u16>()), None);
+            s.redis_cluster_nodes = Some(rc.seeds());
+            nodes.push(Node::start(s).await);
+        }
+        Cluster {
+            redis: None,
+            nodes,
+            redis_cluster: Some(rc),
         }
     }
 
@@ -552,7 +577,8 @@ impl Cluster {
     }
 }
 
-/// Defines one `#[tokio::test]` per backend for an `async fn(Cluster)` scenario.
+/// Defines one `#[tokio::test]` per backend (embedded, Redis, Redis Cluster) for an
+/// `async fn(Cluster)` scenario.
 #[macro_export]
 macro_rules! on_both_backends {
     ($($name:ident),* $(,)?) => {
@@ -571,6 +597,15 @@ macro_rules! on_both_backends {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
                     super::$name(common::Cluster::redis(2).await).await;
+                }
+            )*
+        }
+        mod redis_cluster_backend {
+            use super::*;
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(common::Cluster::redis_cluster(2).await).await;
                 }
             )*
         }

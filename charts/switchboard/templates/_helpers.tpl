@@ -133,7 +133,11 @@ Secret, then SWITCHBOARD_REDIS_URL built from it with Kubernetes' $(VAR) expansi
 the password never appears in the pod spec.
 */}}
 {{- define "switchboard.redis.env" -}}
-{{- if .Values.redis.enabled }}
+{{- if eq .Values.redis.mode "cluster" }}
+{{- include "switchboard.redis.clusterEnv" . }}
+{{- else if ne .Values.redis.mode "standalone" }}
+{{- fail (printf "redis.mode %q: standalone or cluster" .Values.redis.mode) }}
+{{- else if .Values.redis.enabled }}
 - name: REDIS_PASSWORD
   valueFrom:
     secretKeyRef:
@@ -162,7 +166,7 @@ float is "2e+07").
 */}}
 {{- define "switchboard.config.env" -}}
 {{- range $key, $value := .Values.config }}
-{{- if ne $key "proxyProtocol" }}
+{{- if not (has $key (list "proxyProtocol" "redisWaitReplicas")) }}
 - name: {{ printf "SWITCHBOARD_%s" (snakecase $key | upper) }}
 {{- if or (kindIs "float64" $value) (kindIs "int" $value) (kindIs "int64" $value) }}
   value: {{ printf "%d" (int64 $value) | quote }}
@@ -174,6 +178,8 @@ float is "2e+07").
 {{- /* Its default (null) depends on the mode, and Helm drops null values: set apart. */}}
 - name: SWITCHBOARD_PROXY_PROTOCOL
   value: {{ include "switchboard.proxyProtocol" . | quote }}
+- name: SWITCHBOARD_REDIS_WAIT_REPLICAS
+  value: {{ include "switchboard.redisWaitReplicas" . | quote }}
 {{- end }}
 
 {{/*
@@ -288,5 +294,74 @@ empty when neither applies (no cap).
 {{- $units := dict "" 1.0 "k" 1e3 "M" 1e6 "G" 1e9 "T" 1e12 "P" 1e15 "Ki" 1024.0 "Mi" 1048576.0 "Gi" 1073741824.0 "Ti" 1099511627776.0 "Pi" 1125899906842624.0 }}
 {{- $unit := get $units (trimPrefix $number $q) }}
 {{- printf "%d" (int64 (divf (mulf (float64 $number) $unit (int $r.maxmemoryPercent)) 100)) }}
+{{- end }}
+{{- end }}
+
+{{/*
+Cluster mode: SWITCHBOARD_REDIS_CLUSTER_NODES, every pod of the bundled cluster as a seed
+(by its stable DNS name), or redis.external.clusterNodes; REDIS_PASSWORD first, for $(VAR).
+*/}}
+{{- define "switchboard.redis.clusterEnv" -}}
+{{- $r := .Values.redis }}
+{{- if $r.enabled }}
+- name: REDIS_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "switchboard.redis.secretName" . }}
+      key: {{ $r.existingSecretPasswordKey }}
+- name: SWITCHBOARD_REDIS_CLUSTER_NODES
+  value: {{ include "switchboard.redis.clusterSeeds" . | quote }}
+{{- else if $r.external.clusterNodes }}
+{{- if $r.external.passwordSecret.name }}
+- name: REDIS_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ $r.external.passwordSecret.name }}
+      key: {{ $r.external.passwordSecret.key }}
+{{- end }}
+- name: SWITCHBOARD_REDIS_CLUSTER_NODES
+  value: {{ $r.external.clusterNodes | quote }}
+{{- else }}
+{{- fail "redis.mode cluster with redis.enabled false: set redis.external.clusterNodes" }}
+{{- end }}
+{{- end }}
+
+{{/*
+Number of pods of the bundled Redis Cluster.
+*/}}
+{{- define "switchboard.redis.clusterPods" -}}
+{{- mul (int .Values.redis.cluster.masters) (add 1 (int .Values.redis.cluster.replicasPerMaster)) }}
+{{- end }}
+
+{{/*
+Host of pod I of the bundled Redis (StatefulSet pod DNS name through the headless Service).
+*/}}
+{{- define "switchboard.redis.podHost" -}}
+{{- $name := include "switchboard.componentName" (dict "root" .root "suffix" "redis") }}
+{{- printf "%s-%d.%s" $name (int .i) $name }}
+{{- end }}
+
+{{/*
+redis:// seed URLs of every pod of the bundled cluster, comma-separated.
+*/}}
+{{- define "switchboard.redis.clusterSeeds" -}}
+{{- $root := . }}
+{{- $urls := list }}
+{{- range $i := until (include "switchboard.redis.clusterPods" . | int) }}
+{{- $urls = append $urls (printf "redis://:$(REDIS_PASSWORD)@%s:%d" (include "switchboard.redis.podHost" (dict "root" $root "i" $i)) (int $root.Values.redis.port)) }}
+{{- end }}
+{{- join "," $urls }}
+{{- end }}
+
+{{/*
+SWITCHBOARD_REDIS_WAIT_REPLICAS: config.redisWaitReplicas, or when null 1 in cluster mode
+(an acknowledged message then survives its master's failure) and 0 otherwise.
+*/}}
+{{- define "switchboard.redisWaitReplicas" -}}
+{{- $v := get .Values.config "redisWaitReplicas" }}
+{{- if or (kindIs "invalid" $v) (eq (toString $v) "") }}
+{{- if eq .Values.redis.mode "cluster" }}1{{ else }}0{{ end }}
+{{- else }}
+{{- printf "%d" (int64 $v) }}
 {{- end }}
 {{- end }}

@@ -4,7 +4,7 @@
 -- ('' for none), 7 msg id, 8 ts, 9 inbox max len, 10 retention cut-off id ("ms-max"),
 -- 11 client_id ttl secs, 12 trace context (W3C traceparent or '-'), 13 request fingerprint,
 -- 14 text bytes, 15 daily quota (bytes), 16 current quota bucket, 17 oldest bucket still in the
--- window, 18 inbox hard max len. Keys: docs/data-model.md.
+-- window, 18 inbox hard max len, 19 '1' when the caller WAITs for replicas (else '' or absent). Keys: docs/data-model.md.
 -- Returns {'ok', own seq, prev} or {'dup', "id ts seq", prev} or {error code}; prev is the
 -- sender's inbox entry just before own seq ('' if none), see protocol guarantee 8.
 local from, json = ARGV[1], ARGV[4]
@@ -27,6 +27,9 @@ if ARGV[6] ~= '' then
     if not id then return {'internal'} end
     local fp = redis.call('GET', fpkey)
     if fp and fp ~= ARGV[13] then return {'client_id_conflict'} end
+    -- With a WAIT behind this script (ARGV[19] = '1'), a write that replicates after the
+    -- first send's copies, so the WAIT proves they reached the replicas too.
+    if ARGV[19] == '1' then redis.call('SET', cidkey, prev, 'KEEPTTL') end
     return {'dup', prev, before(seq)}
   end
 end
