@@ -41,6 +41,10 @@ pub struct Settings {
     pub presence_group_max: usize,
     /// Seconds a draining node waits for clients to leave before closing them.
     pub drain_timeout_secs: u64,
+    /// `goaway.reconnect_after_ms` is drawn from this many ms (at most half the drain window):
+    /// wide enough to spread a drained node's reconnects, short enough that every client is
+    /// back within seconds.
+    pub goaway_spread_ms: u64,
     /// Most open client connections; more are refused before they are read.
     pub max_connections: usize,
     /// Longest frame in bytes, not counting the line ending.
@@ -118,6 +122,7 @@ impl Default for Settings {
             presence_ttl_secs: 15,
             presence_group_max: 200,
             drain_timeout_secs: 20,
+            goaway_spread_ms: 5000,
             max_connections: 20_000,
             max_frame_bytes: 65_536,
             max_text_chars: 4096,

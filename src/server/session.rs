@@ -471,8 +471,11 @@ impl<S: Store> Session<S> {
     fn goaway(&mut self) {
         self.goaway_sent = true;
         self.node.metrics.goaway.inc();
-        // Spread reconnects over the first half of the drain window (no thundering herd).
-        let window = self.node.settings.drain_timeout_secs * 1000 / 2;
+        // Spread reconnects (no thundering herd), within the first half of the drain window so
+        // that they leave before it closes, and within `goaway_spread_ms` so that every
+        // client is back within seconds (a token login is cheap: thousands per second).
+        let s = &self.node.settings;
+        let window = (s.drain_timeout_secs * 1000 / 2).min(s.goaway_spread_ms);
         let after = if window == 0 {
             0
         } else {
