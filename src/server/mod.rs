@@ -25,6 +25,7 @@ pub mod proxy;
 pub mod registry;
 pub mod session;
 mod spare;
+pub mod tls;
 
 use crate::config::Settings;
 use crate::error::{Code, Error};
@@ -33,6 +34,7 @@ use crate::protocol::Event;
 use crate::server::http::Health;
 use crate::server::node::Node;
 use crate::server::registry::Registry;
+use crate::server::tls::Tls;
 use crate::store::{MemoryStore, RedisStore, Retention, Store};
 
 /// Pause after a failed `accept` (for example out of file descriptors) before the next one.
@@ -48,11 +50,14 @@ pub struct Server {
     settings: Settings,
     chat: TcpListener,
     http: TcpListener,
+    tls: Option<Arc<Tls>>,
 }
 
 impl Server {
-    /// Binds the chat and HTTP listeners (port 0 picks a free port).
+    /// Binds the chat and HTTP listeners (port 0 picks a free port) and loads the TLS
+    /// certificate, if one is configured.
     pub async fn bind(settings: Settings) -> anyhow::Result<Server> {
+        let tls = Tls::from_settings(&settings)?.map(Arc::new);
         let chat = TcpListener::bind(settings.listen)
             .await
             .with_context(|| format!("binding chat listener {}", settings.listen))?;
@@ -63,6 +68,7 @@ impl Server {
             settings,
             chat,
             http,
+            tls,
         })
     }
 
@@ -82,8 +88,13 @@ impl Server {
             settings,
             chat,
             http,
+            tls,
         } = self;
         let metrics = Arc::new(Metrics::new(&settings.node_name));
+        let tls_stop = CancellationToken::new();
+        if let Some(tls) = &tls {
+            tokio::spawn(tls.clone().watch(metrics.clone(), tls_stop.clone()));
+        }
         let registry = Arc::new(Registry::new(metrics.clone()));
         // Probes answer from the start: /livez 200, /readyz 503 until the backend is there.
         let health = Health::new(metrics.clone());
@@ -97,6 +108,7 @@ impl Server {
         let started = Started {
             settings,
             chat,
+            tls,
             health,
             registry,
             metrics,
@@ -120,6 +132,7 @@ impl Server {
             },
         };
         http_stop.cancel();
+        tls_stop.cancel();
         let _ = http_task.await;
         result
     }
@@ -129,6 +142,7 @@ impl Server {
 struct Started {
     settings: Settings,
     chat: TcpListener,
+    tls: Option<Arc<Tls>>,
     health: Arc<Health>,
     registry: Arc<Registry>,
     metrics: Arc<Metrics>,
@@ -172,6 +186,7 @@ impl Started {
         let Started {
             settings,
             chat,
+            tls,
             health,
             registry,
             metrics,
@@ -182,11 +197,12 @@ impl Started {
         health.set_node(node.clone());
         let beat = tokio::spawn(presence::heartbeat(node.clone()));
         tracing::info!(
-            chat = %chat.local_addr()?, node = %node.settings.node_name, "switchboard serving"
+            chat = %chat.local_addr()?, node = %node.settings.node_name, tls = tls.is_some(),
+            "switchboard serving"
         );
 
         let connections = TaskTracker::new();
-        accept_loop(&node, &chat, &connections, &shutdown).await;
+        accept_loop(&node, &chat, tls.as_ref(), &connections, &shutdown).await;
         drop(chat);
 
         // Drain: /readyz turns 503, every client gets goaway and may leave in its own time.
@@ -229,6 +245,7 @@ impl Started {
 async fn accept_loop<S: Store>(
     node: &Arc<Node<S>>,
     listener: &TcpListener,
+    tls: Option<&Arc<Tls>>,
     connections: &TaskTracker,
     shutdown: &CancellationToken,
 ) {
@@ -251,6 +268,10 @@ async fn accept_loop<S: Store>(
                 .connections_rejected
                 .with_label_values(&["max_connections"])
                 .inc();
+            if tls.is_some() {
+                // No handshake for a refused connection (see session::serve); just close.
+                continue;
+            }
             tokio::spawn(async move {
                 let err = Error::new(Code::Unavailable, "server full; try another node");
                 let mut line = Vec::new();
@@ -260,6 +281,6 @@ async fn accept_loop<S: Store>(
             });
             continue;
         }
-        connections.spawn(session::serve(node.clone(), stream, peer));
+        connections.spawn(session::serve(node.clone(), stream, peer, tls.cloned()));
     }
 }
