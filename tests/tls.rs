@@ -584,3 +584,134 @@ async fn bench_over_tls_redis() {
     let c = tls_cluster(true, &pki, |_| {}).await;
     bench_over_tls(c, pki).await;
 }
+
+/// nginx as the chart renders it with `tls.enabled`, on loopback in front of `upstream`
+/// (nodes that expect PROXY headers from it); stopped with everything it forked on drop.
+struct Nginx {
+    port: u16,
+    _guard: ChildGuard,
+}
+
+impl Nginx {
+    fn start(pki: &Pki, upstream: &[SocketAddr]) -> Nginx {
+        // The Secret's keys, as mounted at tls.mountPath.
+        std::fs::copy(pki.cert(), pki.dir.join("tls.crt")).unwrap();
+        std::fs::copy(pki.key(), pki.dir.join("tls.key")).unwrap();
+        let port = free_port();
+        let servers: Vec<String> = upstream.iter().map(ToString::to_string).collect();
+        let tls = serde_json::json!({"tls": {"enabled": true, "secretName": "chat-tls",
+            "mountPath": pki.dir.display().to_string()}});
+        let out = Command::new("bash")
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/scripts/render-nginx.sh"
+            ))
+            .args(["--static", &servers.join(",")])
+            .args([
+                "--load-module",
+                "/usr/lib/nginx/modules/ngx_stream_module.so",
+            ])
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .arg("--pid")
+            .arg(pki.dir.join("nginx.pid"))
+            .arg("--error-log")
+            .arg(format!("{} notice", pki.dir.join("error.log").display()))
+            .args(["--access-log", "off", "--set-json", &tls.to_string()])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "render-nginx: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let conf = pki.dir.join("nginx.conf");
+        std::fs::write(&conf, &out.stdout).unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("ssl_protocols TLSv1.2 TLSv1.3;"), "{text}");
+        // The workers read the certificate at each handshake; started as root they would run
+        // as nobody, who cannot enter a private TMPDIR. (Ignored when not run as root.)
+        let child = Command::new("nginx")
+            .arg("-c")
+            .arg(&conf)
+            .args(["-g", "daemon off; user root;"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nginx installed");
+        let guard = ChildGuard::new(child);
+        for _ in 0..300 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Nginx {
+                    port,
+                    _guard: guard,
+                };
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!(
+            "nginx never listened: {}",
+            std::fs::read_to_string(pki.dir.join("error.log")).unwrap_or_default()
+        );
+    }
+
+    fn addr(&self) -> SocketAddr {
+        ([127, 0, 0, 1], self.port).into()
+    }
+}
+
+async fn through_nginx_with_ssl(c: Cluster, pki: Pki) {
+    let upstream: Vec<SocketAddr> = c.nodes.iter().map(|n| n.addr).collect();
+    let nginx = Nginx::start(&pki, &upstream);
+    let tls = pki.connector();
+    let (mut alice, _, _, _) = tls_user(&tls, nginx.addr(), "alice").await;
+    let (mut bob, bob_id, _, _) = tls_user(&tls, nginx.addr(), "bob").await;
+    alice.send(bob_id, "through nginx", None).await.unwrap();
+    assert_eq!(next_message(&mut bob).await, "through nginx");
+
+    // A wrong CA is refused; a plaintext client gets no hello and is closed.
+    let e = connect(&Pki::new().connector(), nginx.addr())
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("UnknownIssuer"), "{e}");
+    let mut s = TcpStream::connect(nginx.addr()).await.unwrap();
+    s.write_all(b"{\"op\":\"ping\"}\n").await.unwrap();
+    let got = read_until_closed(&mut s).await.expect("closed by nginx");
+    assert!(!String::from_utf8_lossy(&got).contains("hello"), "{got:?}");
+
+    // The bench through nginx over TLS.
+    let (addr, dir) = (nginx.addr().to_string(), pki.dir.clone());
+    let logins = tokio::task::spawn_blocking(move || {
+        run_bench(&addr, &dir, "logins", &["-c", "2", "-d", "1"])
+    })
+    .await
+    .unwrap();
+    assert!(logins["token_logins"].as_u64().unwrap() > 0, "{logins}");
+    assert_eq!(logins["token_failed"], 0, "{logins}");
+    // The nodes saw plain TCP from nginx (it terminated TLS), with the client in PROXY headers.
+    let body = c.nodes[0].get("/metrics").await.1;
+    assert_eq!(handshakes(&body, "ok"), 0.0, "{body}");
+    assert!(
+        metric(&body, "switchboard_connections_accepted_total") >= 1.0,
+        "{body}"
+    );
+    drop(nginx);
+}
+
+fn behind_nginx(s: &mut Settings) {
+    s.proxy_protocol = true;
+    s.proxy_trusted_cidrs = "127.0.0.1/32".into();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn through_nginx_with_ssl_memory() {
+    let pki = Pki::new();
+    let c = Cluster::memory_with(behind_nginx).await;
+    through_nginx_with_ssl(c, pki).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn through_nginx_with_ssl_redis() {
+    let pki = Pki::new();
+    let c = Cluster::redis_with(2, behind_nginx).await;
+    through_nginx_with_ssl(c, pki).await;
+}
