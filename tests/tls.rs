@@ -715,3 +715,84 @@ async fn through_nginx_with_ssl_redis() {
     let c = Cluster::redis_with(2, behind_nginx).await;
     through_nginx_with_ssl(c, pki).await;
 }
+
+/// A TCP relay whose target can be switched (a load balancer after a node left it); TLS
+/// passes through it end to end.
+async fn relay(to: SocketAddr) -> (SocketAddr, std::sync::Arc<std::sync::Mutex<SocketAddr>>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let target = std::sync::Arc::new(std::sync::Mutex::new(to));
+    let current = target.clone();
+    tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            let to = *current.lock().unwrap();
+            tokio::spawn(async move {
+                if let Ok(mut outbound) = TcpStream::connect(to).await {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                }
+            });
+        }
+    });
+    (addr, target)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_reconnects_over_tls_after_a_drain() {
+    use switchboard::client::{Backoff, Reconnect, Session, Update};
+    let pki = Pki::new();
+    let c = tls_cluster(true, &pki, |s| s.drain_timeout_secs = 1).await;
+    let tls = pki.connector();
+    let (mut alice, _, _, _) = tls_user(&tls, c.addr(1), "alice").await;
+    let (_, _, bob_name, _) = tls_user(&tls, c.addr(1), "bob").await;
+    let (lb, target) = relay(c.addr(0)).await;
+    let policy = Reconnect {
+        backoff: Backoff {
+            first: Duration::from_millis(20),
+            max: Duration::from_millis(200),
+        },
+        ..Reconnect::default()
+    };
+    let (mut bob, login) = Session::login_via(
+        &tls,
+        &lb.to_string(),
+        &bob_name,
+        PASSWORD,
+        Options::default(),
+        policy,
+    )
+    .await
+    .unwrap();
+    *target.lock().unwrap() = c.addr(1);
+    c.nodes[0].begin_stop();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        match tokio::time::timeout_at(deadline, bob.next())
+            .await
+            .expect("reconnect in time")
+        {
+            Ok(Update::Reconnected { node, .. }) => {
+                assert_eq!(node, c.nodes[1].name);
+                break;
+            }
+            Ok(_) => {}
+            Err(e) => panic!("session gave up: {e}"),
+        }
+    }
+    alice
+        .send(login.user.id, "after the drain", None)
+        .await
+        .unwrap();
+    loop {
+        match tokio::time::timeout_at(deadline, bob.next())
+            .await
+            .expect("message in time")
+        {
+            Ok(Update::Event(Event::Message { msg, .. })) => {
+                assert_eq!(msg.text, "after the drain");
+                break;
+            }
+            Ok(_) => {}
+            Err(e) => panic!("{e}"),
+        }
+    }
+}
