@@ -513,7 +513,13 @@ impl<S: Store> Session<S> {
             return true;
         }
         let limit = Duration::from_secs(self.node.settings.write_timeout_secs);
-        let ok = match timeout(limit, self.wr.write_all(&self.out)).await {
+        // The flush is a no-op on TCP; on TLS it sends records rustls still holds when the
+        // socket was full at the end of the write.
+        let write = async {
+            self.wr.write_all(&self.out).await?;
+            self.wr.flush().await
+        };
+        let ok = match timeout(limit, write).await {
             Ok(Ok(())) => true,
             Ok(Err(_)) => false,
             Err(_) => {
