@@ -6,7 +6,7 @@
 //! bytes read past it are the start of the ClientHello and are put back in front ([`Rewind`]).
 
 use std::io;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
@@ -198,7 +198,7 @@ impl ResolvesServerCert for Certs {
     }
 }
 
-fn read_pair(cert_file: &PathBuf, key_file: &PathBuf) -> anyhow::Result<Pair> {
+fn read_pair(cert_file: &Path, key_file: &Path) -> anyhow::Result<Pair> {
     let cert = std::fs::read(cert_file)
         .with_context(|| format!("reading tls_cert_file {}", cert_file.display()))?;
     let key = std::fs::read(key_file)
