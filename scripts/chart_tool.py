@@ -73,6 +73,9 @@ DEBIAN_STREAM_MODULE = "/usr/lib/nginx/modules/ngx_stream_module.so"
 CHART_SET_SETTINGS = {"node_name", "redis_url", "proxy_protocol", "redis_cluster_nodes", "redis_wait_replicas"}
 # Settings the chart sets only in some modes (checked by those scenarios).
 MODE_SETTINGS = {"redis_url", "redis_cluster_nodes"}
+# Settings the chart sets only in some renderings: the certificate files, with tls.enabled in
+# loadBalancer.mode service (the TLS scenarios check them).
+CHART_SET_SOMETIMES = {"tls_cert_file", "tls_key_file"}
 # Values under .Values.config that are not (yet) fields of src/config.rs.
 NOT_IN_CONFIG_RS: set[str] = set()
 # Defaults the chart deliberately changes (proxy_protocol: on in mode nginx;
@@ -362,6 +365,9 @@ def validate_objects(docs: list[tuple[str, dict]], versions: list[str]) -> list[
         if doc["apiVersion"] == "monitoring.coreos.com/v1" and doc["kind"] == "ServiceMonitor":
             problems += check_servicemonitor(doc, what)
             continue
+        if doc["apiVersion"] == "cert-manager.io/v1" and doc["kind"] == "Certificate":
+            problems += check_certificate(doc, what)
+            continue
         for version in versions:
             try:
                 kv.validate(doc, version, strict=True)
@@ -387,6 +393,22 @@ def check_servicemonitor(doc: dict, what: str) -> list[str]:
         require(set(ep) <= allowed_ep, f"{what}: unknown endpoint keys {set(ep) - allowed_ep}", problems)
         require(bool(re.fullmatch(r"[0-9]+(ms|s|m|h)", str(ep.get("interval", "")))), f"{what}: bad interval", problems)
     require(bool(spec.get("endpoints")), f"{what}: no endpoints", problems)
+    return problems
+
+
+def check_certificate(doc: dict, what: str) -> list[str]:
+    """A structural check of a cert-manager Certificate (a CRD: no schema to validate against)."""
+    problems = []
+    spec = doc.get("spec", {})
+    allowed = {"secretName", "dnsNames", "duration", "renewBefore", "privateKey", "usages", "issuerRef"}
+    require(set(doc) <= {"apiVersion", "kind", "metadata", "spec"}, f"{what}: unexpected top-level keys", problems)
+    require(set(spec) <= allowed, f"{what}: unknown spec keys {set(spec) - allowed}", problems)
+    require(bool(spec.get("secretName")) and bool(spec.get("dnsNames")), f"{what}: no secretName or dnsNames", problems)
+    ref = spec.get("issuerRef", {})
+    require(bool(ref.get("name")) and ref.get("kind") in ("Issuer", "ClusterIssuer"), f"{what}: bad issuerRef {ref}", problems)
+    for key in ("duration", "renewBefore"):
+        require(bool(re.fullmatch(r"([0-9]+(\.[0-9]+)?(h|m|s))+", str(spec.get(key, "")))), f"{what}: bad {key}", problems)
+    require(set(spec.get("privateKey", {})) <= {"algorithm", "size", "rotationPolicy", "encoding"}, f"{what}: unknown privateKey keys", problems)
     return problems
 
 
@@ -523,7 +545,7 @@ def check_config_coverage() -> str:
     deploy = find(manifests_of(render({})), "Deployment", "-chat")
     env = container_env(deploy)
     for f in fields:
-        if f in MODE_SETTINGS - {"redis_url"}:
+        if f in (MODE_SETTINGS - {"redis_url"}) | CHART_SET_SOMETIMES:
             continue
         require(f"SWITCHBOARD_{f.upper()}" in env, f"setting {f}: no SWITCHBOARD_{f.upper()} in the chat Deployment", problems)
     config_keys = {snake(k): k for k in merged_values({})["config"]}
@@ -532,7 +554,7 @@ def check_config_coverage() -> str:
             notes.append(f"note: config.{config_keys[key]} (SWITCHBOARD_{key.upper()}) is not a field of src/config.rs yet")
         else:
             problems.append(f"config.{config_keys[key]} is not a field of src/config.rs")
-    for key in sorted(set(fields) - set(config_keys) - CHART_SET_SETTINGS):
+    for key in sorted(set(fields) - set(config_keys) - CHART_SET_SETTINGS - CHART_SET_SOMETIMES):
         problems.append(f"setting {key} of src/config.rs is not under config: in values.yaml")
     defaults = merged_values({})["config"]
     for name, value in settings_defaults().items():
@@ -840,6 +862,60 @@ def expect_everything(docs, rendered):
     return p
 
 
+def expect_tls_nginx(secret: str, certificate: bool):
+    def check(docs, rendered):
+        p = []
+        conf = nginx_of(docs)
+        for line in ("listen 6000 ssl;", "ssl_protocols TLSv1.2 TLSv1.3;",
+                     "ssl_certificate $switchboard_tls_dir/tls.crt;", "ssl_certificate_key $switchboard_tls_dir/tls.key;",
+                     'default "/etc/switchboard/tls";', "ssl_handshake_timeout 10s;"):
+            require(line in conf, f"nginx.conf lacks {line!r}", p)
+        ciphers = re.search(r"ssl_ciphers ([^;]+);", conf)
+        require(ciphers is not None and all(("GCM" in c or "CHACHA20" in c) and c.startswith("ECDHE") for c in ciphers.group(1).split(":")),
+                "nginx ssl_ciphers are not forward-secret AEAD only", p)
+        lb = find(docs, "Deployment", "-lb")
+        pod = lb["spec"]["template"]["spec"]
+        vols = {v["name"]: v for v in pod["volumes"]}
+        require(vols.get("tls", {}).get("secret", {}).get("secretName") == secret, f"nginx does not mount Secret {secret}", p)
+        mounts = {m["name"]: m for m in pod["containers"][0]["volumeMounts"]}
+        require(mounts.get("tls", {}).get("mountPath") == "/etc/switchboard/tls", "TLS Secret not at tls.mountPath in nginx", p)
+        require(pod["securityContext"].get("fsGroup") == 101, "nginx cannot read the 0440 Secret (no fsGroup 101)", p)
+        env = container_env(find(docs, "Deployment", "-chat"))
+        require("SWITCHBOARD_TLS_CERT_FILE" not in env, "mode nginx: the chat pods terminate TLS too", p)
+        require((find(docs, "Certificate") is not None) == certificate, f"Certificate rendered: expected {certificate}", p)
+        notes = notes_of(rendered)
+        require("--tls" in notes and "--ca ca.crt" in notes, "NOTES.txt does not say how to connect with --tls / --ca", p)
+        return p
+    return check
+
+
+def expect_tls_service(docs, rendered):
+    p = []
+    require(find(docs, "Deployment", "-lb") is None, "nginx rendered in service mode", p)
+    deploy = find(docs, "Deployment", "-chat")
+    env = container_env(deploy)
+    require(env.get("SWITCHBOARD_TLS_CERT_FILE") == "/etc/switchboard/tls/tls.crt", "chat pods: no SWITCHBOARD_TLS_CERT_FILE", p)
+    require(env.get("SWITCHBOARD_TLS_KEY_FILE") == "/etc/switchboard/tls/tls.key", "chat pods: no SWITCHBOARD_TLS_KEY_FILE", p)
+    pod = deploy["spec"]["template"]["spec"]
+    require(pod.get("volumes", [{}])[0].get("secret", {}).get("secretName") == "switchboard-tls", "chat pods do not mount the Certificate's Secret", p)
+    cert = find(docs, "Certificate")
+    require(cert is not None, "no Certificate although cert-manager.io/v1 is served", p)
+    if cert:
+        spec = cert["spec"]
+        require(spec["secretName"] == "switchboard-tls", "Certificate writes another Secret", p)
+        require(spec["issuerRef"] == {"name": "letsencrypt", "kind": "ClusterIssuer", "group": "cert-manager.io"}, f"issuerRef {spec['issuerRef']}", p)
+        require(spec["dnsNames"] == ["chat.example.com"], "dnsNames not applied", p)
+        require(set(cert) <= {"apiVersion", "kind", "metadata", "spec"}, "Certificate: unexpected top-level keys", p)
+    require("--tls chat.example.com:$PORT" in notes_of(rendered), "NOTES.txt does not show --tls with the certificate's name", p)
+    return p
+
+
+def expect_tls_no_cert_manager(docs, rendered):
+    p = expect_tls_nginx("switchboard-tls", False)(docs, rendered)
+    require("no cert-manager.io/v1 API" in notes_of(rendered), "NOTES.txt does not say the Certificate was skipped", p)
+    return p
+
+
 PODS_METRIC = {
     "type": "Pods",
     "pods": {
@@ -848,6 +924,7 @@ PODS_METRIC = {
     },
 }
 MONITORING = ["monitoring.coreos.com/v1", "monitoring.coreos.com/v1/ServiceMonitor"]
+CERT_MANAGER = ["cert-manager.io/v1", "cert-manager.io/v1/Certificate"]
 
 
 def scenarios() -> list[Scenario]:
@@ -886,6 +963,14 @@ def scenarios() -> list[Scenario]:
             "loadBalancer": {"service": {"externalTrafficPolicy": "Cluster"}, "nginx": {"acceptProxyProtocol": True, "trustedCidrs": ["192.0.2.0/24", "2001:db8::/32"]}},
         }, expect_accept_proxy),
         Scenario("staticServers + loadModule", {"loadBalancer": {"nginx": {"staticServers": ["127.0.0.1:6001", "127.0.0.1:6002"], "loadModule": DEBIAN_STREAM_MODULE}}}, expect_static_servers),
+        Scenario("tls in nginx + secretName", {"tls": {"enabled": True, "secretName": "chat-tls"}}, expect_tls_nginx("chat-tls", False)),
+        Scenario("tls in the pods (mode service) + cert-manager", {
+            "loadBalancer": {"mode": "service"},
+            "tls": {"enabled": True, "certManager": {"issuer": {"name": "letsencrypt", "kind": "ClusterIssuer"}, "dnsNames": ["chat.example.com"]}},
+        }, expect_tls_service, api_versions=CERT_MANAGER),
+        Scenario("tls cert-manager issuer without the API", {
+            "tls": {"enabled": True, "certManager": {"issuer": {"name": "ca", "kind": "Issuer"}, "dnsNames": ["chat.example.com"]}},
+        }, expect_tls_no_cert_manager),
         Scenario("everything on", everything, expect_everything, api_versions=MONITORING),
         Scenario("53-character release name", {}, expect_names_fit, release="r" * 20 + "-switchboard-" + "x" * 20),
         Scenario("values-dev.yaml", {}, expect_dev, values_file=CHART / "values-dev.yaml"),
@@ -914,6 +999,9 @@ NEGATIVE = [
     ("connections that cannot fit the memory limit", {"config": {"maxConnections": 100000}}, "limits.memory"),
     ("a memory limit below the baseline", {"chat": {"resources": {"limits": {"memory": "128M"}}}}, "memoryModel"),
     ("argon2 slots out of range", {"config": {"argon2Slots": 65}}, "argon2Slots"),
+    ("tls without a Secret or an issuer", {"tls": {"enabled": True}}, "secretName"),
+    ("cert-manager issuer without names", {"tls": {"enabled": True, "certManager": {"issuer": {"name": "ca"}}}}, "dnsNames"),
+    ("unknown issuer kind", {"tls": {"enabled": True, "certManager": {"issuer": {"name": "ca", "kind": "Vault"}, "dnsNames": ["a.example"]}}}, "kind"),
 ]
 
 
@@ -962,6 +1050,8 @@ def check_lint() -> str:
     problems, infos = [], set()
     runs = [("default", {}), ("values-dev.yaml", yaml.safe_load((CHART / "values-dev.yaml").read_text())),
             ("mode service", {"loadBalancer": {"mode": "service"}}),
+            ("tls in nginx", {"tls": {"enabled": True, "secretName": "chat-tls"}}),
+            ("tls in the pods", {"loadBalancer": {"mode": "service"}, "tls": {"enabled": True, "certManager": {"issuer": {"name": "ca"}, "dnsNames": ["chat.example.com"]}}}),
             ("redis disabled", {"redis": {"enabled": False, "externalUrl": "redis://r:6379"}})]
     for label, values in runs:
         for kube in ("v" + MIN_KUBE, None):
@@ -1175,8 +1265,12 @@ def running_nginx(exe: str, conf: Path, workdir: Path, port: int):
             proc.wait()
 
 
-def talk(port: int, text: str, header: bytes = b"") -> tuple[socket.socket, str]:
+def talk(port: int, text: str, header: bytes = b"", tls: "ssl.SSLContext | None" = None) -> tuple[socket.socket, str]:
     s = socket.create_connection(("127.0.0.1", port), timeout=3)
+    if tls:
+        s.sendall(header)
+        header = b""
+        s = tls.wrap_socket(s, server_hostname="localhost")
     s.sendall(header + text.encode() + b"\n")
     reply = b""
     while not reply.endswith(b"\n"):
@@ -1185,6 +1279,35 @@ def talk(port: int, text: str, header: bytes = b"") -> tuple[socket.socket, str]
             break
         reply += chunk
     return s, reply.decode().strip()
+
+
+def self_signed_tls(workdir: Path) -> "ssl.SSLContext":
+    """tls.crt / tls.key for localhost in `workdir`, readable by the unprivileged nginx; a
+    client context that trusts exactly that certificate."""
+    import ssl
+
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                    "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost", "-days", "1",
+                    "-keyout", str(workdir / "tls.key"), "-out", str(workdir / "tls.crt")],
+                   check=True, capture_output=True)
+    for f in ("tls.key", "tls.crt"):
+        os.chmod(workdir / f, 0o644)
+    ctx = ssl.create_default_context(cafile=str(workdir / "tls.crt"))
+    return ctx
+
+
+def plaintext_refused(port: int) -> bytes:
+    """What nginx's TLS port answers a plaintext line with before closing (nothing readable)."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=3)
+    s.sendall(b'{"op":"ping"}\n')
+    got = b""
+    try:
+        while chunk := s.recv(4096):
+            got += chunk
+    except OSError:
+        pass
+    s.close()
+    return got if b"hello" in got or b"ping" in got else b""
 
 
 def check_nginx_loopback() -> str:
@@ -1197,6 +1320,11 @@ def check_nginx_loopback() -> str:
         # nginx believes the header (127.0.0.1 is in trustedCidrs) and passes its source on.
         ("PROXY in and out", True, b"PROXY TCP4 203.0.113.9 127.0.0.1 40000 6000\r\n", "TCP4/203.0.113.9"),
     ]
+    if shutil.which("openssl"):
+        # tls.enabled: nginx terminates TLS with a certificate made here (as a Secret mounts it).
+        modes.append(("tls", True, b"", "TCP4/127.0.0.1"))
+    else:
+        notes.append("openssl not found: nginx ssl not exercised")
     for label, proxy_protocol, header, want in modes:
         with tempfile.TemporaryDirectory(prefix="sb-nginx-") as tmp:
             workdir = Path(tmp)
@@ -1207,14 +1335,26 @@ def check_nginx_loopback() -> str:
                 listen=f"127.0.0.1:{port}", workdir=workdir, proxy_protocol=proxy_protocol,
                 accept_from=["127.0.0.1/32"] if header else None,
             )
+            tls = None
+            if label == "tls":
+                tls = self_signed_tls(workdir)
+                values = deep_merge(values, {"tls": {"enabled": True, "secretName": "t", "mountPath": str(workdir)}})
             conf = workdir / "nginx.conf"
             conf.write_text(nginx_conf(values))
             nginx_test(exe, conf, workdir)
             with running_nginx(exe, conf, workdir, port) as (_, unprivileged):
                 # Two long-lived connections at once: least_conn puts them on different
                 # backends; the backend sees a PROXY header only when asked for.
-                s1, r1 = talk(port, "hello", header)
-                s2, r2 = talk(port, "hello", header)
+                s1, r1 = talk(port, "hello", header, tls)
+                s2, r2 = talk(port, "hello", header, tls)
+                if tls:
+                    version = s1.version()
+                    if version not in ("TLSv1.2", "TLSv1.3"):
+                        raise CheckFailed(f"tls: negotiated {version}")
+                    answered = plaintext_refused(port)
+                    if answered:
+                        raise CheckFailed(f"tls: a plaintext client was answered: {answered!r}")
+                    label = f"tls ({version}, plaintext refused)"
                 s1.close()
                 s2.close()
             for b in backends:
@@ -1250,7 +1390,7 @@ def cmd_check(args) -> int:
     report.run("hadolint Dockerfile", check_hadolint)
     report.run("k8s/ in step with the chart", lambda: check_k8s(versions))
     report.run("Tiltfile matches the chart", check_tiltfile)
-    report.run("nginx.conf on loopback (nginx -t + proxy)", check_nginx_loopback)
+    report.run("nginx.conf on loopback (nginx -t + proxy, ssl)", check_nginx_loopback)
     return report.summary()
 
 

@@ -8,6 +8,7 @@
 #   scripts/node-cost.sh [BIN] [CLIENTS] [MESSAGES_PER_SEC] [SECONDS]
 #   (defaults: target/release/switchboard 20 200 10)
 #   BENCH=path/to/switchboard scripts/node-cost.sh OLD_BIN   # A/B: the same load generator
+#   TLS=1 scripts/node-cost.sh BIN    # the node terminates TLS (ECDSA P-256, made here)
 #
 # Prints "instructions per delivered message: N" (the node, every thread, user space).
 # KEEP=DIR keeps the callgrind output there (callgrind_annotate DIR/cg.* shows where it goes).
@@ -31,7 +32,15 @@ trap cleanup EXIT
 redis-server --port "$rport" --bind 127.0.0.1 --save '' --appendonly no --dir "$work" >"$work/redis.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 100); do redis-cli -p "$rport" ping >/dev/null 2>&1 && break; sleep 0.1; done
-env SWITCHBOARD_REDIS_URL="redis://127.0.0.1:$rport" SWITCHBOARD_NODE_NAME=cost \
+tls_env=(); tls_args=()
+if [ -n "${TLS:-}" ]; then
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 -subj /CN=localhost \
+    -addext subjectAltName=DNS:localhost -addext basicConstraints=critical,CA:FALSE \
+    -keyout "$work/tls.key" -out "$work/tls.crt" 2>/dev/null
+  tls_env=(SWITCHBOARD_TLS_CERT_FILE="$work/tls.crt" SWITCHBOARD_TLS_KEY_FILE="$work/tls.key")
+  tls_args=(--ca "$work/tls.crt" --server-name localhost)
+fi
+env SWITCHBOARD_REDIS_URL="redis://127.0.0.1:$rport" SWITCHBOARD_NODE_NAME=cost "${tls_env[@]}" \
   SWITCHBOARD_LISTEN="127.0.0.1:$nport" SWITCHBOARD_HTTP_LISTEN="127.0.0.1:$hport" \
   SWITCHBOARD_SEND_RATE_PER_SEC=1000000 SWITCHBOARD_SEND_BURST=1000000 SWITCHBOARD_LOG=warn \
   SWITCHBOARD_ARGON2_MEMORY_KIB=64 SWITCHBOARD_ARGON2_ITERATIONS=1 \
@@ -47,10 +56,10 @@ done
 users="$work/users.jsonl"
 # Register (and log in once) outside the measured window.
 "$bench" bench chat --addr "127.0.0.1:$nport" -c "$clients" -d 1 --rate 20 --settle 2 --quiet \
-  --users-file "$users" >/dev/null
+  --users-file "$users" "${tls_args[@]}" >/dev/null
 callgrind_control --zero "$vg" >/dev/null 2>&1
 "$bench" bench chat --addr "127.0.0.1:$nport" -c "$clients" -d "$secs" --rate "$rate" --settle 3 \
-  --quiet --json --users-file "$users" >"$work/report.json"
+  --quiet --json --users-file "$users" "${tls_args[@]}" >"$work/report.json"
 callgrind_control --dump "$vg" >/dev/null 2>&1
 sleep 1
 delivered=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["delivered"])' "$work/report.json")

@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use ipnet::IpNet;
 use serde::Deserialize;
@@ -109,6 +109,14 @@ pub struct Settings {
     pub register_per_address_per_hour: u32,
     /// Password hashes computed at once; each slot keeps `argon2_memory_kib` for good.
     pub argon2_slots: u32,
+    /// PEM certificate chain of the chat listener; with `tls_key_file`, the node speaks TLS.
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of `tls_cert_file`.
+    pub tls_key_file: Option<PathBuf>,
+    /// Milliseconds a client has to complete the TLS handshake (after any PROXY header).
+    pub tls_handshake_timeout_ms: u64,
+    /// Milliseconds between checks of the certificate files for a rotated certificate.
+    pub tls_reload_interval_ms: u64,
 }
 
 impl Default for Settings {
@@ -156,6 +164,10 @@ impl Default for Settings {
             max_unauthenticated_per_address: 64,
             register_per_address_per_hour: 20,
             argon2_slots: 2,
+            tls_cert_file: None,
+            tls_key_file: None,
+            tls_handshake_timeout_ms: 10_000,
+            tls_reload_interval_ms: 5_000,
         }
     }
 }
@@ -377,6 +389,21 @@ impl Settings {
                 &format!("{nodes:?}: must be comma-separated redis:// URLs"),
             )?;
         }
+        check(
+            self.tls_cert_file.is_some() == self.tls_key_file.is_some(),
+            "tls_cert_file",
+            "and tls_key_file must be set together (or neither)",
+        )?;
+        check(
+            self.tls_handshake_timeout_ms >= 100,
+            "tls_handshake_timeout_ms",
+            "must be at least 100",
+        )?;
+        check(
+            self.tls_reload_interval_ms >= 100,
+            "tls_reload_interval_ms",
+            "must be at least 100",
+        )?;
         if let Some(url) = &self.redis_url {
             check(
                 url.starts_with("redis://"),
@@ -522,6 +549,27 @@ mod tests {
                 .to_string();
             assert!(e.contains("SWITCHBOARD_ARGON2_SLOTS"), "{e}");
         }
+    }
+
+    #[test]
+    fn tls_files_come_in_pairs() {
+        let s = Settings::load_from(
+            None,
+            env(&[
+                ("SWITCHBOARD_TLS_CERT_FILE", "/tls/tls.crt"),
+                ("SWITCHBOARD_TLS_KEY_FILE", "/tls/tls.key"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.tls_cert_file, Some(PathBuf::from("/tls/tls.crt")));
+        assert_eq!(s.tls_handshake_timeout_ms, 10_000);
+        let e = Settings::load_from(None, env(&[("SWITCHBOARD_TLS_CERT_FILE", "/tls/tls.crt")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("SWITCHBOARD_TLS_CERT_FILE") && e.contains("tls_key_file"),
+            "{e}"
+        );
     }
 
     #[test]

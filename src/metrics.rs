@@ -64,6 +64,10 @@ pub struct Metrics {
     pub redis_errors: IntCounterVec,
     /// Redis connections replaced because they stopped answering, by connection.
     pub redis_reconnects: IntCounterVec,
+    /// TLS handshakes on the chat listener by result (ok, failed, timeout).
+    pub tls_handshakes: IntCounterVec,
+    /// Certificate reloads by result (ok, failed: the previous certificate stays in use).
+    pub tls_reloads: IntCounterVec,
     /// The per-message children of the series above, resolved once.
     pub hot: Hot,
 }
@@ -255,6 +259,16 @@ impl Metrics {
                 "switchboard_send_catch_ups_total",
                 "Send replies that first read the inbox so that no earlier message is skipped.",
             ),
+            tls_handshakes: counter_vec(
+                "switchboard_tls_handshakes_total",
+                "TLS handshakes on the chat listener, by result (ok, failed, timeout).",
+                &["result"],
+            ),
+            tls_reloads: counter_vec(
+                "switchboard_tls_reloads_total",
+                "Certificate reloads after the files changed, by result (ok, failed: the previous certificate stays).",
+                &["result"],
+            ),
             errors: counter_vec(
                 "switchboard_errors_total",
                 "Errors sent to clients, by code.",
@@ -301,6 +315,12 @@ impl Metrics {
             for result in ["ok", "bad_credentials", "rate_limited", "unavailable"] {
                 self.logins.with_label_values(&[method, result]);
             }
+        }
+        for result in ["ok", "failed", "timeout"] {
+            self.tls_handshakes.with_label_values(&[result]);
+        }
+        for result in ["ok", "failed"] {
+            self.tls_reloads.with_label_values(&[result]);
         }
         for kind in ["direct", "group"] {
             self.messages.with_label_values(&[kind]);

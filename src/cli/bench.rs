@@ -26,11 +26,14 @@ use anyhow::{Context, bail};
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use tokio::net::tcp::OwnedReadHalf;
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::Semaphore;
 
-use crate::client::{Backoff, Client, ClientError, Frame, FrameKind, Options, Reader};
+use crate::cli::TlsArgs;
+use crate::client::{
+    Backoff, Client, ClientError, Connection, Connector, Frame, FrameKind, Options, Reader,
+    Transport,
+};
 use crate::error::Code;
 use crate::protocol::{AckArgs, Event, GroupSendArgs, Request, SendArgs, Seq};
 
@@ -125,7 +128,15 @@ pub struct BenchArgs {
     /// No progress line.
     #[arg(long)]
     pub quiet: bool,
+    /// TLS to the servers (the certificate's name: --server-name, else the address's IP).
+    #[command(flatten)]
+    pub tls: TlsArgs,
 }
+
+/// How every bench connection is made (plain or TLS), set once by [`run`]: one rustls
+/// configuration for all connections, as a real client fleet would have, instead of an
+/// argument threaded through every scenario.
+static CONNECTOR: std::sync::OnceLock<Connector> = std::sync::OnceLock::new();
 
 /// A registered bench user.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -137,6 +148,10 @@ struct BenchUser {
 
 /// Runs the scenario and prints its summary.
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let connector = args.tls.connector()?;
+    if CONNECTOR.set(connector).is_err() {
+        bail!("bench::run runs once per process");
+    }
     let cpu_pids = args.node_pids.iter().chain(&args.redis_pids);
     if cpu_pids.clone().next().is_some() {
         if !matches!(args.scenario, Scenario::Chat | Scenario::Group) {
@@ -320,8 +335,8 @@ fn cpu_report(args: &BenchArgs, w: &Window) -> anyhow::Result<Option<Value>> {
     Ok(Some(out))
 }
 
-/// A connection to a node (the library's client).
-type Conn = Client;
+/// A connection to a node (the library's client), plain or TLS.
+type Conn = Client<Connection>;
 
 /// Opens a connection from `source` (if given) and reads `hello`.
 async fn open(addr: SocketAddr, source: Option<IpAddr>) -> anyhow::Result<Conn> {
@@ -343,6 +358,11 @@ async fn open(addr: SocketAddr, source: Option<IpAddr>) -> anyhow::Result<Conn> 
         reply_timeout: SETUP_TIMEOUT,
         ..Options::default()
     };
+    let connector = CONNECTOR.get_or_init(Connector::default);
+    let stream = connector
+        .over(stream, &addr.to_string(), &options)
+        .await
+        .with_context(|| format!("TLS to {addr}"))?;
     Ok(Client::handshake(stream, options).await?)
 }
 
@@ -726,7 +746,7 @@ enum Inbound {
 /// forwards replies and lifecycle events.
 fn spawn_reader(
     me: usize,
-    mut rd: Reader<OwnedReadHalf>,
+    mut rd: Reader<<Connection as Transport>::Read>,
     kept: VecDeque<Frame>,
     tally: Arc<Tally>,
     tx: tokio::sync::mpsc::UnboundedSender<Inbound>,

@@ -15,12 +15,14 @@ use std::io::{BufRead, IsTerminal, Write};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, anyhow, bail};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, sleep_until, timeout, timeout_at};
 
-use crate::client::{Client, ClientError, Frame, Options, Reader, Ref, Writer};
+use crate::cli::TlsArgs;
+use crate::client::{
+    Client, ClientError, Connection, Connector, Frame, Options, Reader, Ref, Transport, Writer,
+};
 use crate::error::Code;
 use crate::protocol::reply::{
     Blocked, FriendReply, Friends, GroupReply, Groups, History, HistoryEntry, LoggedIn, NewToken,
@@ -87,6 +89,9 @@ pub struct ChatArgs {
     /// Reconnect attempts after a lost connection or a goaway before giving up.
     #[arg(long, default_value_t = 8, value_name = "N")]
     pub reconnect_attempts: u32,
+    /// TLS to the server.
+    #[command(flatten)]
+    pub tls: TlsArgs,
 }
 
 /// Runs the client until `/quit`, `/logout` or the end of a script; fatal errors are returned.
@@ -100,13 +105,14 @@ pub async fn run(args: ChatArgs) -> anyhow::Result<()> {
             args.name
         );
     }
+    let connector = args.tls.connector()?;
     let interactive = std::io::stdin().is_terminal() && std::io::stdout().is_terminal();
     let _restore = interactive.then(TermRestore::save);
     let password = {
         let args = args.clone();
         tokio::task::spawn_blocking(move || read_password(&args)).await??
     };
-    let mut client = Chat::new(args, password);
+    let mut client = Chat::new(args, password, connector);
     let result = client.run(interactive).await;
     client.out.finish();
     result
@@ -302,7 +308,7 @@ struct Link {
     addr: String,
     index: usize,
     node: String,
-    wr: Writer<OwnedWriteHalf>,
+    wr: Writer<<Connection as Transport>::Write>,
     frames: mpsc::Receiver<Frame>,
     reader: JoinHandle<()>,
     pending: HashMap<Ref, Pending>,
@@ -324,9 +330,9 @@ fn options() -> Options {
     }
 }
 
-/// Connects to `addr` and reads `hello`.
-async fn open(addr: &str) -> anyhow::Result<Client> {
-    Client::connect_with(addr, options())
+/// Connects to `addr` (plain or TLS, as `connector` says) and reads `hello`.
+async fn open(connector: &Connector, addr: &str) -> anyhow::Result<Client<Connection>> {
+    Client::connect_via(connector, addr, options())
         .await
         .map_err(|e| match e {
             ClientError::Timeout(_) => anyhow!("connecting to {addr} timed out"),
@@ -348,7 +354,7 @@ fn call_error(addr: &str, e: &ClientError) -> String {
 
 impl Link {
     /// A logged-in connection to `servers[index]`: the reader half goes to a task.
-    fn new(client: Client, addr: &str, index: usize) -> Link {
+    fn new(client: Client<Connection>, addr: &str, index: usize) -> Link {
         let node = client.hello().map_or("?", |h| h.node.as_str()).to_string();
         let (rd, wr, kept) = client.into_parts();
         let (tx, frames) = mpsc::channel(FRAME_QUEUE);
@@ -375,7 +381,7 @@ impl Link {
 /// Hands `kept` (frames read during login) to `tx`, then reads frames from the server until
 /// the connection ends (then `tx` is dropped).
 async fn read_frames(
-    mut rd: Reader<OwnedReadHalf>,
+    mut rd: Reader<<Connection as Transport>::Read>,
     kept: VecDeque<Frame>,
     tx: mpsc::Sender<Frame>,
 ) {
@@ -570,6 +576,7 @@ impl Seen {
 
 struct Chat {
     args: ChatArgs,
+    connector: Connector,
     password: String,
     out: Out,
     me: UserRef,
@@ -599,8 +606,9 @@ struct Chat {
 }
 
 impl Chat {
-    fn new(args: ChatArgs, password: String) -> Chat {
+    fn new(args: ChatArgs, password: String, connector: Connector) -> Chat {
         Chat {
+            connector,
             me: UserRef {
                 id: 0,
                 name: args.name.clone(),
@@ -759,7 +767,7 @@ impl Chat {
     /// The first connection: register if asked, log in with the password. Errors are fatal.
     async fn connect_first(&mut self) -> anyhow::Result<Link> {
         let addr = self.args.servers[0].clone();
-        let mut client = open(&addr).await?;
+        let mut client = open(&self.connector, &addr).await?;
         let name = self.args.name.clone();
         if self.args.register {
             let user = client
@@ -826,7 +834,7 @@ impl Chat {
     /// One reconnect attempt: log in with the token, or with the password if it is refused.
     async fn relogin(&mut self, index: usize) -> Result<Link, Attempt> {
         let addr = self.args.servers[index].clone();
-        let mut client = open(&addr).await.map_err(Attempt::Later)?;
+        let mut client = open(&self.connector, &addr).await.map_err(Attempt::Later)?;
         let mut result = Err(ClientError::Closed);
         if let Some(token) = self.token.clone() {
             result = client.login_token(&token).await;
@@ -1746,8 +1754,10 @@ mod tests {
                 password_stdin: false,
                 linger_ms: 0,
                 reconnect_attempts: 0,
+                tls: Default::default(),
             },
             String::new(),
+            Connector::default(),
         );
         let parse = |chat: &mut Chat, line: &str| match chat.parse(line) {
             Ok(Some(Cmd::History { conv, count })) => Ok((conv, count)),

@@ -142,12 +142,15 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
         self.buf.clear();
         encode(&mut self.buf, reference, request);
         self.wr.write_all(&self.buf).await?;
+        // A no-op on TCP; over TLS it sends what the TLS layer kept when the socket was full.
+        self.wr.flush().await?;
         Ok(reference)
     }
 
     /// Writes `bytes` as they are (tests of bad input; a request of a newer protocol).
     pub async fn send_raw(&mut self, bytes: &[u8]) -> Result<(), ClientError> {
         self.wr.write_all(bytes).await?;
+        self.wr.flush().await?;
         Ok(())
     }
 

@@ -67,10 +67,12 @@ use crate::protocol::{
 mod conn;
 mod frame;
 mod session;
+mod tls;
 
 pub use conn::{Reader, Split, Transport, Writer, encode};
 pub use frame::{Frame, FrameKind, owned_event};
 pub use session::{ACCOUNT_DELETED, Backoff, Reconnect, Session, Update};
+pub use tls::{Connection, Connector, TlsStream, host_of};
 
 /// A request's `ref` as this client writes it: 1, 2, 3, … per connection.
 pub type Ref = u64;

@@ -12,7 +12,7 @@
 use std::collections::{HashSet, VecDeque};
 use std::time::Duration;
 
-use super::{Client, ClientError, Frame, Options};
+use super::{Client, ClientError, Connection, Connector, Frame, Options};
 use crate::error::Code;
 use crate::protocol::reply::{LoggedIn, SendReply};
 use crate::protocol::{Event, GroupId, Seq, UserId, UserRef};
@@ -108,7 +108,9 @@ pub struct Session {
     addr: String,
     options: Options,
     policy: Reconnect,
-    client: Option<Client>,
+    /// Plain TCP or TLS, for every (re)connection.
+    connector: Connector,
+    client: Option<Client<Connection>>,
     token: String,
     user: UserRef,
     /// Frames of a connection left behind, handed out before anything newer.
@@ -128,7 +130,7 @@ pub struct Session {
 pub const ACCOUNT_DELETED: &str = "account_deleted";
 
 impl Session {
-    /// Connects to `addr` and logs in with a password.
+    /// Connects to `addr` over plain TCP and logs in with a password.
     pub async fn login(
         addr: &str,
         name: &str,
@@ -136,31 +138,59 @@ impl Session {
         options: Options,
         policy: Reconnect,
     ) -> Result<(Session, LoggedIn), ClientError> {
-        let mut client = Client::connect_with(addr, options.clone()).await?;
-        let login = client.login_password(name, password).await?;
-        Ok((Session::new(addr, client, &login, options, policy), login))
+        Self::login_via(&Connector::default(), addr, name, password, options, policy).await
     }
 
-    /// Connects to `addr` and logs in with a token from an earlier login.
+    /// Connects to `addr` through `connector` (TLS or not, also for every reconnection) and
+    /// logs in with a password.
+    pub async fn login_via(
+        connector: &Connector,
+        addr: &str,
+        name: &str,
+        password: &str,
+        options: Options,
+        policy: Reconnect,
+    ) -> Result<(Session, LoggedIn), ClientError> {
+        let mut client = Client::connect_via(connector, addr, options.clone()).await?;
+        let login = client.login_password(name, password).await?;
+        let session = Session::new(connector, addr, client, &login, options, policy);
+        Ok((session, login))
+    }
+
+    /// Connects to `addr` over plain TCP and logs in with a token from an earlier login.
     pub async fn resume(
         addr: &str,
         token: &str,
         options: Options,
         policy: Reconnect,
     ) -> Result<(Session, LoggedIn), ClientError> {
-        let mut client = Client::connect_with(addr, options.clone()).await?;
+        Self::resume_via(&Connector::default(), addr, token, options, policy).await
+    }
+
+    /// [`resume`](Session::resume) through `connector`.
+    pub async fn resume_via(
+        connector: &Connector,
+        addr: &str,
+        token: &str,
+        options: Options,
+        policy: Reconnect,
+    ) -> Result<(Session, LoggedIn), ClientError> {
+        let mut client = Client::connect_via(connector, addr, options.clone()).await?;
         let login = client.login_token(token).await?;
-        Ok((Session::new(addr, client, &login, options, policy), login))
+        let session = Session::new(connector, addr, client, &login, options, policy);
+        Ok((session, login))
     }
 
     fn new(
+        connector: &Connector,
         addr: &str,
-        client: Client,
+        client: Client<Connection>,
         login: &LoggedIn,
         options: Options,
         policy: Reconnect,
     ) -> Session {
         Session {
+            connector: connector.clone(),
             addr: addr.to_string(),
             options,
             policy,
@@ -200,7 +230,7 @@ impl Session {
     /// The current connection, for any call ([`ClientError::Closed`] between connections:
     /// [`next`](Session::next) reconnects). Replies to requests written without waiting are
     /// dropped by [`next`](Session::next).
-    pub fn client(&mut self) -> Result<&mut Client, ClientError> {
+    pub fn client(&mut self) -> Result<&mut Client<Connection>, ClientError> {
         self.client.as_mut().ok_or(ClientError::Closed)
     }
 
@@ -341,14 +371,19 @@ impl Session {
         for attempt in 0..self.policy.max_attempts {
             tokio::time::sleep(wait).await;
             wait = self.policy.backoff.delay(attempt);
-            let mut client =
-                match Client::connect_with(self.addr.as_str(), self.options.clone()).await {
-                    Ok(client) => client,
-                    Err(e) => {
-                        last = e;
-                        continue;
-                    }
-                };
+            let mut client = match Client::connect_via(
+                &self.connector,
+                &self.addr,
+                self.options.clone(),
+            )
+            .await
+            {
+                Ok(client) => client,
+                Err(e) => {
+                    last = e;
+                    continue;
+                }
+            };
             match client.login_token(&self.token).await {
                 Ok(login) => {
                     let node = client.hello().map(|h| h.node.clone()).unwrap_or_default();

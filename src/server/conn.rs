@@ -1,13 +1,93 @@
-//! Framing: newline-delimited frames read with a hard size bound.
+//! The client's byte stream (plain TCP or TLS, [`ReadHalf`] / [`WriteHalf`]) and its framing:
+//! newline-delimited frames read with a hard size bound.
 //!
 //! Hand-written instead of `FramedRead<LinesCodec>` for one reason: memory per idle
 //! connection. The read buffer exists only while bytes are pending and is released as soon as
 //! every complete line has been taken, so an idle logged-in connection holds no buffer at all.
 
 use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
 
 use bytes::{Bytes, BytesMut};
-use tokio::net::tcp::OwnedReadHalf;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+
+use crate::server::tls::TlsStream;
+
+/// The read half of a client connection. An enum, not a type parameter: the session and the
+/// ops stay one type, and a match per read or write costs nothing next to a system call.
+/// Plain TCP keeps the lock-free owned halves; TLS goes through [`tokio::io::split`], whose
+/// lock is never contended (a connection reads and writes from its one task, in turn).
+#[derive(Debug)]
+pub enum ReadHalf {
+    /// Plain TCP.
+    Tcp(OwnedReadHalf),
+    /// TLS terminated by the node.
+    Tls(tokio::io::ReadHalf<TlsStream>),
+}
+
+/// The write half of a client connection (see [`ReadHalf`]).
+#[derive(Debug)]
+pub enum WriteHalf {
+    /// Plain TCP.
+    Tcp(OwnedWriteHalf),
+    /// TLS terminated by the node.
+    Tls(tokio::io::WriteHalf<TlsStream>),
+}
+
+/// Splits a plain TCP connection.
+pub fn split_tcp(stream: TcpStream) -> (ReadHalf, WriteHalf) {
+    let (rd, wr) = stream.into_split();
+    (ReadHalf::Tcp(rd), WriteHalf::Tcp(wr))
+}
+
+/// Splits a TLS connection.
+pub fn split_tls(stream: TlsStream) -> (ReadHalf, WriteHalf) {
+    let (rd, wr) = tokio::io::split(stream);
+    (ReadHalf::Tls(rd), WriteHalf::Tls(wr))
+}
+
+impl AsyncRead for ReadHalf {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ReadHalf::Tcp(rd) => Pin::new(rd).poll_read(cx, buf),
+            ReadHalf::Tls(rd) => Pin::new(rd).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for WriteHalf {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            WriteHalf::Tcp(wr) => Pin::new(wr).poll_write(cx, buf),
+            WriteHalf::Tls(wr) => Pin::new(wr).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            WriteHalf::Tcp(wr) => Pin::new(wr).poll_flush(cx),
+            WriteHalf::Tls(wr) => Pin::new(wr).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            WriteHalf::Tcp(wr) => Pin::new(wr).poll_shutdown(cx),
+            WriteHalf::Tls(wr) => Pin::new(wr).poll_shutdown(cx),
+        }
+    }
+}
 
 /// Bytes reserved for one read from the socket.
 const READ_CHUNK: usize = 4096;
@@ -89,26 +169,21 @@ impl LineReader {
 
     /// Waits for and reads more bytes; `Ok(false)` at end of stream.
     ///
-    /// Cancel-safe: bytes are only taken from the socket synchronously after readiness.
-    pub async fn fill(&mut self, rd: &OwnedReadHalf) -> io::Result<bool> {
-        loop {
-            rd.readable().await?;
-            // Read into the thread's chunk and copy what arrived: readiness can be spurious,
-            // and a buffer reserved for a read that would block would stay allocated while
-            // idle. (A fresh zeroed array per read cost a 4 KiB memset per frame.)
-            let read = CHUNK.with(|chunk| {
+    /// Cancel-safe: bytes are only taken from the stream in a poll that returns them.
+    pub async fn fill<R: AsyncRead + Unpin>(&mut self, rd: &mut R) -> io::Result<bool> {
+        std::future::poll_fn(|cx| {
+            // Read into the thread's chunk and copy what arrived: a buffer reserved for a read
+            // that would block would stay allocated while idle. (A fresh zeroed array per read
+            // cost a 4 KiB memset per frame.) The borrow never spans an await.
+            CHUNK.with(|chunk| {
                 let mut chunk = chunk.borrow_mut();
-                let n = rd.try_read(&mut chunk[..])?;
-                self.buf.extend_from_slice(&chunk[..n]);
-                Ok::<_, io::Error>(n)
-            });
-            match read {
-                Ok(0) => return Ok(false),
-                Ok(_) => return Ok(true),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Err(e),
-            }
-        }
+                let mut read = ReadBuf::new(&mut chunk[..]);
+                ready!(Pin::new(&mut *rd).poll_read(cx, &mut read))?;
+                self.buf.extend_from_slice(read.filled());
+                Poll::Ready(Ok(!read.filled().is_empty()))
+            })
+        })
+        .await
     }
 
     /// Appends bytes as if read from the socket (unit tests and tests/fuzz drive the reader

@@ -26,6 +26,7 @@ pub mod proxy;
 pub mod registry;
 pub mod session;
 mod spare;
+pub mod tls;
 
 use crate::config::Settings;
 use crate::error::{Code, Error};
@@ -34,6 +35,7 @@ use crate::protocol::Event;
 use crate::server::http::Health;
 use crate::server::node::Node;
 use crate::server::registry::Registry;
+use crate::server::tls::Tls;
 use crate::store::{ClusterStore, MemoryStore, RedisStore, Retention, Store};
 
 /// Pause after a failed `accept` (for example out of file descriptors) before the next one.
@@ -49,11 +51,14 @@ pub struct Server {
     settings: Settings,
     chat: TcpListener,
     http: TcpListener,
+    tls: Option<Arc<Tls>>,
 }
 
 impl Server {
-    /// Binds the chat and HTTP listeners (port 0 picks a free port).
+    /// Binds the chat and HTTP listeners (port 0 picks a free port) and loads the TLS
+    /// certificate, if one is configured.
     pub async fn bind(settings: Settings) -> anyhow::Result<Server> {
+        let tls = Tls::from_settings(&settings)?.map(Arc::new);
         let chat = TcpListener::bind(settings.listen)
             .await
             .with_context(|| format!("binding chat listener {}", settings.listen))?;
@@ -64,6 +69,7 @@ impl Server {
             settings,
             chat,
             http,
+            tls,
         })
     }
 
@@ -83,8 +89,13 @@ impl Server {
             settings,
             chat,
             http,
+            tls,
         } = self;
         let metrics = Arc::new(Metrics::new(&settings.node_name));
+        let tls_stop = CancellationToken::new();
+        if let Some(tls) = &tls {
+            tokio::spawn(tls.clone().watch(metrics.clone(), tls_stop.clone()));
+        }
         let registry = Arc::new(Registry::new(metrics.clone()));
         // Probes answer from the start: /livez 200, /readyz 503 until the backend is there.
         let health = Health::new(metrics.clone());
@@ -98,6 +109,7 @@ impl Server {
         let started = Started {
             settings,
             chat,
+            tls,
             health,
             registry,
             metrics,
@@ -133,6 +145,7 @@ impl Server {
             },
         };
         http_stop.cancel();
+        tls_stop.cancel();
         let _ = http_task.await;
         result
     }
@@ -142,6 +155,7 @@ impl Server {
 struct Started {
     settings: Settings,
     chat: TcpListener,
+    tls: Option<Arc<Tls>>,
     health: Arc<Health>,
     registry: Arc<Registry>,
     metrics: Arc<Metrics>,
@@ -229,6 +243,7 @@ impl Started {
         let Started {
             settings,
             chat,
+            tls,
             health,
             registry,
             metrics,
@@ -240,11 +255,12 @@ impl Started {
         health.set_node(node.clone());
         let beat = tokio::spawn(presence::heartbeat(node.clone()));
         tracing::info!(
-            chat = %chat.local_addr()?, node = %node.settings.node_name, "switchboard serving"
+            chat = %chat.local_addr()?, node = %node.settings.node_name, tls = tls.is_some(),
+            "switchboard serving"
         );
 
         let connections = TaskTracker::new();
-        accept_loop(&node, &chat, &connections, &shutdown).await;
+        accept_loop(&node, &chat, tls.as_ref(), &connections, &shutdown).await;
         drop(chat);
 
         // Drain: /readyz turns 503, every client gets goaway and may leave in its own time.
@@ -288,6 +304,7 @@ impl Started {
 async fn accept_loop<S: Store>(
     node: &Arc<Node<S>>,
     listener: &TcpListener,
+    tls: Option<&Arc<Tls>>,
     connections: &TaskTracker,
     shutdown: &CancellationToken,
 ) {
@@ -310,6 +327,10 @@ async fn accept_loop<S: Store>(
                 .connections_rejected
                 .with_label_values(&["max_connections"])
                 .inc();
+            if tls.is_some() {
+                // No handshake for a refused connection (see session::serve); just close.
+                continue;
+            }
             tokio::spawn(async move {
                 let err = Error::new(Code::Unavailable, "server full; try another node");
                 let mut line = Vec::new();
@@ -319,6 +340,6 @@ async fn accept_loop<S: Store>(
             });
             continue;
         }
-        connections.spawn(session::serve(node.clone(), stream, peer));
+        connections.spawn(session::serve(node.clone(), stream, peer, tls.cloned()));
     }
 }

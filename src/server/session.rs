@@ -11,17 +11,17 @@ use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::time::{Instant, sleep_until, timeout};
 use tracing::Instrument;
 
 use crate::error::{Code, Error};
 use crate::protocol::{self, Event, PROTOCOL_VERSION, Seq, UserRef};
 use crate::server::admission::{Slot, client_key};
-use crate::server::conn::{Frame, LineReader};
+use crate::server::conn::{self, Frame, LineReader, ReadHalf, WriteHalf};
 use crate::server::node::Node;
 use crate::server::outbox::Outbox;
 use crate::server::spare;
+use crate::server::tls::Tls;
 use crate::store::Store;
 
 /// How long a closing connection keeps discarding input so its last error is not reset away.
@@ -83,7 +83,7 @@ pub(super) struct Session<S> {
     pub(super) node: Arc<Node<S>>,
     pub(super) id: Arc<str>,
     pub(super) peer: SocketAddr,
-    wr: OwnedWriteHalf,
+    wr: WriteHalf,
     /// Replies, events and deliveries waiting for the next flush (one write per wake-up).
     pub(super) out: Vec<u8>,
     errors: u32,
@@ -101,8 +101,13 @@ pub(super) struct Session<S> {
     login_by: Option<Instant>,
 }
 
-/// Serves one accepted connection until it closes.
-pub async fn serve<S: Store>(node: Arc<Node<S>>, mut stream: TcpStream, mut peer: SocketAddr) {
+/// Serves one accepted connection until it closes; with `tls`, after a TLS handshake.
+pub async fn serve<S: Store>(
+    node: Arc<Node<S>>,
+    mut stream: TcpStream,
+    mut peer: SocketAddr,
+    tls: Option<Arc<Tls>>,
+) {
     let mut buffered = bytes::BytesMut::new();
     if node.settings.proxy_protocol {
         // Only a trusted proxy may say who the client is; anyone else could claim any address.
@@ -146,19 +151,35 @@ pub async fn serve<S: Store>(node: Arc<Node<S>>, mut stream: TcpStream, mut peer
             .inc();
         // Debug, not info: this is what a flood looks like, and the counter above shows it.
         tracing::debug!(%peer, "connection refused: too many not logged in from this address");
-        let err = Error::new(
-            Code::RateLimited,
-            "too many connections from your address are not logged in",
-        );
-        Box::pin(refuse(&node, stream, &err)).await;
+        // On a TLS listener a refusal closes without a handshake: a plaintext error would be
+        // garbage to a TLS client, and a flood is exactly when handshakes should not be spent.
+        if tls.is_none() {
+            let err = Error::new(
+                Code::RateLimited,
+                "too many connections from your address are not logged in",
+            );
+            Box::pin(refuse(&node, stream, &err)).await;
+        }
         return;
+    };
+    let _ = stream.set_nodelay(true);
+    let (mut rd, wr) = match tls {
+        None => conn::split_tcp(stream),
+        // Boxed: the handshake's state is large and lives only until it ends, while the
+        // connection task lives as long as the client.
+        Some(tls) => match Box::pin(tls.accept(stream, buffered.split(), &node.metrics)).await {
+            Ok(stream) => conn::split_tls(stream),
+            Err(e) => {
+                // Debug: scanners and plaintext clients do this all day; the counter shows it.
+                tracing::debug!(%peer, error = %e, "connection closed");
+                return;
+            }
+        },
     };
     let id = node.new_session_id();
     let span = tracing::info_span!("conn", %peer, node = %node.settings.node_name,
         session = %id, user = tracing::field::Empty);
     async move {
-        let _ = stream.set_nodelay(true);
-        let (rd, wr) = stream.into_split();
         let s = &node.settings;
         let mut session = Session {
             bucket: Bucket {
@@ -183,7 +204,7 @@ pub async fn serve<S: Store>(node: Arc<Node<S>>, mut stream: TcpStream, mut peer
         node.metrics.connections_open.inc();
         node.metrics.connections_accepted.inc();
         tracing::debug!("connected");
-        let close = session.run(&rd, buffered).await;
+        let close = session.run(&mut rd, buffered).await;
         let flushed = session.flush().await;
         Box::pin(session.end()).await;
         if let (Close::Linger, true) = (close, flushed) {
@@ -204,7 +225,7 @@ async fn refuse<S: Store>(node: &Node<S>, stream: TcpStream, err: &Error) {
         .errors
         .with_label_values(&[err.code.as_str()])
         .inc();
-    let (rd, mut wr) = stream.into_split();
+    let (rd, mut wr) = conn::split_tcp(stream);
     let mut line = Vec::new();
     Event::Error { error: err.clone() }.write(&mut line);
     let limit = Duration::from_secs(node.settings.write_timeout_secs);
@@ -216,7 +237,7 @@ async fn refuse<S: Store>(node: &Node<S>, stream: TcpStream, err: &Error) {
 
 /// Discards input until end of stream or [`LINGER`], so the peer reads our last frames before
 /// the socket closes (closing with unread input would reset the connection).
-async fn linger(mut rd: OwnedReadHalf) {
+async fn linger(mut rd: ReadHalf) {
     use tokio::io::AsyncReadExt;
     let mut sink = [0u8; 1024];
     let _ = timeout(LINGER, async {
@@ -230,7 +251,7 @@ async fn linger(mut rd: OwnedReadHalf) {
 }
 
 impl<S: Store> Session<S> {
-    async fn run(&mut self, rd: &OwnedReadHalf, buffered: bytes::BytesMut) -> Close {
+    async fn run(&mut self, rd: &mut ReadHalf, buffered: bytes::BytesMut) -> Close {
         let mut reader = LineReader::with_buffered(self.frame_limit(), buffered);
         Event::Hello {
             server: "switchboard".into(),
@@ -505,7 +526,13 @@ impl<S: Store> Session<S> {
             return true;
         }
         let limit = Duration::from_secs(self.node.settings.write_timeout_secs);
-        let ok = match timeout(limit, self.wr.write_all(&self.out)).await {
+        // The flush is a no-op on TCP; on TLS it sends records rustls still holds when the
+        // socket was full at the end of the write.
+        let write = async {
+            self.wr.write_all(&self.out).await?;
+            self.wr.flush().await
+        };
+        let ok = match timeout(limit, write).await {
             Ok(Ok(())) => true,
             Ok(Err(_)) => false,
             Err(_) => {
@@ -549,7 +576,7 @@ mod size_tests {
             .await
             .unwrap();
         let peer = c.local_addr().unwrap();
-        let f = serve(node, c, peer);
+        let f = serve(node, c, peer, None);
         let size = std::mem::size_of_val(&f);
         assert!(size <= 1536, "connection future grew to {size} bytes");
     }

@@ -258,6 +258,15 @@ config.argon2MemoryKib (docs/configuration.md, "Memory").
 {{- if le $grace $needed }}
 {{- fail (printf "chat.terminationGracePeriodSeconds (%d) must be greater than chat.preStopSleepSeconds + config.drainTimeoutSecs (%d), or the kubelet kills draining pods" $grace $needed) }}
 {{- end }}
+{{- if .Values.tls.enabled }}
+{{- $cm := .Values.tls.certManager }}
+{{- if and (not .Values.tls.secretName) (not $cm.issuer.name) }}
+{{- fail "tls.enabled needs tls.secretName (an existing kubernetes.io/tls Secret) or tls.certManager.issuer.name (cert-manager issues one)" }}
+{{- end }}
+{{- if and $cm.issuer.name (not $cm.dnsNames) }}
+{{- fail "tls.certManager.issuer needs tls.certManager.dnsNames: the names clients connect to" }}
+{{- end }}
+{{- end }}
 {{- if eq .Values.loadBalancer.mode "nginx" }}
 {{- $idle := int .Values.config.idleTimeoutSecs }}
 {{- $proxy := int .Values.loadBalancer.nginx.proxyTimeoutSeconds }}
@@ -364,4 +373,20 @@ SWITCHBOARD_REDIS_WAIT_REPLICAS: config.redisWaitReplicas, or when null 1 in clu
 {{- else }}
 {{- printf "%d" (int64 $v) }}
 {{- end }}
+{{- end }}
+
+{{/*
+The Secret (kubernetes.io/tls) holding the chat port's certificate: tls.secretName, or the
+one the cert-manager Certificate writes.
+*/}}
+{{- define "switchboard.tls.secretName" -}}
+{{- .Values.tls.secretName | default (printf "%s-tls" (include "switchboard.fullname" .)) }}
+{{- end }}
+
+{{/*
+Whether the chart creates a cert-manager Certificate: an issuer is named and the cluster
+serves cert-manager.io/v1 (like the ServiceMonitor, nothing is rendered without the CRD).
+*/}}
+{{- define "switchboard.tls.certificate" -}}
+{{- if and .Values.tls.enabled .Values.tls.certManager.issuer.name (.Capabilities.APIVersions.Has "cert-manager.io/v1") }}true{{ end }}
 {{- end }}

@@ -54,8 +54,21 @@ stream {
 {{- end }}
     }
 
+{{- if .Values.tls.enabled }}
+
+    # TLS from the Secret {{ include "switchboard.tls.secretName" . }}, mounted at {{ .Values.tls.mountPath }}. The
+    # file names hold a variable, so nginx reads the files at each handshake: a renewed
+    # certificate is used as soon as the kubelet updates the mounted Secret, without a reload.
+    map $ssl_server_name $switchboard_tls_dir {
+        default {{ .Values.tls.mountPath | quote }};
+    }
+{{- end }}
+
     server {
 {{- $pp := ternary " proxy_protocol" "" (eq $n.acceptProxyProtocol true) }}
+{{- if .Values.tls.enabled }}
+{{- $pp = printf " ssl%s" $pp }}
+{{- end }}
 {{- if $n.listen }}
         listen {{ $n.listen }}{{ $pp }};
 {{- else }}
@@ -70,6 +83,19 @@ stream {
 {{- range $n.trustedCidrs }}
         set_real_ip_from {{ . }};
 {{- end }}
+{{- end }}
+{{- if .Values.tls.enabled }}
+        ssl_certificate $switchboard_tls_dir/tls.crt;
+        ssl_certificate_key $switchboard_tls_dir/tls.key;
+        # Modern clients only: TLS 1.2 and 1.3, forward-secret AEAD ciphers (TLS 1.3's own
+        # suites are always on); the client's order wins, as all of them are strong.
+        ssl_protocols TLSv1.2 TLSv1.3;
+        ssl_ciphers ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305;
+        ssl_prefer_server_ciphers off;
+        ssl_session_cache shared:switchboard_tls:10m;
+        ssl_session_timeout 1h;
+        # A silent or plaintext client is closed after this, as the nodes do.
+        ssl_handshake_timeout {{ div (int .Values.config.tlsHandshakeTimeoutMs) 1000 | max 1 }}s;
 {{- end }}
         proxy_pass switchboard_chat;
         proxy_connect_timeout {{ int $n.proxyConnectTimeoutSeconds }}s;
