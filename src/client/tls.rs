@@ -25,8 +25,9 @@ pub type TlsStream = tokio_rustls::client::TlsStream<TcpStream>;
 pub enum Connection {
     /// Plain TCP (its owned halves, no lock).
     Plain(TcpStream),
-    /// TLS, split through [`Split`].
-    Tls(Split<TlsStream>),
+    /// TLS, split through [`Split`] (boxed: the TLS state is large, and this value only lives
+    /// until the connection is split).
+    Tls(Box<Split<TlsStream>>),
 }
 
 impl Transport for Connection {
@@ -39,7 +40,7 @@ impl Transport for Connection {
                 (Either::Left(rd), Either::Left(wr))
             }
             Connection::Tls(stream) => {
-                let (rd, wr) = stream.split();
+                let (rd, wr) = (*stream).split();
                 (Either::Right(rd), Either::Right(wr))
             }
         }
@@ -164,7 +165,7 @@ impl Connector {
         let stream = timeout(options.connect_timeout, tls.connector.connect(name, stream))
             .await
             .map_err(|_| ClientError::Timeout("TLS handshake".into()))??;
-        Ok(Connection::Tls(Split(stream)))
+        Ok(Connection::Tls(Box::new(Split(stream))))
     }
 }
 
