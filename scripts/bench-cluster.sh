@@ -23,7 +23,8 @@ trap cleanup EXIT
 redis() { # port, extra args...
   local port=$1; shift
   redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no --dir "$run" "$@" >/dev/null 2>&1 &
-  pids+=("$!")
+  last=$!
+  pids+=("$last")
   for _ in $(seq 100); do redis-cli -p "$port" ping >/dev/null 2>&1 && return; sleep 0.1; done
   echo "redis-server on $port did not start" >&2; exit 1
 }
@@ -55,22 +56,23 @@ PY
 
 # Standalone Redis, for reference.
 redis "$BASE"
-measure standalone "SWITCHBOARD_REDIS_URL=redis://127.0.0.1:$BASE" "${pids[-1]}"
-kill "${pids[-1]}"
+solo=$last
+measure standalone "SWITCHBOARD_REDIS_URL=redis://127.0.0.1:$BASE" "$solo"
+kill "$solo"; wait "$solo" 2>/dev/null || true
 
 # One shard: one cluster master owning every slot.
 redis "$BASE" --cluster-enabled yes --cluster-config-file "$run/n1-$BASE.conf"
-one=${pids[-1]}
+one=$last
 redis-cli -p "$BASE" CLUSTER ADDSLOTSRANGE 0 16383 >/dev/null
 for _ in $(seq 100); do redis-cli -p "$BASE" CLUSTER INFO | grep -q cluster_state:ok && break; sleep 0.1; done
 measure "1-shard" "SWITCHBOARD_REDIS_CLUSTER_NODES=redis://127.0.0.1:$BASE" "$one"
-kill "$one"; rm -f "$run"/n1-*.conf
+kill "$one"; wait "$one" 2>/dev/null || true; rm -f "$run"/n1-*.conf
 
 # Three shards.
 rp=()
 for i in 0 1 2; do
   redis "$((BASE + i))" --cluster-enabled yes --cluster-config-file "$run/n3-$((BASE + i)).conf"
-  rp+=("${pids[-1]}")
+  rp+=("$last")
 done
 redis-cli --cluster create 127.0.0.1:"$BASE" 127.0.0.1:"$((BASE + 1))" 127.0.0.1:"$((BASE + 2))" \
   --cluster-replicas 0 --cluster-yes >/dev/null

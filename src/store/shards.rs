@@ -152,7 +152,7 @@ pub struct Shards {
     /// `host:port` of the seed nodes.
     seeds: Vec<String>,
     /// The connection `CLUSTER SHARDS` was last read on.
-    topo_con: Mutex<Option<MultiplexedConnection>>,
+    topo_con: Mutex<Option<(String, MultiplexedConnection)>>,
     sink: Arc<dyn LiveSink>,
     node: String,
     timeout: Duration,
@@ -228,12 +228,13 @@ impl Shards {
     /// `CLUSTER SHARDS` from the first node that answers: the one that answered last, then the
     /// known masters, then the seeds (the cluster client would route it by the word `SHARDS`
     /// as if it were a key, i.e. to one fixed master, dead or not).
-    async fn cluster_shards(&self) -> anyhow::Result<Value> {
+    /// Returns the reply and the host of the node that gave it.
+    async fn cluster_shards(&self) -> anyhow::Result<(Value, String)> {
         let cached = lock(&self.topo_con).clone();
-        if let Some(mut con) = cached {
+        if let Some((host, mut con)) = cached {
             let q = redis::cmd("CLUSTER").arg("SHARDS").clone();
             if let Ok(Ok(v)) = tokio::time::timeout(self.timeout, q.query_async(&mut con)).await {
-                return Ok(v);
+                return Ok((v, host));
             }
             *lock(&self.topo_con) = None;
         }
@@ -259,8 +260,12 @@ impl Shards {
             };
             let q = redis::cmd("CLUSTER").arg("SHARDS").clone();
             if let Ok(Ok(v)) = tokio::time::timeout(self.timeout, q.query_async(&mut con)).await {
-                *lock(&self.topo_con) = Some(con);
-                return Ok(v);
+                let host = addr
+                    .rsplit_once(':')
+                    .map_or(addr.as_str(), |(h, _)| h)
+                    .to_string();
+                *lock(&self.topo_con) = Some((host.clone(), con));
+                return Ok((v, host));
             }
         }
         anyhow::bail!("no Redis cluster node answered CLUSTER SHARDS")
@@ -268,7 +273,7 @@ impl Shards {
 
     /// The masters and their slots, from `CLUSTER SHARDS` (Redis 7).
     async fn topology(&self) -> anyhow::Result<Vec<Master>> {
-        let v = self.cluster_shards().await?;
+        let (v, asked) = self.cluster_shards().await?;
         let mut out = Vec::new();
         let Value::Array(shards) = v else {
             anyhow::bail!("CLUSTER SHARDS: unexpected reply");
@@ -298,9 +303,12 @@ impl Shards {
                 {
                     continue;
                 }
+                // An empty endpoint (a node that never talked to a peer, e.g. a one-node
+                // cluster) means the node that answered.
                 let host = text("endpoint")
                     .filter(|e| !e.is_empty() && e != "?")
-                    .or_else(|| text("ip"));
+                    .or_else(|| text("ip").filter(|e| !e.is_empty()))
+                    .or_else(|| Some(asked.clone()));
                 let port = f.get("port").and_then(int);
                 if let (Some(host), Some(port)) = (host, port) {
                     out.push(Master {
