@@ -42,6 +42,7 @@ DOCKERFILE = ROOT / "Dockerfile"
 CONFIG_RS = ROOT / "src" / "config.rs"
 METRICS_RS = ROOT / "src" / "metrics.rs"
 DASHBOARD = CHART / "dashboards" / "switchboard.json"
+RULE_TESTS = CHART / "rules" / "tests"
 TILTFILE = ROOT / "Tiltfile"
 
 # The release k8s/base is rendered as. Its namespace is baked into nginx.conf (the
@@ -352,6 +353,9 @@ def validate_objects(docs: list[tuple[str, dict]], versions: list[str]) -> list[
         if doc["apiVersion"] == "monitoring.coreos.com/v1" and doc["kind"] == "ServiceMonitor":
             problems += check_servicemonitor(doc, what)
             continue
+        if doc["apiVersion"] == "monitoring.coreos.com/v1" and doc["kind"] == "PrometheusRule":
+            problems += check_prometheusrule(doc, what)
+            continue
         for version in versions:
             try:
                 kv.validate(doc, version, strict=True)
@@ -377,6 +381,21 @@ def check_servicemonitor(doc: dict, what: str) -> list[str]:
         require(set(ep) <= allowed_ep, f"{what}: unknown endpoint keys {set(ep) - allowed_ep}", problems)
         require(bool(re.fullmatch(r"[0-9]+(ms|s|m|h)", str(ep.get("interval", "")))), f"{what}: bad interval", problems)
     require(bool(spec.get("endpoints")), f"{what}: no endpoints", problems)
+    return problems
+
+
+def check_prometheusrule(doc: dict, what: str) -> list[str]:
+    """The shape the prometheus-operator CRD requires; the rules themselves are checked by
+    promtool (check_rules)."""
+    problems = []
+    spec = doc.get("spec", {})
+    require(set(doc) <= {"apiVersion", "kind", "metadata", "spec"}, f"{what}: unexpected top-level keys", problems)
+    require(set(spec) == {"groups"}, f"{what}: spec keys {sorted(spec)} are not just groups", problems)
+    for group in spec.get("groups", []):
+        require(set(group) <= {"name", "interval", "rules", "limit", "partial_response_strategy"}, f"{what}: unknown group keys", problems)
+        for rule in group.get("rules", []):
+            require(set(rule) <= {"alert", "record", "expr", "for", "labels", "annotations", "keep_firing_for"}, f"{what}: unknown rule keys in {rule.get('alert')}", problems)
+            require(isinstance(rule.get("expr"), str) and bool(rule["expr"].strip()), f"{what}: rule without expr", problems)
     return problems
 
 
@@ -523,21 +542,186 @@ def check_config_coverage() -> str:
     return "\n".join([f"{len(fields)} settings of src/config.rs, each passed as SWITCHBOARD_*"] + notes)
 
 
+# The process collector's families (prometheus crate, feature "process"), which src/metrics.rs
+# registers without naming them.
+PROCESS_FAMILIES = {
+    "process_open_fds", "process_max_fds", "process_cpu_seconds_total",
+    "process_resident_memory_bytes", "process_virtual_memory_bytes",
+    "process_virtual_memory_max_bytes", "process_start_time_seconds", "process_threads",
+}
+# Families the dashboard may leave out, with the reason.
+NOT_ON_DASHBOARD: dict[str, str] = {
+    "process_virtual_memory_max_bytes": "the address-space limit is unlimited in containers",
+}
+
+
 def check_dashboard() -> str:
+    """Every family a node exports is on the dashboard, and the dashboard uses no other."""
     dash = json.loads(DASHBOARD.read_text())
-    exported = set(re.findall(r'"(switchboard_[a-z_]+)"', METRICS_RS.read_text()))
-    used = set(re.findall(r"switchboard_[a-z_]+", json.dumps(dash)))
+    exported = set(re.findall(r'"(switchboard_[a-z_]+)"', METRICS_RS.read_text())) | PROCESS_FAMILIES
+    text = json.dumps(dash)
+    used = {re.sub(r"_(bucket|count|sum)$", "", m) for m in re.findall(r"\b(?:switchboard|process)_[a-z_]+", text)}
     unknown = used - exported
     if unknown:
         raise CheckFailed(f"dashboard uses series src/metrics.rs does not export: {sorted(unknown)}")
-    unused = exported - used
+    unused = exported - used - set(NOT_ON_DASHBOARD)
+    if unused:
+        raise CheckFailed(f"families not on the dashboard: {sorted(unused)}")
     ids = [p["id"] for p in dash["panels"]]
     if len(ids) != len(set(ids)):
         raise CheckFailed("dashboard panel ids are not unique")
-    msg = f"{len(dash['panels'])} panels over {len(used)} series, all exported by src/metrics.rs"
-    if unused:
-        msg += f"\nnot on the dashboard: {sorted(unused)}"
-    return msg
+    for p in dash["panels"]:
+        for t in p.get("targets", []):
+            if 'job=~"$job"' not in t["expr"] or 'namespace=~"$namespace"' not in t["expr"]:
+                raise CheckFailed(f"panel {p['title']!r}: query not filtered by $job and $namespace: {t['expr']}")
+    variables = [v["name"] for v in dash["templating"]["list"]]
+    if not {"job", "namespace"} <= set(variables):
+        raise CheckFailed(f"dashboard variables {variables} lack job or namespace")
+    left_out = "".join(f"\nleft out: {k} ({v})" for k, v in NOT_ON_DASHBOARD.items())
+    return f"{len(dash['panels'])} panels over {len(used)} families: every family a node exports{left_out}"
+
+
+def rules_of(values: dict | None = None, *, name: str = "switchboard", namespace: str = "switchboard") -> dict:
+    """The Prometheus rule file (`groups:`) the chart's PrometheusRule carries for these values."""
+    values = deep_merge(values or {}, {"metrics": {"prometheusRule": {"enabled": True}}})
+    docs = manifests_of(render(values, name=name, namespace=namespace, api_versions=MONITORING))
+    rule = find(docs, "PrometheusRule")
+    if rule is None:
+        raise CheckFailed("the chart rendered no PrometheusRule")
+    return rule["spec"]
+
+
+def rules_yaml(rules: dict) -> str:
+    """A rule file as YAML, one line per expression."""
+    return yaml.safe_dump(rules, sort_keys=False, width=10**6)
+
+
+def label_name(key: str) -> str:
+    """A Kubernetes label key as Prometheus' Kubernetes discovery spells it in meta labels."""
+    return re.sub(r"[^a-zA-Z0-9_]", "_", key)
+
+
+def snake_keys(relabelings: list[dict]) -> list[dict]:
+    """ServiceMonitor relabelings (camelCase) as Prometheus relabel_configs (snake_case)."""
+    return [{snake(k): v for k, v in r.items()} for r in relabelings]
+
+
+def prometheus_config(
+    targets: list[tuple[str, str]],
+    values: dict | None = None,
+    *,
+    name: str = "switchboard",
+    namespace: str = "switchboard",
+    rules_file: str | None = None,
+    evaluation_interval: str = "1s",
+) -> dict:
+    """A prometheus.yml scraping `targets` ((pod name, host:port)) the way prometheus-operator
+    turns the chart's ServiceMonitor into a scrape job: the same job name, the same keep
+    rules on the Service's labels and the endpoint port, the same target labels (namespace,
+    service, pod, container, endpoint, job = the Service's name), then the ServiceMonitor's own
+    relabelings. Static targets stand in for Kubernetes endpoint discovery: each carries the
+    __meta_kubernetes_* labels discovery would attach for a pod behind the metrics Service."""
+    values = deep_merge(values or {}, {"metrics": {"serviceMonitor": {"enabled": True}}})
+    docs = manifests_of(render(values, name=name, namespace=namespace, api_versions=MONITORING))
+    sm = find(docs, "ServiceMonitor")
+    deploy = find(docs, "Deployment", "-chat")
+    if sm is None or deploy is None:
+        raise CheckFailed("the chart rendered no ServiceMonitor or no chat Deployment")
+    ep = sm["spec"]["endpoints"][0]
+    selector = sm["spec"]["selector"]["matchLabels"]
+    services = [d for _, d in docs if d["kind"] == "Service"
+                and all(d["metadata"].get("labels", {}).get(k) == v for k, v in selector.items())
+                and any(p.get("name") == ep["port"] for p in d["spec"]["ports"])]
+    if len(services) != 1:
+        raise CheckFailed(f"the ServiceMonitor's selector and port match {len(services)} Services, not 1")
+    svc = services[0]
+    container = deploy["spec"]["template"]["spec"]["containers"][0]["name"]
+    relabel: list[dict] = [{"source_labels": ["job"], "target_label": "__tmp_prometheus_job_name"}]
+    for k, v in sorted(selector.items()):
+        ln = label_name(k)
+        relabel.append({"action": "keep", "source_labels": [f"__meta_kubernetes_service_label_{ln}", f"__meta_kubernetes_service_labelpresent_{ln}"], "regex": f"({v});true"})
+    relabel += [
+        {"action": "keep", "source_labels": ["__meta_kubernetes_endpoint_port_name"], "regex": ep["port"]},
+        {"source_labels": ["__meta_kubernetes_endpoint_address_target_kind", "__meta_kubernetes_endpoint_address_target_name"], "separator": ";", "regex": "Node;(.*)", "replacement": "${1}", "target_label": "node"},
+        {"source_labels": ["__meta_kubernetes_endpoint_address_target_kind", "__meta_kubernetes_endpoint_address_target_name"], "separator": ";", "regex": "Pod;(.*)", "replacement": "${1}", "target_label": "pod"},
+        {"source_labels": ["__meta_kubernetes_namespace"], "target_label": "namespace"},
+        {"source_labels": ["__meta_kubernetes_service_name"], "target_label": "service"},
+        {"source_labels": ["__meta_kubernetes_pod_name"], "target_label": "pod"},
+        {"source_labels": ["__meta_kubernetes_pod_container_name"], "target_label": "container"},
+        {"source_labels": ["__meta_kubernetes_service_name"], "target_label": "job", "replacement": "${1}"},
+        {"target_label": "endpoint", "replacement": ep["port"]},
+    ]
+    relabel += snake_keys(ep.get("relabelings", []))
+    static = []
+    for pod, addr in targets:
+        labels = {
+            "__meta_kubernetes_namespace": sm["spec"]["namespaceSelector"]["matchNames"][0],
+            "__meta_kubernetes_service_name": svc["metadata"]["name"],
+            "__meta_kubernetes_endpoint_port_name": ep["port"],
+            "__meta_kubernetes_endpoint_address_target_kind": "Pod",
+            "__meta_kubernetes_endpoint_address_target_name": pod,
+            "__meta_kubernetes_pod_name": pod,
+            "__meta_kubernetes_pod_container_name": container,
+        }
+        for k, v in svc["metadata"].get("labels", {}).items():
+            labels[f"__meta_kubernetes_service_label_{label_name(k)}"] = v
+            labels[f"__meta_kubernetes_service_labelpresent_{label_name(k)}"] = "true"
+        static.append({"targets": [addr], "labels": labels})
+    job = {
+        "job_name": f"serviceMonitor/{sm['metadata']['namespace']}/{sm['metadata']['name']}/0",
+        "honor_labels": bool(ep.get("honorLabels", False)),
+        "scrape_interval": ep["interval"],
+        "scrape_timeout": ep["scrapeTimeout"],
+        "metrics_path": ep.get("path", "/metrics"),
+        "scheme": ep.get("scheme", "http"),
+        "static_configs": static,
+        "relabel_configs": relabel,
+    }
+    if ep.get("metricRelabelings"):
+        job["metric_relabel_configs"] = snake_keys(ep["metricRelabelings"])
+    config: dict[str, Any] = {
+        "global": {"scrape_interval": ep["interval"], "evaluation_interval": evaluation_interval},
+        "scrape_configs": [job],
+    }
+    if rules_file:
+        config["rule_files"] = [rules_file]
+    return config
+
+
+def promtool_binary() -> str:
+    exe = shutil.which("promtool")
+    if not exe:
+        raise SkipCheck("promtool is not installed (apt-get install prometheus)")
+    return exe
+
+
+def check_rules() -> str:
+    """promtool check rules on the rendered rule file, then the unit tests of rules/tests
+    against it (the very file the PrometheusRule carries)."""
+    exe = promtool_binary()
+    notes = [subprocess.run([exe, "--version"], capture_output=True, text=True).stdout.splitlines()[0]]
+    with tempfile.TemporaryDirectory(prefix="sb-rules-") as tmp:
+        work = Path(tmp)
+        (work / "switchboard.rules.yaml").write_text(rules_yaml(rules_of()))
+        out = subprocess.run([exe, "check", "rules", str(work / "switchboard.rules.yaml")], capture_output=True, text=True)
+        if out.returncode != 0:
+            raise CheckFailed(f"promtool check rules:\n{(out.stdout + out.stderr).strip()}")
+        notes.append(out.stdout.strip().splitlines()[-1] if out.stdout.strip() else "promtool check rules: ok")
+        tests = sorted(RULE_TESTS.glob("*.yaml"))
+        if not tests:
+            raise CheckFailed(f"no rule tests under {RULE_TESTS.relative_to(ROOT)}")
+        for t in tests:
+            shutil.copy(t, work / t.name)
+            out = subprocess.run([exe, "test", "rules", t.name], capture_output=True, text=True, cwd=work)
+            if out.returncode != 0:
+                raise CheckFailed(f"promtool test rules {t.relative_to(ROOT)}:\n{(out.stdout + out.stderr).strip()}")
+            notes.append(f"promtool test rules {t.relative_to(ROOT)}: {out.stdout.count('SUCCESS') or 'all'} passed")
+        alerts = [r["alert"] for g in rules_of()["groups"] for r in g["rules"] if "alert" in r]
+        untested = [a for a in alerts if not any(a in t.read_text() for t in tests)]
+        if untested:
+            raise CheckFailed(f"alerts without a unit test: {untested}")
+        notes.append(f"{len(alerts)} alerts, each unit-tested")
+    return "\n".join(notes)
 
 
 # ---------------------------------------------------------------------------------------
@@ -1181,6 +1365,7 @@ def cmd_check(args) -> int:
     report.run("render: refused values", check_negative)
     report.run("config.rs settings -> SWITCHBOARD_* env", check_config_coverage)
     report.run("grafana dashboard series", check_dashboard)
+    report.run("alert rules (promtool check + test rules)", check_rules)
     report.run("Dockerfile shape", check_dockerfile_shape)
     report.run("hadolint Dockerfile", check_hadolint)
     report.run("k8s/ in step with the chart", lambda: check_k8s(versions))
@@ -1199,6 +1384,30 @@ def cmd_render_k8s(args) -> int:
         return 1 if drift else 0
     write_k8s(out)
     print(f"wrote {out.relative_to(ROOT) if out.is_relative_to(ROOT) else out}")
+    return 0
+
+
+def cmd_render_rules(args) -> int:
+    values: dict = {}
+    for item in args.set_json or []:
+        values = deep_merge(values, json.loads(item))
+    rules = rules_of(values, name=args.release, namespace=args.namespace)
+    sys.stdout.write(json.dumps(rules, indent=2) + "\n" if args.json else rules_yaml(rules))
+    return 0
+
+
+def cmd_prometheus_config(args) -> int:
+    values: dict = {}
+    for item in args.set_json or []:
+        values = deep_merge(values, json.loads(item))
+    targets = [tuple(t.split("=", 1)) for t in args.target]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "switchboard.rules.yaml").write_text(rules_yaml(rules_of(values, name=args.release, namespace=args.namespace)))
+    config = prometheus_config(targets, values, name=args.release, namespace=args.namespace,
+                               rules_file="switchboard.rules.yaml", evaluation_interval=args.evaluation_interval)
+    (out / "prometheus.yml").write_text(yaml.safe_dump(config, sort_keys=False))
+    print(out / "prometheus.yml")
     return 0
 
 
@@ -1246,6 +1455,20 @@ def main() -> int:
     n.add_argument("-f", "--values", action="append", metavar="FILE", help="values file (repeatable)")
     n.add_argument("--set-json", action="append", metavar="JSON", help='values as JSON, e.g. \'{"loadBalancer":{"nginx":{"workerProcesses":1}}}\'')
     n.set_defaults(fn=cmd_render_nginx)
+    r = sub.add_parser("render-rules", help="print the Prometheus rule file of the chart's PrometheusRule")
+    r.add_argument("--release", default="switchboard")
+    r.add_argument("--namespace", default="switchboard")
+    r.add_argument("--json", action="store_true", help="JSON instead of YAML (the same rules)")
+    r.add_argument("--set-json", action="append", metavar="JSON", help='values as JSON, e.g. \'{"metrics":{"prometheusRule":{"rateWindow":"30s"}}}\'')
+    r.set_defaults(fn=cmd_render_rules)
+    pc = sub.add_parser("prometheus-config", help="write prometheus.yml (the ServiceMonitor's scrape job over static targets) and the rule file into a directory")
+    pc.add_argument("--out", required=True, metavar="DIR")
+    pc.add_argument("--target", action="append", required=True, metavar="POD=HOST:PORT")
+    pc.add_argument("--release", default="switchboard")
+    pc.add_argument("--namespace", default="switchboard")
+    pc.add_argument("--evaluation-interval", default="1s")
+    pc.add_argument("--set-json", action="append", metavar="JSON", help='values as JSON, e.g. \'{"metrics":{"serviceMonitor":{"interval":"1s"}}}\'')
+    pc.set_defaults(fn=cmd_prometheus_config)
     args = parser.parse_args()
     return args.fn(args)
 

@@ -87,10 +87,10 @@ impl LineReader {
         }
     }
 
-    /// Waits for and reads more bytes; `Ok(false)` at end of stream.
+    /// Waits for and reads more bytes; how many (`Ok(0)` at end of stream).
     ///
     /// Cancel-safe: bytes are only taken from the socket synchronously after readiness.
-    pub async fn fill(&mut self, rd: &OwnedReadHalf) -> io::Result<bool> {
+    pub async fn fill(&mut self, rd: &OwnedReadHalf) -> io::Result<usize> {
         loop {
             rd.readable().await?;
             // Read into the thread's chunk and copy what arrived: readiness can be spurious,
@@ -103,8 +103,7 @@ impl LineReader {
                 Ok::<_, io::Error>(n)
             });
             match read {
-                Ok(0) => return Ok(false),
-                Ok(_) => return Ok(true),
+                Ok(n) => return Ok(n),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 Err(e) => return Err(e),
             }

@@ -83,7 +83,7 @@ impl Server {
             chat,
             http,
         } = self;
-        let metrics = Arc::new(Metrics::new(&settings.node_name));
+        let metrics = Arc::new(Metrics::new());
         let registry = Arc::new(Registry::new(metrics.clone()));
         // Probes answer from the start: /livez 200, /readyz 503 until the backend is there.
         let health = Health::new(metrics.clone());
@@ -177,6 +177,10 @@ impl Started {
             metrics,
         } = self;
         let drain = Duration::from_secs(settings.drain_timeout_secs);
+        metrics
+            .ops
+            .connections_max
+            .set(settings.max_connections as i64);
         let node = Arc::new(Node::new(settings, store, registry, metrics));
         presence::reap_own(&node).await;
         health.set_node(node.clone());
@@ -219,8 +223,8 @@ impl Started {
                 "cleanup did not finish; the other nodes' reaper removes what is left"
             );
         }
+        // Logged, not exported: a gauge set just before exit is never scraped.
         let took = started.elapsed().as_secs_f64();
-        node.metrics.drain_seconds.set(took);
         tracing::info!(seconds = took, "drained");
         Ok(())
     }

@@ -61,6 +61,7 @@ pub async fn heartbeat<S: Store>(node: Arc<Node<S>>) {
             Ok((registered, dead)) => {
                 if !registered {
                     if !node.local_sessions().is_empty() {
+                        node.metrics.ops.reaped_while_alive.inc();
                         tracing::warn!(
                             "this node was reaped while alive; re-registering its sessions"
                         );
@@ -85,6 +86,7 @@ pub async fn heartbeat<S: Store>(node: Arc<Node<S>>) {
                 // Off the heartbeat task: reaping a big node must not delay our own beat.
                 for d in dead.into_iter().filter(|d| *d != me) {
                     let node = node.clone();
+                    node.metrics.ops.dead_nodes_reaped.inc();
                     tokio::spawn(async move { reap(&node, &d).await });
                 }
             }

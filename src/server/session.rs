@@ -197,10 +197,7 @@ pub async fn serve<S: Store>(node: Arc<Node<S>>, mut stream: TcpStream, mut peer
 /// Answers a connection that is not served with one `error` event, then half-closes and
 /// lingers like a session that ends with an error.
 async fn refuse<S: Store>(node: &Node<S>, stream: TcpStream, err: &Error) {
-    node.metrics
-        .errors
-        .with_label_values(&[err.code.as_str()])
-        .inc();
+    node.metrics.error(err.code);
     let (rd, mut wr) = stream.into_split();
     let mut line = Vec::new();
     Event::Error { error: err.clone() }.write(&mut line);
@@ -276,7 +273,8 @@ impl<S: Store> Session<S> {
                     self.goaway();
                 }
                 filled = reader.fill(rd) => match filled {
-                    Ok(true) => {
+                    Ok(n) if n > 0 => {
+                        self.node.metrics.hot.bytes_in.inc_by(n as u64);
                         // Boxed (here and below): request handling is large and rare next to
                         // idle waiting, so the idle task stays small.
                         match Box::pin(self.handle_frames(&mut reader)).await {
@@ -287,7 +285,7 @@ impl<S: Store> Session<S> {
                             Ok(false) => {}
                         }
                     }
-                    Ok(false) | Err(_) => return Close::Now,
+                    Ok(_) | Err(_) => return Close::Now,
                 },
                 _ = async { outbox.as_ref().expect("guarded").ready().await }, if outbox.is_some() => {
                     if self.needs_catch_up() {
@@ -345,6 +343,7 @@ impl<S: Store> Session<S> {
                 continue;
             }
             any = true;
+            self.node.metrics.hot.frames_in.inc();
             match protocol::Frame::parse(&line) {
                 Ok(req) => self.handle(req).await,
                 Err(err) => {
@@ -429,11 +428,7 @@ impl<S: Store> Session<S> {
 
     /// Writes an `error` event; true when the connection reached its protocol error limit.
     fn error_event(&mut self, err: &Error) -> bool {
-        self.node
-            .metrics
-            .errors
-            .with_label_values(&[err.code.as_str()])
-            .inc();
+        self.node.metrics.error(err.code);
         Event::Error { error: err.clone() }.write(&mut self.out);
         self.errors += 1;
         self.errors >= self.node.settings.max_protocol_errors
@@ -460,7 +455,11 @@ impl<S: Store> Session<S> {
 
     fn goaway(&mut self) {
         self.goaway_sent = true;
-        self.node.metrics.goaway.inc();
+        self.node
+            .metrics
+            .goaway
+            .with_label_values(&["shutdown"])
+            .inc();
         // Spread reconnects over the first half of the drain window (no thundering herd).
         let window = self.node.settings.drain_timeout_secs * 1000 / 2;
         let after = if window == 0 {
@@ -493,7 +492,15 @@ impl<S: Store> Session<S> {
         }
         let limit = Duration::from_secs(self.node.settings.write_timeout_secs);
         let ok = match timeout(limit, self.wr.write_all(&self.out)).await {
-            Ok(Ok(())) => true,
+            Ok(Ok(())) => {
+                // Counted per flush, not per frame: every frame ends in the one `\n` JSON
+                // never holds raw, and memchr counts them at memory speed.
+                let hot = &self.node.metrics.hot;
+                hot.bytes_out.inc_by(self.out.len() as u64);
+                hot.frames_out
+                    .inc_by(memchr::memchr_iter(b'\n', &self.out).count() as u64);
+                true
+            }
             Ok(Err(_)) => false,
             Err(_) => {
                 self.node.metrics.slow_consumers.inc();
@@ -517,7 +524,7 @@ mod size_tests {
     /// keep request handling boxed out of it.
     #[tokio::test]
     async fn idle_connection_task_stays_small() {
-        let metrics = Arc::new(crate::metrics::Metrics::new("t"));
+        let metrics = Arc::new(crate::metrics::Metrics::new());
         let registry = Arc::new(crate::server::registry::Registry::new(metrics.clone()));
         let retention = crate::store::Retention {
             max_len: 1,

@@ -232,6 +232,13 @@ impl RedisStore {
             .get_connection_manager_with_config(sub_config.clone())
             .await?;
         sub.subscribe(&bus.canary_channel).await?;
+        for role in ["commands", "subscriber"] {
+            metrics
+                .ops
+                .redis_connected
+                .with_label_values(&[role])
+                .set(1);
+        }
         Ok(Arc::new(RedisStore {
             cmd: RwLock::new(cmd),
             sub: RwLock::new(sub),
@@ -290,6 +297,10 @@ impl RedisStore {
                 last_ok = tokio::time::Instant::now();
             }
             let healthy = last_ok.elapsed() < CANARY_DEADLINE;
+            let connected = &self.metrics.ops.redis_connected;
+            connected
+                .with_label_values(&["subscriber"])
+                .set(i64::from(healthy && !self.bus.sink.paused()));
             let was = self.healthy.swap(healthy, Ordering::AcqRel);
             if healthy && !was {
                 tracing::info!("redis live path recovered");
@@ -328,6 +339,9 @@ impl RedisStore {
             let publish = cmd.query_async::<i64>(&mut con);
             let published = tokio::time::timeout(self.timeout, publish).await;
             self.count_timeout(&published);
+            connected
+                .with_label_values(&["commands"])
+                .set(i64::from(matches!(published, Ok(Ok(_)))));
             if !matches!(published, Ok(Ok(_))) {
                 self.metrics
                     .redis_errors
