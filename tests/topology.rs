@@ -41,6 +41,13 @@ impl Topology {
     }
 
     fn start_with(n: usize, failures_max: &'static str) -> Topology {
+        Self::start_full(n, n, failures_max)
+    }
+
+    /// `n` node slots behind nginx of which the first `running` are started: the others are
+    /// pods to come, which nginx finds without a reload (as it does by DNS in a cluster) once
+    /// their failure window (`fail_timeout`, 10 s) has passed.
+    fn start_full(n: usize, running: usize, failures_max: &'static str) -> Topology {
         let redis = Redis::start();
         let dir =
             std::env::temp_dir().join(format!("sb-topo-{}-{}", std::process::id(), free_port()));
@@ -48,8 +55,8 @@ impl Topology {
         let mut nodes = Vec::new();
         for i in 0..n {
             let (port, http) = (free_port(), free_port());
-            let p = start_node(&redis, i, port, http, failures_max);
-            nodes.push((port, http, Some(p)));
+            let p = (i < running).then(|| start_node(&redis, i, port, http, failures_max));
+            nodes.push((port, http, p));
         }
         let lb_port = free_port();
         let mut t = Topology {
@@ -486,4 +493,99 @@ fn client_addresses_reach_the_nodes_through_nginx() {
         assert!(c.closed().await);
         assert!(c.pending().is_empty(), "served without a PROXY header");
     });
+}
+
+/// Clients of [`rebalance_after_scale_up`]: 120 in CI; `SB_REBALANCE_CLIENTS=400` for the
+/// full run recorded in docs/benchmarks.md.
+fn rebalance_clients() -> usize {
+    std::env::var("SB_REBALANCE_CLIENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(120)
+}
+
+#[test]
+fn rebalance_after_scale_up() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let clients = rebalance_clients();
+    // Four slots in nginx, two running: scaling up starts the other two without reloading
+    // nginx. A reload would not do: the new worker's least_conn knows nothing of the old
+    // worker's connections and sends moved clients back to the old nodes, and the old
+    // worker closes every connection after workerShutdownTimeoutSeconds, which rebalances
+    // by itself. In a cluster nginx finds new pods by DNS, without a reload.
+    let mut t = Topology::start_full(4, 2, "1000");
+    // Sends all along: clients move while messages are in flight to and from them.
+    let seconds = 30.0 + clients as f64 / 20.0;
+    let bench = t.bench(clients, seconds, clients as f64 * 2.0);
+    let total = |t: &Topology, n: usize| (0..n).map(|i| open_connections(t, i)).sum::<f64>();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while total(&t, 2) < clients as f64 {
+        assert!(
+            Instant::now() < deadline,
+            "the bench clients never all connected"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let before: Vec<f64> = (0..2).map(|i| open_connections(&t, i)).collect();
+    t.restart(2);
+    t.restart(3);
+    let scaled = Instant::now();
+    // Every node within ±25 % of the mean, within 60 s (default rate: 5 clients/s a node).
+    let (counts, took) = loop {
+        let counts: Vec<f64> = (0..4).map(|i| open_connections(&t, i)).collect();
+        let mean = counts.iter().sum::<f64>() / 4.0;
+        if mean > 0.0 && counts.iter().all(|c| (c - mean).abs() <= 0.25 * mean) {
+            break (counts, scaled.elapsed());
+        }
+        assert!(
+            scaled.elapsed() < Duration::from_secs(60),
+            "not balanced 60 s after scale-up: {counts:?} (before: {before:?})"
+        );
+        let g: Vec<f64> = (0..4)
+            .map(|i| {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                let (_, body) = rt.block_on(http_get(
+                    ([127, 0, 0, 1], t.http_port(i)).into(),
+                    "/metrics",
+                ));
+                metric(&body, "switchboard_goaway_sent_total{reason=\"rebalance\"}")
+            })
+            .collect();
+        eprintln!(
+            "DEBUG {:.1} {counts:?} {g:?}",
+            scaled.elapsed().as_secs_f64()
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    let moved: f64 = (0..4)
+        .map(|i| {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            let (_, body) = rt.block_on(http_get(
+                ([127, 0, 0, 1], t.http_port(i)).into(),
+                "/metrics",
+            ));
+            metric(&body, "switchboard_goaway_sent_total{reason=\"rebalance\"}")
+        })
+        .sum();
+    let r = finish(bench, clients);
+    let reconnects = r["reconnects"].as_u64().unwrap();
+    eprintln!(
+        "rebalance: {clients} clients, before {before:?}, balanced {counts:?} after {:.1} s; \
+         {moved} rebalance goaways, {reconnects} reconnects ({:.1}/s over the move)",
+        took.as_secs_f64(),
+        reconnects as f64 / took.as_secs_f64().max(1.0)
+    );
+    // Rebalancing did it, and without a storm: about the excess (half the clients) moved,
+    // some twice when nginx sent them back to an old node.
+    assert!(moved > 0.0, "no rebalance goaway: {r}");
+    assert!(
+        reconnects as f64 <= clients as f64 && moved <= clients as f64,
+        "{reconnects} reconnects, {moved} goaways for {clients} clients: {r}"
+    );
 }

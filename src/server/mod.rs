@@ -22,6 +22,7 @@ mod ops;
 pub mod outbox;
 pub mod presence;
 pub mod proxy;
+pub mod rebalance;
 pub mod registry;
 pub mod session;
 mod spare;
@@ -185,6 +186,8 @@ impl Started {
         presence::reap_own(&node).await;
         health.set_node(node.clone());
         let beat = tokio::spawn(presence::heartbeat(node.clone()));
+        // Ends by itself when the drain starts.
+        let _rebalancer = tokio::spawn(rebalance::run(node.clone()));
         tracing::info!(
             chat = %chat.local_addr()?, node = %node.settings.node_name, "switchboard serving"
         );

@@ -37,6 +37,11 @@ pub struct Node<S> {
     pub trusted_proxies: TrustedProxies,
     /// Connections not logged in, per client address.
     pub unauthenticated: Arc<Unauthenticated>,
+    /// The mean of the live nodes' open connections at the last heartbeat, when there are
+    /// at least two nodes (0 otherwise): the share [`crate::server::rebalance`] aims at.
+    fair_share: AtomicU64,
+    /// Sessions told to go away to rebalance that are still connected.
+    pub leaving: AtomicU64,
 }
 
 impl<S: Store> Node<S> {
@@ -62,7 +67,29 @@ impl<S: Store> Node<S> {
             boot: rand::random(),
             next_session: AtomicU64::new(1),
             orphans: Mutex::new(Vec::new()),
+            fair_share: AtomicU64::new(0),
+            leaving: AtomicU64::new(0),
         }
+    }
+
+    /// Open client connections of this node (what it publishes with its heartbeat).
+    pub fn connections(&self) -> u64 {
+        self.metrics.connections_open.get().max(0) as u64
+    }
+
+    /// Records the live nodes' connection counts from a heartbeat (rounded-up mean).
+    pub fn set_cluster_connections(&self, counts: &[u64]) {
+        let share = if counts.len() < 2 {
+            0
+        } else {
+            counts.iter().sum::<u64>().div_ceil(counts.len() as u64)
+        };
+        self.fair_share.store(share, Ordering::Relaxed);
+    }
+
+    /// The mean connection count of the live nodes; `None` with a single node or none known.
+    pub fn fair_share(&self) -> Option<u64> {
+        Some(self.fair_share.load(Ordering::Relaxed)).filter(|&s| s > 0)
     }
 
     /// A globally unique session id: node name, a per-boot random number, a counter.

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use crate::protocol::UserRef;
 use crate::server::node::Node;
-use crate::store::Store;
+use crate::store::{Beat, Store};
 
 /// Removes the sessions a previous run of this node left behind (same node name).
 pub async fn reap_own<S: Store>(node: &Node<S>) {
@@ -57,8 +57,14 @@ pub async fn heartbeat<S: Store>(node: Arc<Node<S>>) {
             _ = ticker.tick() => {}
         }
         let now = crate::clock::now_ms();
-        match node.store.heartbeat(&me, now, ttl_ms).await {
-            Ok((registered, dead)) => {
+        let connections = node.connections();
+        match node.store.heartbeat(&me, now, ttl_ms, connections).await {
+            Ok(Beat {
+                registered,
+                dead,
+                connections,
+            }) => {
+                node.set_cluster_connections(&connections);
                 if !registered {
                     if !node.local_sessions().is_empty() {
                         node.metrics.ops.reaped_while_alive.inc();

@@ -7,6 +7,7 @@
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
@@ -26,6 +27,10 @@ use crate::store::Store;
 
 /// How long a closing connection keeps discarding input so its last error is not reset away.
 const LINGER: Duration = Duration::from_millis(500);
+/// The `goaway` reason of a rebalancing node.
+const REBALANCE_REASON: &str = "rebalance";
+/// A rebalanced client reconnects within this many milliseconds (random, spread).
+const REBALANCE_WINDOW_MS: u64 = 1000;
 /// Longest frame before login (or `max_frame_bytes` if smaller). `register` and `login` fit
 /// in a few hundred bytes, so a connection that has not logged in buffers at most this much.
 pub const PRE_LOGIN_FRAME_BYTES: usize = 4096;
@@ -90,6 +95,9 @@ pub(super) struct Session<S> {
     pub(super) bucket: Bucket,
     pub(super) login: Option<LoggedIn>,
     goaway_sent: bool,
+    /// Sent `goaway` to rebalance: counted in [`Node::leaving`] until the connection ends,
+    /// which is at the latest at this time (`drain_timeout_secs` after the `goaway`).
+    leaving: Option<Instant>,
     /// A write failed or timed out: what was buffered is gone, so nothing more may be written
     /// (a later write would follow a hole in the stream of positions).
     pub(super) broken: bool,
@@ -173,6 +181,7 @@ pub async fn serve<S: Store>(node: Arc<Node<S>>, mut stream: TcpStream, mut peer
             errors: 0,
             login: None,
             goaway_sent: false,
+            leaving: None,
             broken: false,
             slot: Some(slot),
             login_by: None,
@@ -188,6 +197,9 @@ pub async fn serve<S: Store>(node: Arc<Node<S>>, mut stream: TcpStream, mut peer
             Box::pin(linger(rd)).await;
         }
         node.metrics.connections_open.dec();
+        if session.leaving.is_some() {
+            node.leaving.fetch_sub(1, Ordering::Relaxed);
+        }
         tracing::debug!("closed");
     }
     .instrument(span)
@@ -260,7 +272,7 @@ impl<S: Store> Session<S> {
                     node.draining.cancelled().await
                 }
             };
-            let wake_at = [retry_at, self.login_by]
+            let wake_at = [retry_at, self.login_by, self.leaving]
                 .into_iter()
                 .flatten()
                 .fold(deadline, Instant::min);
@@ -270,7 +282,10 @@ impl<S: Store> Session<S> {
                     if self.goaway_sent {
                         return Close::Now;
                     }
-                    self.goaway();
+                    // Spread reconnects over the first half of the drain window (no
+                    // thundering herd).
+                    let window = self.node.settings.drain_timeout_secs * 1000 / 2;
+                    self.goaway("shutdown", window);
                 }
                 filled = reader.fill(rd) => match filled {
                     Ok(n) if n > 0 => {
@@ -288,6 +303,9 @@ impl<S: Store> Session<S> {
                     Ok(_) | Err(_) => return Close::Now,
                 },
                 _ = async { outbox.as_ref().expect("guarded").ready().await }, if outbox.is_some() => {
+                    if !self.goaway_sent && outbox.as_ref().is_some_and(|o| o.asked_to_leave()) {
+                        self.rebalance_away();
+                    }
                     if self.needs_catch_up() {
                         Box::pin(self.deliver()).await;
                     } else {
@@ -299,6 +317,11 @@ impl<S: Store> Session<S> {
                 _ = sleep_until(wake_at) => {
                     if self.login_by.is_some_and(|t| t <= Instant::now()) {
                         return self.login_timed_out();
+                    }
+                    // Told to go away to rebalance and still here after a drain's time: closed
+                    // like the connections a drain leaves.
+                    if self.leaving.is_some_and(|t| t <= Instant::now()) {
+                        return Close::Now;
                     }
                     if retry_at.is_some_and(|r| r <= Instant::now()) {
                         Box::pin(self.deliver()).await;
@@ -453,25 +476,30 @@ impl<S: Store> Session<S> {
         &self.login.as_ref().expect("checked by dispatch").user
     }
 
-    fn goaway(&mut self) {
+    /// Sends `goaway` once; the client reconnects after a random delay within `window` ms.
+    fn goaway(&mut self, reason: &'static str, window: u64) {
         self.goaway_sent = true;
-        self.node
-            .metrics
-            .goaway
-            .with_label_values(&["shutdown"])
-            .inc();
-        // Spread reconnects over the first half of the drain window (no thundering herd).
-        let window = self.node.settings.drain_timeout_secs * 1000 / 2;
+        self.node.metrics.goaway.with_label_values(&[reason]).inc();
         let after = if window == 0 {
             0
         } else {
             rand::random::<u64>() % window
         };
         Event::Goaway {
-            reason: "shutdown".into(),
+            reason: reason.into(),
             reconnect_after_ms: after,
         }
         .write(&mut self.out);
+    }
+
+    /// The node holds more than its share of connections (see [`crate::server::rebalance`]):
+    /// this client reconnects through the load balancer within a second, with its token;
+    /// what it has not acknowledged is re-read from its inbox there.
+    fn rebalance_away(&mut self) {
+        self.goaway(REBALANCE_REASON, REBALANCE_WINDOW_MS);
+        let drain = Duration::from_secs(self.node.settings.drain_timeout_secs);
+        self.leaving = Some(Instant::now() + drain);
+        self.node.leaving.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Gives the session a spare write buffer if it holds none (see [`spare`]).

@@ -17,7 +17,7 @@ use crate::metrics::Metrics;
 use crate::protocol::{Friend, Group, GroupId, GroupRef, Member, Role, Sent, Seq, UserId, UserRef};
 use crate::store::payload::event_payload;
 use crate::store::{
-    Account, CLIENT_ID_TTL_SECS, Entry, LiveSink, Membership, Outgoing, QUOTA_BUCKET_MS,
+    Account, Beat, CLIENT_ID_TTL_SECS, Entry, LiveSink, Membership, Outgoing, QUOTA_BUCKET_MS,
     QUOTA_WINDOW_MS, Recipient, Retention, Store, Stored, Who, client_id_conflict, fold,
     over_quota,
 };
@@ -1102,20 +1102,19 @@ impl Store for RedisStore {
             .await
     }
 
-    async fn heartbeat(&self, node: &str, now: u64, ttl_ms: u64) -> Result<(bool, Vec<String>)> {
-        let mut v: Vec<Value> = self
+    async fn heartbeat(&self, node: &str, now: u64, ttl_ms: u64, conns: u64) -> Result<Beat> {
+        let (was, dead, connections): (i64, Vec<String>, Vec<u64>) = self
             .run(
                 "heartbeat",
                 &self.scripts.heartbeat,
-                &[&node, &now, &ttl_ms],
+                &[&node, &now, &ttl_ms, &conns],
             )
             .await?;
-        if v.is_empty() {
-            return Err(Error::internal("heartbeat: empty reply"));
-        }
-        let was: i64 = conv(v.remove(0), "heartbeat")?;
-        let dead: Vec<String> = conv(Value::Array(v), "heartbeat")?;
-        Ok((was == 1, dead))
+        Ok(Beat {
+            registered: was == 1,
+            dead,
+            connections,
+        })
     }
 
     async fn reap(&self, node: &str) -> Result<Vec<UserRef>> {
