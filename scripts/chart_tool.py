@@ -764,7 +764,7 @@ def expect_default(docs, rendered):
     require("maxmemory-policy noeviction" in [l.strip() for l in conf_lines], "Redis maxmemory-policy is not noeviction", p)
     require(find(docs, "Secret", "-redis") is not None, "no generated Redis Secret", p)
     require(find(docs, "PodDisruptionBudget", "-chat") is not None, "no chat PodDisruptionBudget", p)
-    for kind in ("HorizontalPodAutoscaler", "NetworkPolicy", "ServiceMonitor"):
+    for kind in ("HorizontalPodAutoscaler", "NetworkPolicy", "ServiceMonitor", "PrometheusRule"):
         require(kind not in k, f"{kind} rendered by default", p)
     require(re.search(r"^\s*resolver kube-dns\.kube-system\.svc\.cluster\.local valid=5s;", conf, re.M) is not None, "no kube-dns resolver", p)
     require(re.search(r"server switchboard-chat-headless\.switchboard\.svc\.cluster\.local:6000 resolve;", conf) is not None, "upstream does not resolve the headless Service", p)
@@ -842,6 +842,41 @@ def expect_existing_secret(docs, rendered):
     return p
 
 
+def expect_redis_volume_options(docs, rendered):
+    """existingClaim, the PVC retention policy, the Secret checksum and clusterDomain."""
+    p = []
+    sts = find(docs, "StatefulSet", "-redis")
+    vols = {v["name"]: v for v in sts["spec"]["template"]["spec"]["volumes"]}
+    require(vols.get("data", {}).get("persistentVolumeClaim", {}).get("claimName") == "redis-restored", "existingClaim not mounted as the data volume", p)
+    require("volumeClaimTemplates" not in sts["spec"], "volumeClaimTemplates rendered although existingClaim is set", p)
+    require(sts["spec"].get("persistentVolumeClaimRetentionPolicy") == {"whenDeleted": "Delete", "whenScaled": "Retain"}, "persistentVolumeClaimRetentionPolicy not applied", p)
+    conf = nginx_of(docs)
+    require(re.search(r"^\s*resolver kube-dns\.kube-system\.svc\.example\.internal valid=5s;", conf, re.M) is not None, "nginx resolver does not follow clusterDomain", p)
+    require("chat-headless.switchboard.svc.example.internal:6000 resolve;" in conf, "upstream does not follow clusterDomain", p)
+    return p
+
+
+def checksum_of(docs, kind: str, suffix: str) -> str | None:
+    obj = find(docs, kind, suffix)
+    return obj["spec"]["template"]["metadata"].get("annotations", {}).get("checksum/redis-secret") if obj else None
+
+
+def check_secret_checksum() -> str:
+    """A rotated redis.password changes the chat and Redis pods' checksum/redis-secret (so
+    they roll); other values leave it alone."""
+    problems = []
+    a = manifests_of(render({"redis": {"password": "first-password"}}), tests=False)
+    b = manifests_of(render({"redis": {"password": "second-password"}}), tests=False)
+    c = manifests_of(render({"redis": {"password": "first-password"}, "chat": {"replicaCount": 5}}), tests=False)
+    for kind, suffix in (("Deployment", "-chat"), ("StatefulSet", "-redis")):
+        ca, cb, cc = (checksum_of(d, kind, suffix) for d in (a, b, c))
+        require(bool(ca), f"{kind} {suffix}: no checksum/redis-secret annotation", problems)
+        require(ca != cb, f"{kind} {suffix}: checksum/redis-secret unchanged by a new redis.password", problems)
+        require(ca == cc, f"{kind} {suffix}: checksum/redis-secret changed by an unrelated value", problems)
+    fail_if(problems)
+    return "checksum/redis-secret on the chat and Redis pods follows redis.password only"
+
+
 def expect_redis_maxmemory(line: str | None):
     def check(docs, rendered):
         p = []
@@ -864,6 +899,27 @@ def expect_autoscaling(docs, rendered):
         require(hpa["spec"]["metrics"][2]["pods"]["metric"]["name"] == "switchboard_connections_open", "pods metric missing", p)
     require("replicas" not in find(docs, "Deployment", "-chat")["spec"], "chat Deployment sets replicas under an HPA", p)
     return p
+
+
+def expect_prometheusrule(present: bool):
+    def check(docs, rendered):
+        p = []
+        rule = find(docs, "PrometheusRule")
+        if present:
+            require(rule is not None, "no PrometheusRule although monitoring.coreos.com/v1 is served", p)
+            if rule:
+                require(rule["metadata"]["labels"].get("release") == "prometheus", "prometheusRule.labels not applied", p)
+                rules = {r["alert"]: r for g in rule["spec"]["groups"] for r in g["rules"]}
+                down = rules.get("SwitchboardTargetDown", {})
+                require(down.get("for") == "30s", "alerts.targetDown.for not applied", p)
+                require('job="switchboard-metrics"' in down.get("expr", ""), "alerts do not select the metrics Service's job", p)
+                latency = rules.get("SwitchboardDeliveryLatencyHigh", {}).get("expr", "")
+                require(latency.endswith("> 0.25") and "[1m]" in latency, "deliveryLatency.p99Seconds or rateWindow not applied", p)
+        else:
+            require(rule is None, "PrometheusRule rendered without the monitoring.coreos.com/v1 API", p)
+            require("no PrometheusRule was created" in notes_of(rendered), "NOTES.txt does not say the PrometheusRule was skipped", p)
+        return p
+    return check
 
 
 def expect_servicemonitor(present: bool):
@@ -961,7 +1017,7 @@ def expect_dev(docs, rendered):
 def expect_everything(docs, rendered):
     k = kinds(docs)
     p = []
-    for kind in ("HorizontalPodAutoscaler", "NetworkPolicy", "ServiceMonitor", "PodDisruptionBudget"):
+    for kind in ("HorizontalPodAutoscaler", "NetworkPolicy", "ServiceMonitor", "PodDisruptionBudget", "PrometheusRule"):
         require(kind in k, f"{kind} missing", p)
     require(find(docs, "ConfigMap", "-dashboard") is not None, "dashboard missing", p)
     return p
@@ -979,12 +1035,16 @@ MONITORING = ["monitoring.coreos.com/v1", "monitoring.coreos.com/v1/ServiceMonit
 
 def scenarios() -> list[Scenario]:
     sm = {"metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}}}}
+    pr = {"metrics": {"prometheusRule": {
+        "enabled": True, "labels": {"release": "prometheus"}, "rateWindow": "1m",
+        "alerts": {"targetDown": {"for": "30s"}, "deliveryLatency": {"p99Seconds": 0.25, "for": "10m"}},
+    }}}
     everything = {
         "autoscaling": {"enabled": True},
         "networkPolicy": {"enabled": True},
         "grafana": {"dashboard": {"enabled": True}},
         "config": {"proxyProtocol": True},
-        **sm,
+        "metrics": {**sm["metrics"], **pr["metrics"]},
     }
     return [
         Scenario("default", {}, expect_default),
@@ -995,10 +1055,16 @@ def scenarios() -> list[Scenario]:
         Scenario("redis existingSecret, no persistence", {"redis": {"existingSecret": "my-redis-auth", "persistence": {"enabled": False}}}, expect_existing_secret),
         Scenario("redis maxmemoryPercent 50 of 3Gi", {"redis": {"maxmemoryPercent": 50, "resources": {"limits": {"memory": "3Gi"}}}}, expect_redis_maxmemory("maxmemory 1610612736")),
         Scenario("redis maxmemory explicit", {"redis": {"maxmemory": "700mb"}}, expect_redis_maxmemory("maxmemory 700mb")),
+        Scenario("redis existingClaim + PVC retention + clusterDomain", {
+            "clusterDomain": "example.internal",
+            "redis": {"persistence": {"existingClaim": "redis-restored", "persistentVolumeClaimRetentionPolicy": {"whenDeleted": "Delete", "whenScaled": "Retain"}}},
+        }, expect_redis_volume_options),
         Scenario("redis maxmemoryPercent 0", {"redis": {"maxmemoryPercent": 0}}, expect_redis_maxmemory(None)),
         Scenario("autoscaling", {"autoscaling": {"enabled": True, "targetMemoryUtilizationPercentage": 80, "extraMetrics": [PODS_METRIC]}}, expect_autoscaling),
         Scenario("serviceMonitor (API served)", sm, expect_servicemonitor(True), api_versions=MONITORING),
         Scenario("serviceMonitor (API absent)", sm, expect_servicemonitor(False)),
+        Scenario("prometheusRule (API served)", pr, expect_prometheusrule(True), api_versions=MONITORING),
+        Scenario("prometheusRule (API absent)", pr, expect_prometheusrule(False)),
         Scenario("networkPolicy", {"networkPolicy": {"enabled": True}}, expect_networkpolicy),
         Scenario("grafana dashboard", {"grafana": {"dashboard": {"enabled": True}}}, expect_grafana),
         Scenario("proxyProtocol", {"config": {"proxyProtocol": True}}, expect_proxy_protocol),
@@ -1034,6 +1100,10 @@ NEGATIVE = [
     ("connections that cannot fit the memory limit", {"config": {"maxConnections": 100000}}, "limits.memory"),
     ("a memory limit below the baseline", {"chat": {"resources": {"limits": {"memory": "128M"}}}}, "memoryModel"),
     ("argon2 slots out of range", {"config": {"argon2Slots": 65}}, "argon2Slots"),
+    ("alert duration that is not a duration", {"metrics": {"prometheusRule": {"alerts": {"notReady": {"for": "5 minutes"}}}}}, "for"),
+    ("alert ratio above 1", {"metrics": {"prometheusRule": {"alerts": {"fdsNearLimit": {"ratio": 80}}}}}, "ratio"),
+    ("rebalance slack below 0", {"config": {"rebalanceSlack": -0.1}}, "rebalanceSlack"),
+    ("unknown PVC retention policy", {"redis": {"persistence": {"persistentVolumeClaimRetentionPolicy": {"whenDeleted": "Keep"}}}}, "whenDeleted"),
 ]
 
 
@@ -1363,6 +1433,7 @@ def cmd_check(args) -> int:
     for sc in scenarios():
         report.run(f"render: {sc.name}", lambda sc=sc: run_scenario(sc, versions, keep))
     report.run("render: refused values", check_negative)
+    report.run("Redis Secret checksum rolls the pods", check_secret_checksum)
     report.run("config.rs settings -> SWITCHBOARD_* env", check_config_coverage)
     report.run("grafana dashboard series", check_dashboard)
     report.run("alert rules (promtool check + test rules)", check_rules)

@@ -290,3 +290,24 @@ empty when neither applies (no cap).
 {{- printf "%d" (int64 (divf (mulf (float64 $number) $unit (int $r.maxmemoryPercent)) 100)) }}
 {{- end }}
 {{- end }}
+
+{{/*
+Checksum of where the Redis password comes from, as a pod annotation: rotating it (a new
+redis.password, or new data in redis.existingSecret / redis.externalUrlSecret, read at
+install/upgrade time with lookup) rolls the pods that use it on the next `helm upgrade`. A
+password the chart generated is kept across upgrades, so it does not count. `helm template`
+cannot look Secrets up: there only redis.password counts.
+*/}}
+{{- define "switchboard.redis.secretChecksum" -}}
+{{- $r := .Values.redis -}}
+{{- $data := dict "password" $r.password -}}
+{{- if and $r.enabled $r.existingSecret -}}
+{{- $s := lookup "v1" "Secret" .Release.Namespace $r.existingSecret -}}
+{{- $_ := set $data "existing" (get $s "data" | default dict) -}}
+{{- end -}}
+{{- if and (not $r.enabled) $r.externalUrlSecret.name -}}
+{{- $s := lookup "v1" "Secret" .Release.Namespace $r.externalUrlSecret.name -}}
+{{- $_ := set $data "external" (get $s "data" | default dict) -}}
+{{- end -}}
+{{- $data | toJson | sha256sum -}}
+{{- end }}
