@@ -791,6 +791,13 @@ def expect_default(docs, rendered):
     require(find(docs, "Service", "-metrics") is not None, "no metrics Service", p)
     test = find(docs, "Pod", "-test")
     require(test is not None and test["metadata"]["annotations"].get("helm.sh/hook") == "test", "no helm test pod", p)
+    # One fixed account, its password in a release Secret (not a hook: it must outlive a run).
+    secret = find(docs, "Secret", "-test")
+    require(secret is not None and "helm.sh/hook" not in secret["metadata"].get("annotations", {}), "no test account Secret outside the hooks", p)
+    test_env = {e["name"]: e for e in (test or {"spec": {"containers": [{}]}})["spec"]["containers"][0].get("env", [])}
+    require(test_env.get("ACCOUNT_NAME", {}).get("value") == "helm-test", "helm test does not use the fixed account tests.account.name", p)
+    require(test_env.get("ACCOUNT_PASSWORD", {}).get("valueFrom", {}).get("secretKeyRef", {}).get("name") == (secret or {}).get("metadata", {}).get("name"), "helm test does not read its password from the test Secret", p)
+    require("secrets.token" not in str(test), "helm test still makes up a throw-away account", p)
     require("port-forward" in notes_of(rendered), "NOTES.txt has no port-forward instructions", p)
     return p
 
@@ -809,6 +816,19 @@ def expect_service_mode(docs, rendered):
     return p
 
 
+def expect_tcp_services(docs, rendered):
+    """docs/deploy.md's ingress-nginx recipe: a ClusterIP Service on the chat pods, PROXY on."""
+    p = []
+    svc = find(docs, "Service", "switchboard")
+    require(svc["spec"]["type"] == "ClusterIP" and "externalTrafficPolicy" not in svc["spec"], "tcp-services recipe: Service is not a plain ClusterIP", p)
+    require(svc["spec"]["selector"]["app.kubernetes.io/component"] == "chat", "tcp-services recipe: Service does not select the chat pods", p)
+    env = container_env(find(docs, "Deployment", "-chat"))
+    require(env.get("SWITCHBOARD_PROXY_PROTOCOL") == "true", "tcp-services recipe: chat pods do not expect PROXY headers", p)
+    require(env.get("SWITCHBOARD_PROXY_TRUSTED_CIDRS") == "10.244.0.0/16", "tcp-services recipe: trusted CIDRs not passed", p)
+    require(find(docs, "Deployment", "-lb") is None, "tcp-services recipe: nginx rendered", p)
+    return p
+
+
 def expect_nodeport_nginx(docs, rendered):
     svc = find(docs, "Service", "switchboard")
     p = []
@@ -821,7 +841,7 @@ def expect_external_redis(url: str | None, secret: str | None):
     def check(docs, rendered):
         p = []
         require(find(docs, "StatefulSet") is None, "Redis StatefulSet rendered with redis.enabled false", p)
-        require(find(docs, "Secret") is None, "Redis Secret rendered with redis.enabled false", p)
+        require(find(docs, "Secret", "-redis") is None, "Redis Secret rendered with redis.enabled false", p)
         env = container_env(find(docs, "Deployment", "-chat"))
         require("REDIS_PASSWORD" not in env, "REDIS_PASSWORD set for an external Redis", p)
         if url:
@@ -834,7 +854,7 @@ def expect_external_redis(url: str | None, secret: str | None):
 
 def expect_existing_secret(docs, rendered):
     p = []
-    require(find(docs, "Secret") is None, "Secret rendered although redis.existingSecret is set", p)
+    require(find(docs, "Secret", "-redis") is None, "Secret rendered although redis.existingSecret is set", p)
     sts = find(docs, "StatefulSet", "-redis")
     env = sts["spec"]["template"]["spec"]["containers"][0]["env"]
     require(all(e["valueFrom"]["secretKeyRef"]["name"] == "my-redis-auth" for e in env), "Redis does not read redis.existingSecret", p)
@@ -1049,6 +1069,10 @@ def scenarios() -> list[Scenario]:
     return [
         Scenario("default", {}, expect_default),
         Scenario("mode service + NodePort", {"loadBalancer": {"mode": "service", "service": {"type": "NodePort", "nodePort": 30600}}}, expect_service_mode),
+        Scenario("ingress-nginx tcp-services recipe (docs/deploy.md)", {
+            "loadBalancer": {"mode": "service", "service": {"type": "ClusterIP"}},
+            "config": {"proxyProtocol": True, "proxyTrustedCidrs": "10.244.0.0/16"},
+        }, expect_tcp_services),
         Scenario("mode nginx + NodePort", {"loadBalancer": {"service": {"type": "NodePort", "externalTrafficPolicy": "Local"}}}, expect_nodeport_nginx),
         Scenario("redis disabled + externalUrl", {"redis": {"enabled": False, "externalUrl": "redis://:secret@redis.example.com:6379"}}, expect_external_redis("redis://:secret@redis.example.com:6379", None)),
         Scenario("redis disabled + externalUrlSecret", {"redis": {"enabled": False, "externalUrlSecret": {"name": "my-redis", "key": "url"}}}, expect_external_redis(None, "my-redis")),
