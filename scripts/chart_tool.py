@@ -942,6 +942,37 @@ def expect_prometheusrule(present: bool):
     return check
 
 
+def expect_redis_exporter(docs, rendered):
+    p = []
+    sts = find(docs, "StatefulSet", "-redis")
+    containers = {c["name"]: c for c in sts["spec"]["template"]["spec"]["containers"]}
+    ex = containers.get("exporter")
+    require(ex is not None and ex["image"].startswith("oliver006/redis_exporter:"), "no redis_exporter sidecar", p)
+    if ex:
+        env = {e["name"]: e for e in ex["env"]}
+        require(env.get("REDIS_ADDR", {}).get("value") == "redis://127.0.0.1:6379", "exporter does not talk to the local Redis", p)
+        require("secretKeyRef" in env.get("REDIS_PASSWORD", {}).get("valueFrom", {}), "exporter does not read the Redis password from the Secret", p)
+    svc = find(docs, "Service", "-redis")
+    require(any(pt["name"] == "exporter" and pt["port"] == 9121 for pt in svc["spec"]["ports"]), "Redis Service has no exporter port", p)
+    sms = [d for _, d in docs if d["kind"] == "ServiceMonitor"]
+    redis_sm = [d for d in sms if d["metadata"]["name"].endswith("-redis")]
+    require(len(redis_sm) == 1 and redis_sm[0]["spec"]["endpoints"][0]["port"] == "exporter", "no ServiceMonitor on the exporter port", p)
+    require(bool(redis_sm) and redis_sm[0]["metadata"]["labels"].get("release") == "prometheus", "redis.exporter.serviceMonitor.labels not applied", p)
+    np = find(docs, "NetworkPolicy", "-redis")
+    require(np is not None and any(pt.get("port") == 9121 for rule in np["spec"]["ingress"] for pt in rule.get("ports", [])), "NetworkPolicy closes the exporter port", p)
+    return p
+
+
+def expect_lb_autoscaling(docs, rendered):
+    p = []
+    hpas = {d["metadata"]["name"]: d for _, d in docs if d["kind"] == "HorizontalPodAutoscaler"}
+    lb = hpas.get("switchboard-lb")
+    require(lb is not None and lb["spec"]["scaleTargetRef"]["name"] == "switchboard-lb", "no HPA for the nginx Deployment", p)
+    require(lb is not None and lb["spec"]["maxReplicas"] == 8 and lb["spec"]["metrics"][0]["resource"]["target"]["averageUtilization"] == 60, "nginx autoscaling values not applied", p)
+    require("switchboard-chat" not in hpas, "chat HPA rendered without autoscaling.enabled", p)
+    return p
+
+
 def expect_servicemonitor(present: bool):
     def check(docs, rendered):
         p = []
@@ -1090,6 +1121,11 @@ def scenarios() -> list[Scenario]:
         Scenario("prometheusRule (API served)", pr, expect_prometheusrule(True), api_versions=MONITORING),
         Scenario("prometheusRule (API absent)", pr, expect_prometheusrule(False)),
         Scenario("networkPolicy", {"networkPolicy": {"enabled": True}}, expect_networkpolicy),
+        Scenario("redis exporter + its ServiceMonitor + networkPolicy", {
+            "networkPolicy": {"enabled": True},
+            "redis": {"exporter": {"enabled": True, "serviceMonitor": {"labels": {"release": "prometheus"}}}},
+        }, expect_redis_exporter, api_versions=MONITORING),
+        Scenario("nginx autoscaling", {"loadBalancer": {"nginx": {"autoscaling": {"enabled": True, "maxReplicas": 8, "targetCPUUtilizationPercentage": 60}}}}, expect_lb_autoscaling),
         Scenario("grafana dashboard", {"grafana": {"dashboard": {"enabled": True}}}, expect_grafana),
         Scenario("proxyProtocol", {"config": {"proxyProtocol": True}}, expect_proxy_protocol),
         Scenario("proxyProtocol off", {"config": {"proxyProtocol": False}}, expect_proxy_protocol_off),
