@@ -15,10 +15,11 @@ use crate::store::{Beat, Store};
 
 /// Removes the sessions a previous run of this node left behind (same node name).
 pub async fn reap_own<S: Store>(node: &Node<S>) {
-    reap(node, &node.settings.node_name).await;
+    let _ = reap(node, &node.settings.node_name).await;
 }
 
-async fn reap<S: Store>(node: &Node<S>, dead: &str) {
+/// Reaps `dead`'s sessions; true when the store removed them.
+async fn reap<S: Store>(node: &Node<S>, dead: &str) -> bool {
     match node.store.reap(dead).await {
         Ok(users) => {
             if !users.is_empty() {
@@ -31,8 +32,12 @@ async fn reap<S: Store>(node: &Node<S>, dead: &str) {
             for user in users {
                 node.announce_presence(&user, false).await;
             }
+            true
         }
-        Err(e) => tracing::warn!(node = dead, error = %e, "reaping failed"),
+        Err(e) => {
+            tracing::warn!(node = dead, error = %e, "reaping failed");
+            false
+        }
     }
 }
 
@@ -92,8 +97,11 @@ pub async fn heartbeat<S: Store>(node: Arc<Node<S>>) {
                 // Off the heartbeat task: reaping a big node must not delay our own beat.
                 for d in dead.into_iter().filter(|d| *d != me) {
                     let node = node.clone();
-                    node.metrics.ops.dead_nodes_reaped.inc();
-                    tokio::spawn(async move { reap(&node, &d).await });
+                    tokio::spawn(async move {
+                        if reap(&node, &d).await {
+                            node.metrics.ops.dead_nodes_reaped.inc();
+                        }
+                    });
                 }
             }
             Err(e) => tracing::warn!(error = %e, "heartbeat failed"),
