@@ -33,6 +33,9 @@ struct Topology {
     failures_max: &'static str,
     /// The nginx master (its workers are its children); `None` until started.
     nginx: Option<Child>,
+    /// `SWITCHBOARD_REBALANCE` of the nodes: off except where rebalancing is under test (the
+    /// other scenarios count reconnects and logins that moved clients would add to).
+    rebalance: &'static str,
 }
 
 impl Topology {
@@ -41,13 +44,18 @@ impl Topology {
     }
 
     fn start_with(n: usize, failures_max: &'static str) -> Topology {
-        Self::start_full(n, n, failures_max)
+        Self::start_full(n, n, failures_max, "false")
     }
 
     /// `n` node slots behind nginx of which the first `running` are started: the others are
     /// pods to come, which nginx finds without a reload (as it does by DNS in a cluster) once
     /// their failure window (`fail_timeout`, 10 s) has passed.
-    fn start_full(n: usize, running: usize, failures_max: &'static str) -> Topology {
+    fn start_full(
+        n: usize,
+        running: usize,
+        failures_max: &'static str,
+        rebalance: &'static str,
+    ) -> Topology {
         let redis = Redis::start();
         let dir =
             std::env::temp_dir().join(format!("sb-topo-{}-{}", std::process::id(), free_port()));
@@ -55,7 +63,8 @@ impl Topology {
         let mut nodes = Vec::new();
         for i in 0..n {
             let (port, http) = (free_port(), free_port());
-            let p = (i < running).then(|| start_node(&redis, i, port, http, failures_max));
+            let p =
+                (i < running).then(|| start_node(&redis, i, port, http, failures_max, rebalance));
             nodes.push((port, http, p));
         }
         let lb_port = free_port();
@@ -67,6 +76,7 @@ impl Topology {
             lb_port,
             failures_max,
             nginx: None,
+            rebalance,
         };
         t.render_nginx();
         let conf = t.dir.join("nginx.conf");
@@ -149,7 +159,14 @@ impl Topology {
     fn scale_up(&mut self) -> usize {
         let (port, http) = (free_port(), free_port());
         let i = self.nodes.len();
-        let p = start_node(&self.redis, i, port, http, self.failures_max);
+        let p = start_node(
+            &self.redis,
+            i,
+            port,
+            http,
+            self.failures_max,
+            self.rebalance,
+        );
         self.nodes.push((port, http, Some(p)));
         self.upstream.push(i);
         self.reload_nginx();
@@ -190,7 +207,14 @@ impl Topology {
     /// Starts slot `i` again on its ports (a restarted pod behind the same Service).
     fn restart(&mut self, i: usize) {
         let (port, http, _) = self.nodes[i];
-        self.nodes[i].2 = Some(start_node(&self.redis, i, port, http, self.failures_max));
+        self.nodes[i].2 = Some(start_node(
+            &self.redis,
+            i,
+            port,
+            http,
+            self.failures_max,
+            self.rebalance,
+        ));
     }
 
     fn http_port(&self, i: usize) -> u16 {
@@ -241,7 +265,14 @@ impl Drop for Topology {
     }
 }
 
-fn start_node(redis: &Redis, i: usize, port: u16, http: u16, failures_max: &str) -> Proc {
+fn start_node(
+    redis: &Redis,
+    i: usize,
+    port: u16,
+    http: u16,
+    failures_max: &str,
+    rebalance: &str,
+) -> Proc {
     let p = Proc::start_on(
         redis,
         &format!("node{i}-{port}"),
@@ -259,6 +290,7 @@ fn start_node(redis: &Redis, i: usize, port: u16, http: u16, failures_max: &str)
             // are hundreds of connections at once.
             ("SWITCHBOARD_MAX_UNAUTHENTICATED_PER_ADDRESS", "100000"),
             ("SWITCHBOARD_LOGIN_FAILURES_MAX", failures_max),
+            ("SWITCHBOARD_REBALANCE", rebalance),
         ],
     );
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -526,7 +558,7 @@ fn rebalance_after_scale_up() {
     // worker's connections and sends moved clients back to the old nodes, and the old
     // worker closes every connection after workerShutdownTimeoutSeconds, which rebalances
     // by itself. In a cluster nginx finds new pods by DNS, without a reload.
-    let mut t = Topology::start_full(4, 2, "1000");
+    let mut t = Topology::start_full(4, 2, "1000", "true");
     // Sends all along: clients move while messages are in flight to and from them.
     let seconds = 40.0 + clients as f64 / 20.0;
     let bench = t.bench(clients, seconds, clients as f64 * 2.0);

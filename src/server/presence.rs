@@ -62,14 +62,14 @@ pub async fn heartbeat<S: Store>(node: Arc<Node<S>>) {
             _ = ticker.tick() => {}
         }
         let now = crate::clock::now_ms();
-        let connections = node.connections();
-        match node.store.heartbeat(&me, now, ttl_ms, connections).await {
+        let mine = node.connections();
+        match node.store.heartbeat(&me, now, ttl_ms, mine).await {
             Ok(Beat {
                 registered,
                 dead,
                 connections,
             }) => {
-                node.set_cluster_connections(&connections);
+                node.set_cluster_connections(mine, &connections);
                 if !registered {
                     if !node.local_sessions().is_empty() {
                         node.metrics.ops.reaped_while_alive.inc();

@@ -18,6 +18,10 @@ use crate::store::Store;
 
 /// How often a node compares its connections with its share.
 const TICK: Duration = Duration::from_secs(1);
+/// Heartbeats in a row a node must be above the slack before it starts: counts published
+/// at different moments while many clients connect at once (start-up, the reconnect wave of
+/// a drain) look uneven for a beat or so, and are not worth moving anyone for.
+const BEATS_BEFORE_START: u64 = 2;
 /// Ticks over which a rebalancing node checks that the clients it moved stayed away.
 const PROGRESS_TICKS: u32 = 5;
 /// Ticks a node waits when they came back: the load balancer does not know the new nodes yet
@@ -60,6 +64,9 @@ pub async fn run<S: Store>(node: std::sync::Arc<Node<S>>) {
             .connections()
             .saturating_sub(node.leaving.load(Ordering::Relaxed));
         if progress.paused(open) {
+            continue;
+        }
+        if !active && node.beats_over() < BEATS_BEFORE_START {
             continue;
         }
         let rate = u64::from(s.rebalance_rate_per_sec);
