@@ -44,6 +44,7 @@ DOCKERFILE = ROOT / "Dockerfile"
 CONFIG_RS = ROOT / "src" / "config.rs"
 METRICS_RS = ROOT / "src" / "metrics.rs"
 DASHBOARD = CHART / "dashboards" / "switchboard.json"
+RULE_TESTS = CHART / "rules" / "tests"
 TILTFILE = ROOT / "Tiltfile"
 
 # The release k8s/base is rendered as. Its namespace is baked into nginx.conf (the
@@ -368,6 +369,9 @@ def validate_objects(docs: list[tuple[str, dict]], versions: list[str]) -> list[
         if doc["apiVersion"] == "cert-manager.io/v1" and doc["kind"] == "Certificate":
             problems += check_certificate(doc, what)
             continue
+        if doc["apiVersion"] == "monitoring.coreos.com/v1" and doc["kind"] == "PrometheusRule":
+            problems += check_prometheusrule(doc, what)
+            continue
         for version in versions:
             try:
                 kv.validate(doc, version, strict=True)
@@ -409,6 +413,21 @@ def check_certificate(doc: dict, what: str) -> list[str]:
     for key in ("duration", "renewBefore"):
         require(bool(re.fullmatch(r"([0-9]+(\.[0-9]+)?(h|m|s))+", str(spec.get(key, "")))), f"{what}: bad {key}", problems)
     require(set(spec.get("privateKey", {})) <= {"algorithm", "size", "rotationPolicy", "encoding"}, f"{what}: unknown privateKey keys", problems)
+    return problems
+
+
+def check_prometheusrule(doc: dict, what: str) -> list[str]:
+    """The shape the prometheus-operator CRD requires; the rules themselves are checked by
+    promtool (check_rules)."""
+    problems = []
+    spec = doc.get("spec", {})
+    require(set(doc) <= {"apiVersion", "kind", "metadata", "spec"}, f"{what}: unexpected top-level keys", problems)
+    require(set(spec) == {"groups"}, f"{what}: spec keys {sorted(spec)} are not just groups", problems)
+    for group in spec.get("groups", []):
+        require(set(group) <= {"name", "interval", "rules", "limit", "partial_response_strategy"}, f"{what}: unknown group keys", problems)
+        for rule in group.get("rules", []):
+            require(set(rule) <= {"alert", "record", "expr", "for", "labels", "annotations", "keep_firing_for"}, f"{what}: unknown rule keys in {rule.get('alert')}", problems)
+            require(isinstance(rule.get("expr"), str) and bool(rule["expr"].strip()), f"{what}: rule without expr", problems)
     return problems
 
 
@@ -566,21 +585,186 @@ def check_config_coverage() -> str:
     return "\n".join([f"{len(fields)} settings of src/config.rs, each passed as SWITCHBOARD_*"] + notes)
 
 
+# The process collector's families (prometheus crate, feature "process"), which src/metrics.rs
+# registers without naming them.
+PROCESS_FAMILIES = {
+    "process_open_fds", "process_max_fds", "process_cpu_seconds_total",
+    "process_resident_memory_bytes", "process_virtual_memory_bytes",
+    "process_virtual_memory_max_bytes", "process_start_time_seconds", "process_threads",
+}
+# Families the dashboard may leave out, with the reason.
+NOT_ON_DASHBOARD: dict[str, str] = {
+    "process_virtual_memory_max_bytes": "the address-space limit is unlimited in containers",
+}
+
+
 def check_dashboard() -> str:
+    """Every family a node exports is on the dashboard, and the dashboard uses no other."""
     dash = json.loads(DASHBOARD.read_text())
-    exported = set(re.findall(r'"(switchboard_[a-z_]+)"', METRICS_RS.read_text()))
-    used = set(re.findall(r"switchboard_[a-z_]+", json.dumps(dash)))
+    exported = set(re.findall(r'"(switchboard_[a-z_]+)"', METRICS_RS.read_text())) | PROCESS_FAMILIES
+    text = json.dumps(dash)
+    used = {re.sub(r"_(bucket|count|sum)$", "", m) for m in re.findall(r"\b(?:switchboard|process)_[a-z_]+", text)}
     unknown = used - exported
     if unknown:
         raise CheckFailed(f"dashboard uses series src/metrics.rs does not export: {sorted(unknown)}")
-    unused = exported - used
+    unused = exported - used - set(NOT_ON_DASHBOARD)
+    if unused:
+        raise CheckFailed(f"families not on the dashboard: {sorted(unused)}")
     ids = [p["id"] for p in dash["panels"]]
     if len(ids) != len(set(ids)):
         raise CheckFailed("dashboard panel ids are not unique")
-    msg = f"{len(dash['panels'])} panels over {len(used)} series, all exported by src/metrics.rs"
-    if unused:
-        msg += f"\nnot on the dashboard: {sorted(unused)}"
-    return msg
+    for p in dash["panels"]:
+        for t in p.get("targets", []):
+            if 'job=~"$job"' not in t["expr"] or 'namespace=~"$namespace"' not in t["expr"]:
+                raise CheckFailed(f"panel {p['title']!r}: query not filtered by $job and $namespace: {t['expr']}")
+    variables = [v["name"] for v in dash["templating"]["list"]]
+    if not {"job", "namespace"} <= set(variables):
+        raise CheckFailed(f"dashboard variables {variables} lack job or namespace")
+    left_out = "".join(f"\nleft out: {k} ({v})" for k, v in NOT_ON_DASHBOARD.items())
+    return f"{len(dash['panels'])} panels over {len(used)} families: every family a node exports{left_out}"
+
+
+def rules_of(values: dict | None = None, *, name: str = "switchboard", namespace: str = "switchboard") -> dict:
+    """The Prometheus rule file (`groups:`) the chart's PrometheusRule carries for these values."""
+    values = deep_merge(values or {}, {"metrics": {"prometheusRule": {"enabled": True}}})
+    docs = manifests_of(render(values, name=name, namespace=namespace, api_versions=MONITORING))
+    rule = find(docs, "PrometheusRule")
+    if rule is None:
+        raise CheckFailed("the chart rendered no PrometheusRule")
+    return rule["spec"]
+
+
+def rules_yaml(rules: dict) -> str:
+    """A rule file as YAML, one line per expression."""
+    return yaml.safe_dump(rules, sort_keys=False, width=10**6)
+
+
+def label_name(key: str) -> str:
+    """A Kubernetes label key as Prometheus' Kubernetes discovery spells it in meta labels."""
+    return re.sub(r"[^a-zA-Z0-9_]", "_", key)
+
+
+def snake_keys(relabelings: list[dict]) -> list[dict]:
+    """ServiceMonitor relabelings (camelCase) as Prometheus relabel_configs (snake_case)."""
+    return [{snake(k): v for k, v in r.items()} for r in relabelings]
+
+
+def prometheus_config(
+    targets: list[tuple[str, str]],
+    values: dict | None = None,
+    *,
+    name: str = "switchboard",
+    namespace: str = "switchboard",
+    rules_file: str | None = None,
+    evaluation_interval: str = "1s",
+) -> dict:
+    """A prometheus.yml scraping `targets` ((pod name, host:port)) the way prometheus-operator
+    turns the chart's ServiceMonitor into a scrape job: the same job name, the same keep
+    rules on the Service's labels and the endpoint port, the same target labels (namespace,
+    service, pod, container, endpoint, job = the Service's name), then the ServiceMonitor's own
+    relabelings. Static targets stand in for Kubernetes endpoint discovery: each carries the
+    __meta_kubernetes_* labels discovery would attach for a pod behind the metrics Service."""
+    values = deep_merge(values or {}, {"metrics": {"serviceMonitor": {"enabled": True}}})
+    docs = manifests_of(render(values, name=name, namespace=namespace, api_versions=MONITORING))
+    sm = find(docs, "ServiceMonitor")
+    deploy = find(docs, "Deployment", "-chat")
+    if sm is None or deploy is None:
+        raise CheckFailed("the chart rendered no ServiceMonitor or no chat Deployment")
+    ep = sm["spec"]["endpoints"][0]
+    selector = sm["spec"]["selector"]["matchLabels"]
+    services = [d for _, d in docs if d["kind"] == "Service"
+                and all(d["metadata"].get("labels", {}).get(k) == v for k, v in selector.items())
+                and any(p.get("name") == ep["port"] for p in d["spec"]["ports"])]
+    if len(services) != 1:
+        raise CheckFailed(f"the ServiceMonitor's selector and port match {len(services)} Services, not 1")
+    svc = services[0]
+    container = deploy["spec"]["template"]["spec"]["containers"][0]["name"]
+    relabel: list[dict] = [{"source_labels": ["job"], "target_label": "__tmp_prometheus_job_name"}]
+    for k, v in sorted(selector.items()):
+        ln = label_name(k)
+        relabel.append({"action": "keep", "source_labels": [f"__meta_kubernetes_service_label_{ln}", f"__meta_kubernetes_service_labelpresent_{ln}"], "regex": f"({v});true"})
+    relabel += [
+        {"action": "keep", "source_labels": ["__meta_kubernetes_endpoint_port_name"], "regex": ep["port"]},
+        {"source_labels": ["__meta_kubernetes_endpoint_address_target_kind", "__meta_kubernetes_endpoint_address_target_name"], "separator": ";", "regex": "Node;(.*)", "replacement": "${1}", "target_label": "node"},
+        {"source_labels": ["__meta_kubernetes_endpoint_address_target_kind", "__meta_kubernetes_endpoint_address_target_name"], "separator": ";", "regex": "Pod;(.*)", "replacement": "${1}", "target_label": "pod"},
+        {"source_labels": ["__meta_kubernetes_namespace"], "target_label": "namespace"},
+        {"source_labels": ["__meta_kubernetes_service_name"], "target_label": "service"},
+        {"source_labels": ["__meta_kubernetes_pod_name"], "target_label": "pod"},
+        {"source_labels": ["__meta_kubernetes_pod_container_name"], "target_label": "container"},
+        {"source_labels": ["__meta_kubernetes_service_name"], "target_label": "job", "replacement": "${1}"},
+        {"target_label": "endpoint", "replacement": ep["port"]},
+    ]
+    relabel += snake_keys(ep.get("relabelings", []))
+    static = []
+    for pod, addr in targets:
+        labels = {
+            "__meta_kubernetes_namespace": sm["spec"]["namespaceSelector"]["matchNames"][0],
+            "__meta_kubernetes_service_name": svc["metadata"]["name"],
+            "__meta_kubernetes_endpoint_port_name": ep["port"],
+            "__meta_kubernetes_endpoint_address_target_kind": "Pod",
+            "__meta_kubernetes_endpoint_address_target_name": pod,
+            "__meta_kubernetes_pod_name": pod,
+            "__meta_kubernetes_pod_container_name": container,
+        }
+        for k, v in svc["metadata"].get("labels", {}).items():
+            labels[f"__meta_kubernetes_service_label_{label_name(k)}"] = v
+            labels[f"__meta_kubernetes_service_labelpresent_{label_name(k)}"] = "true"
+        static.append({"targets": [addr], "labels": labels})
+    job = {
+        "job_name": f"serviceMonitor/{sm['metadata']['namespace']}/{sm['metadata']['name']}/0",
+        "honor_labels": bool(ep.get("honorLabels", False)),
+        "scrape_interval": ep["interval"],
+        "scrape_timeout": ep["scrapeTimeout"],
+        "metrics_path": ep.get("path", "/metrics"),
+        "scheme": ep.get("scheme", "http"),
+        "static_configs": static,
+        "relabel_configs": relabel,
+    }
+    if ep.get("metricRelabelings"):
+        job["metric_relabel_configs"] = snake_keys(ep["metricRelabelings"])
+    config: dict[str, Any] = {
+        "global": {"scrape_interval": ep["interval"], "evaluation_interval": evaluation_interval},
+        "scrape_configs": [job],
+    }
+    if rules_file:
+        config["rule_files"] = [rules_file]
+    return config
+
+
+def promtool_binary() -> str:
+    exe = shutil.which("promtool")
+    if not exe:
+        raise SkipCheck("promtool is not installed (apt-get install prometheus)")
+    return exe
+
+
+def check_rules() -> str:
+    """promtool check rules on the rendered rule file, then the unit tests of rules/tests
+    against it (the very file the PrometheusRule carries)."""
+    exe = promtool_binary()
+    notes = [subprocess.run([exe, "--version"], capture_output=True, text=True).stdout.splitlines()[0]]
+    with tempfile.TemporaryDirectory(prefix="sb-rules-") as tmp:
+        work = Path(tmp)
+        (work / "switchboard.rules.yaml").write_text(rules_yaml(rules_of()))
+        out = subprocess.run([exe, "check", "rules", str(work / "switchboard.rules.yaml")], capture_output=True, text=True)
+        if out.returncode != 0:
+            raise CheckFailed(f"promtool check rules:\n{(out.stdout + out.stderr).strip()}")
+        notes.append(out.stdout.strip().splitlines()[-1] if out.stdout.strip() else "promtool check rules: ok")
+        tests = sorted(RULE_TESTS.glob("*.yaml"))
+        if not tests:
+            raise CheckFailed(f"no rule tests under {RULE_TESTS.relative_to(ROOT)}")
+        for t in tests:
+            shutil.copy(t, work / t.name)
+            out = subprocess.run([exe, "test", "rules", t.name], capture_output=True, text=True, cwd=work)
+            if out.returncode != 0:
+                raise CheckFailed(f"promtool test rules {t.relative_to(ROOT)}:\n{(out.stdout + out.stderr).strip()}")
+            notes.append(f"promtool test rules {t.relative_to(ROOT)}: {out.stdout.count('SUCCESS') or 'all'} passed")
+        alerts = [r["alert"] for g in rules_of()["groups"] for r in g["rules"] if "alert" in r]
+        untested = [a for a in alerts if not any(a in t.read_text() for t in tests)]
+        if untested:
+            raise CheckFailed(f"alerts without a unit test: {untested}")
+        notes.append(f"{len(alerts)} alerts, each unit-tested")
+    return "\n".join(notes)
 
 
 # ---------------------------------------------------------------------------------------
@@ -623,7 +807,7 @@ def expect_default(docs, rendered):
     require("maxmemory-policy noeviction" in [l.strip() for l in conf_lines], "Redis maxmemory-policy is not noeviction", p)
     require(find(docs, "Secret", "-redis") is not None, "no generated Redis Secret", p)
     require(find(docs, "PodDisruptionBudget", "-chat") is not None, "no chat PodDisruptionBudget", p)
-    for kind in ("HorizontalPodAutoscaler", "NetworkPolicy", "ServiceMonitor"):
+    for kind in ("HorizontalPodAutoscaler", "NetworkPolicy", "ServiceMonitor", "PrometheusRule"):
         require(kind not in k, f"{kind} rendered by default", p)
     require(re.search(r"^\s*resolver kube-dns\.kube-system\.svc\.cluster\.local valid=5s;", conf, re.M) is not None, "no kube-dns resolver", p)
     require(re.search(r"server switchboard-chat-headless\.switchboard\.svc\.cluster\.local:6000 resolve;", conf) is not None, "upstream does not resolve the headless Service", p)
@@ -650,6 +834,13 @@ def expect_default(docs, rendered):
     require(find(docs, "Service", "-metrics") is not None, "no metrics Service", p)
     test = find(docs, "Pod", "-test")
     require(test is not None and test["metadata"]["annotations"].get("helm.sh/hook") == "test", "no helm test pod", p)
+    # One fixed account, its password in a release Secret (not a hook: it must outlive a run).
+    secret = find(docs, "Secret", "-test")
+    require(secret is not None and "helm.sh/hook" not in secret["metadata"].get("annotations", {}), "no test account Secret outside the hooks", p)
+    test_env = {e["name"]: e for e in (test or {"spec": {"containers": [{}]}})["spec"]["containers"][0].get("env", [])}
+    require(test_env.get("ACCOUNT_NAME", {}).get("value") == "helm-test", "helm test does not use the fixed account tests.account.name", p)
+    require(test_env.get("ACCOUNT_PASSWORD", {}).get("valueFrom", {}).get("secretKeyRef", {}).get("name") == (secret or {}).get("metadata", {}).get("name"), "helm test does not read its password from the test Secret", p)
+    require("secrets.token" not in str(test), "helm test still makes up a throw-away account", p)
     require("port-forward" in notes_of(rendered), "NOTES.txt has no port-forward instructions", p)
     return p
 
@@ -668,6 +859,19 @@ def expect_service_mode(docs, rendered):
     return p
 
 
+def expect_tcp_services(docs, rendered):
+    """docs/deploy.md's ingress-nginx recipe: a ClusterIP Service on the chat pods, PROXY on."""
+    p = []
+    svc = find(docs, "Service", "switchboard")
+    require(svc["spec"]["type"] == "ClusterIP" and "externalTrafficPolicy" not in svc["spec"], "tcp-services recipe: Service is not a plain ClusterIP", p)
+    require(svc["spec"]["selector"]["app.kubernetes.io/component"] == "chat", "tcp-services recipe: Service does not select the chat pods", p)
+    env = container_env(find(docs, "Deployment", "-chat"))
+    require(env.get("SWITCHBOARD_PROXY_PROTOCOL") == "true", "tcp-services recipe: chat pods do not expect PROXY headers", p)
+    require(env.get("SWITCHBOARD_PROXY_TRUSTED_CIDRS") == "10.244.0.0/16", "tcp-services recipe: trusted CIDRs not passed", p)
+    require(find(docs, "Deployment", "-lb") is None, "tcp-services recipe: nginx rendered", p)
+    return p
+
+
 def expect_nodeport_nginx(docs, rendered):
     svc = find(docs, "Service", "switchboard")
     p = []
@@ -680,7 +884,7 @@ def expect_external_redis(url: str | None, secret: str | None):
     def check(docs, rendered):
         p = []
         require(find(docs, "StatefulSet") is None, "Redis StatefulSet rendered with redis.enabled false", p)
-        require(find(docs, "Secret") is None, "Redis Secret rendered with redis.enabled false", p)
+        require(find(docs, "Secret", "-redis") is None, "Redis Secret rendered with redis.enabled false", p)
         env = container_env(find(docs, "Deployment", "-chat"))
         require("REDIS_PASSWORD" not in env, "REDIS_PASSWORD set for an external Redis", p)
         if url:
@@ -729,12 +933,47 @@ def expect_external_cluster(docs, rendered):
 
 def expect_existing_secret(docs, rendered):
     p = []
-    require(find(docs, "Secret") is None, "Secret rendered although redis.existingSecret is set", p)
+    require(find(docs, "Secret", "-redis") is None, "Secret rendered although redis.existingSecret is set", p)
     sts = find(docs, "StatefulSet", "-redis")
     env = sts["spec"]["template"]["spec"]["containers"][0]["env"]
     require(all(e["valueFrom"]["secretKeyRef"]["name"] == "my-redis-auth" for e in env), "Redis does not read redis.existingSecret", p)
     require("volumeClaimTemplates" not in sts["spec"], "PVC rendered with persistence disabled", p)
     return p
+
+
+def expect_redis_volume_options(docs, rendered):
+    """existingClaim, the PVC retention policy, the Secret checksum and clusterDomain."""
+    p = []
+    sts = find(docs, "StatefulSet", "-redis")
+    vols = {v["name"]: v for v in sts["spec"]["template"]["spec"]["volumes"]}
+    require(vols.get("data", {}).get("persistentVolumeClaim", {}).get("claimName") == "redis-restored", "existingClaim not mounted as the data volume", p)
+    require("volumeClaimTemplates" not in sts["spec"], "volumeClaimTemplates rendered although existingClaim is set", p)
+    require(sts["spec"].get("persistentVolumeClaimRetentionPolicy") == {"whenDeleted": "Delete", "whenScaled": "Retain"}, "persistentVolumeClaimRetentionPolicy not applied", p)
+    conf = nginx_of(docs)
+    require(re.search(r"^\s*resolver kube-dns\.kube-system\.svc\.example\.internal valid=5s;", conf, re.M) is not None, "nginx resolver does not follow clusterDomain", p)
+    require("chat-headless.switchboard.svc.example.internal:6000 resolve;" in conf, "upstream does not follow clusterDomain", p)
+    return p
+
+
+def checksum_of(docs, kind: str, suffix: str) -> str | None:
+    obj = find(docs, kind, suffix)
+    return obj["spec"]["template"]["metadata"].get("annotations", {}).get("checksum/redis-secret") if obj else None
+
+
+def check_secret_checksum() -> str:
+    """A rotated redis.password changes the chat and Redis pods' checksum/redis-secret (so
+    they roll); other values leave it alone."""
+    problems = []
+    a = manifests_of(render({"redis": {"password": "first-password"}}), tests=False)
+    b = manifests_of(render({"redis": {"password": "second-password"}}), tests=False)
+    c = manifests_of(render({"redis": {"password": "first-password"}, "chat": {"replicaCount": 5}}), tests=False)
+    for kind, suffix in (("Deployment", "-chat"), ("StatefulSet", "-redis")):
+        ca, cb, cc = (checksum_of(d, kind, suffix) for d in (a, b, c))
+        require(bool(ca), f"{kind} {suffix}: no checksum/redis-secret annotation", problems)
+        require(ca != cb, f"{kind} {suffix}: checksum/redis-secret unchanged by a new redis.password", problems)
+        require(ca == cc, f"{kind} {suffix}: checksum/redis-secret changed by an unrelated value", problems)
+    fail_if(problems)
+    return "checksum/redis-secret on the chat and Redis pods follows redis.password only"
 
 
 def expect_redis_maxmemory(line: str | None):
@@ -758,6 +997,58 @@ def expect_autoscaling(docs, rendered):
         require(types == ["Resource", "Resource", "Pods"], f"HPA metrics are {types}", p)
         require(hpa["spec"]["metrics"][2]["pods"]["metric"]["name"] == "switchboard_connections_open", "pods metric missing", p)
     require("replicas" not in find(docs, "Deployment", "-chat")["spec"], "chat Deployment sets replicas under an HPA", p)
+    return p
+
+
+def expect_prometheusrule(present: bool):
+    def check(docs, rendered):
+        p = []
+        rule = find(docs, "PrometheusRule")
+        if present:
+            require(rule is not None, "no PrometheusRule although monitoring.coreos.com/v1 is served", p)
+            if rule:
+                require(rule["metadata"]["labels"].get("release") == "prometheus", "prometheusRule.labels not applied", p)
+                rules = {r["alert"]: r for g in rule["spec"]["groups"] for r in g["rules"]}
+                down = rules.get("SwitchboardTargetDown", {})
+                require(down.get("for") == "30s", "alerts.targetDown.for not applied", p)
+                require('job="switchboard-metrics"' in down.get("expr", ""), "alerts do not select the metrics Service's job", p)
+                latency = rules.get("SwitchboardDeliveryLatencyHigh", {}).get("expr", "")
+                require(latency.endswith("> 0.25") and "[1m]" in latency, "deliveryLatency.p99Seconds or rateWindow not applied", p)
+        else:
+            require(rule is None, "PrometheusRule rendered without the monitoring.coreos.com/v1 API", p)
+            require("no PrometheusRule was created" in notes_of(rendered), "NOTES.txt does not say the PrometheusRule was skipped", p)
+        return p
+    return check
+
+
+def expect_redis_exporter(docs, rendered):
+    p = []
+    sts = find(docs, "StatefulSet", "-redis")
+    containers = {c["name"]: c for c in sts["spec"]["template"]["spec"]["containers"]}
+    ex = containers.get("exporter")
+    require(ex is not None and ex["image"].startswith("oliver006/redis_exporter:"), "no redis_exporter sidecar", p)
+    if ex:
+        env = {e["name"]: e for e in ex["env"]}
+        require(env.get("REDIS_ADDR", {}).get("value") == "redis://127.0.0.1:6379", "exporter does not talk to the local Redis", p)
+        require("secretKeyRef" in env.get("REDIS_PASSWORD", {}).get("valueFrom", {}), "exporter does not read the Redis password from the Secret", p)
+    svc = find(docs, "Service", "-redis")
+    require(any(pt["name"] == "exporter" and pt["port"] == 9121 for pt in svc["spec"]["ports"]), "Redis Service has no exporter port", p)
+    sms = [d for _, d in docs if d["kind"] == "ServiceMonitor"]
+    redis_sm = [d for d in sms if d["metadata"]["name"].endswith("-redis")]
+    require(len(redis_sm) == 1 and redis_sm[0]["spec"]["endpoints"][0]["port"] == "exporter", "no ServiceMonitor on the exporter port", p)
+    require(bool(redis_sm) and redis_sm[0]["metadata"]["labels"].get("release") == "prometheus", "redis.exporter.serviceMonitor.labels not applied", p)
+    np = find(docs, "NetworkPolicy", "-redis")
+    require(np is not None and any(pt.get("port") == 9121 for rule in np["spec"]["ingress"] for pt in rule.get("ports", [])), "NetworkPolicy closes the exporter port", p)
+    return p
+
+
+def expect_lb_autoscaling(docs, rendered):
+    p = []
+    hpas = {d["metadata"]["name"]: d for _, d in docs if d["kind"] == "HorizontalPodAutoscaler"}
+    lb = hpas.get("switchboard-lb")
+    require(lb is not None and lb["spec"]["scaleTargetRef"]["name"] == "switchboard-lb", "no HPA for the nginx Deployment", p)
+    require(lb is not None and lb["spec"]["maxReplicas"] == 8 and lb["spec"]["metrics"][0]["resource"]["target"]["averageUtilization"] == 60, "nginx autoscaling values not applied", p)
+    require("switchboard-chat" not in hpas, "chat HPA rendered without autoscaling.enabled", p)
     return p
 
 
@@ -856,7 +1147,7 @@ def expect_dev(docs, rendered):
 def expect_everything(docs, rendered):
     k = kinds(docs)
     p = []
-    for kind in ("HorizontalPodAutoscaler", "NetworkPolicy", "ServiceMonitor", "PodDisruptionBudget"):
+    for kind in ("HorizontalPodAutoscaler", "NetworkPolicy", "ServiceMonitor", "PodDisruptionBudget", "PrometheusRule"):
         require(kind in k, f"{kind} missing", p)
     require(find(docs, "ConfigMap", "-dashboard") is not None, "dashboard missing", p)
     return p
@@ -929,16 +1220,24 @@ CERT_MANAGER = ["cert-manager.io/v1", "cert-manager.io/v1/Certificate"]
 
 def scenarios() -> list[Scenario]:
     sm = {"metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}}}}
+    pr = {"metrics": {"prometheusRule": {
+        "enabled": True, "labels": {"release": "prometheus"}, "rateWindow": "1m",
+        "alerts": {"targetDown": {"for": "30s"}, "deliveryLatency": {"p99Seconds": 0.25, "for": "10m"}},
+    }}}
     everything = {
         "autoscaling": {"enabled": True},
         "networkPolicy": {"enabled": True},
         "grafana": {"dashboard": {"enabled": True}},
         "config": {"proxyProtocol": True},
-        **sm,
+        "metrics": {**sm["metrics"], **pr["metrics"]},
     }
     return [
         Scenario("default", {}, expect_default),
         Scenario("mode service + NodePort", {"loadBalancer": {"mode": "service", "service": {"type": "NodePort", "nodePort": 30600}}}, expect_service_mode),
+        Scenario("ingress-nginx tcp-services recipe (docs/deploy.md)", {
+            "loadBalancer": {"mode": "service", "service": {"type": "ClusterIP"}},
+            "config": {"proxyProtocol": True, "proxyTrustedCidrs": "10.244.0.0/16"},
+        }, expect_tcp_services),
         Scenario("mode nginx + NodePort", {"loadBalancer": {"service": {"type": "NodePort", "externalTrafficPolicy": "Local"}}}, expect_nodeport_nginx),
         Scenario("redis disabled + externalUrl", {"redis": {"enabled": False, "externalUrl": "redis://:secret@redis.example.com:6379"}}, expect_external_redis("redis://:secret@redis.example.com:6379", None)),
         Scenario("redis disabled + externalUrlSecret", {"redis": {"enabled": False, "externalUrlSecret": {"name": "my-redis", "key": "url"}}}, expect_external_redis(None, "my-redis")),
@@ -950,11 +1249,22 @@ def scenarios() -> list[Scenario]:
         Scenario("redis existingSecret, no persistence", {"redis": {"existingSecret": "my-redis-auth", "persistence": {"enabled": False}}}, expect_existing_secret),
         Scenario("redis maxmemoryPercent 50 of 3Gi", {"redis": {"maxmemoryPercent": 50, "resources": {"limits": {"memory": "3Gi"}}}}, expect_redis_maxmemory("maxmemory 1610612736")),
         Scenario("redis maxmemory explicit", {"redis": {"maxmemory": "700mb"}}, expect_redis_maxmemory("maxmemory 700mb")),
+        Scenario("redis existingClaim + PVC retention + clusterDomain", {
+            "clusterDomain": "example.internal",
+            "redis": {"persistence": {"existingClaim": "redis-restored", "persistentVolumeClaimRetentionPolicy": {"whenDeleted": "Delete", "whenScaled": "Retain"}}},
+        }, expect_redis_volume_options),
         Scenario("redis maxmemoryPercent 0", {"redis": {"maxmemoryPercent": 0}}, expect_redis_maxmemory(None)),
         Scenario("autoscaling", {"autoscaling": {"enabled": True, "targetMemoryUtilizationPercentage": 80, "extraMetrics": [PODS_METRIC]}}, expect_autoscaling),
         Scenario("serviceMonitor (API served)", sm, expect_servicemonitor(True), api_versions=MONITORING),
         Scenario("serviceMonitor (API absent)", sm, expect_servicemonitor(False)),
+        Scenario("prometheusRule (API served)", pr, expect_prometheusrule(True), api_versions=MONITORING),
+        Scenario("prometheusRule (API absent)", pr, expect_prometheusrule(False)),
         Scenario("networkPolicy", {"networkPolicy": {"enabled": True}}, expect_networkpolicy),
+        Scenario("redis exporter + its ServiceMonitor + networkPolicy", {
+            "networkPolicy": {"enabled": True},
+            "redis": {"exporter": {"enabled": True, "serviceMonitor": {"labels": {"release": "prometheus"}}}},
+        }, expect_redis_exporter, api_versions=MONITORING),
+        Scenario("nginx autoscaling", {"loadBalancer": {"nginx": {"autoscaling": {"enabled": True, "maxReplicas": 8, "targetCPUUtilizationPercentage": 60}}}}, expect_lb_autoscaling),
         Scenario("grafana dashboard", {"grafana": {"dashboard": {"enabled": True}}}, expect_grafana),
         Scenario("proxyProtocol", {"config": {"proxyProtocol": True}}, expect_proxy_protocol),
         Scenario("proxyProtocol off", {"config": {"proxyProtocol": False}}, expect_proxy_protocol_off),
@@ -1002,6 +1312,10 @@ NEGATIVE = [
     ("tls without a Secret or an issuer", {"tls": {"enabled": True}}, "secretName"),
     ("cert-manager issuer without names", {"tls": {"enabled": True, "certManager": {"issuer": {"name": "ca"}}}}, "dnsNames"),
     ("unknown issuer kind", {"tls": {"enabled": True, "certManager": {"issuer": {"name": "ca", "kind": "Vault"}, "dnsNames": ["a.example"]}}}, "kind"),
+    ("alert duration that is not a duration", {"metrics": {"prometheusRule": {"alerts": {"notReady": {"for": "5 minutes"}}}}}, "for"),
+    ("alert ratio above 1", {"metrics": {"prometheusRule": {"alerts": {"fdsNearLimit": {"ratio": 80}}}}}, "ratio"),
+    ("rebalance slack below 0", {"config": {"rebalanceSlack": -0.1}}, "rebalanceSlack"),
+    ("unknown PVC retention policy", {"redis": {"persistence": {"persistentVolumeClaimRetentionPolicy": {"whenDeleted": "Keep"}}}}, "whenDeleted"),
 ]
 
 
@@ -1384,8 +1698,10 @@ def cmd_check(args) -> int:
     for sc in scenarios():
         report.run(f"render: {sc.name}", lambda sc=sc: run_scenario(sc, versions, keep))
     report.run("render: refused values", check_negative)
+    report.run("Redis Secret checksum rolls the pods", check_secret_checksum)
     report.run("config.rs settings -> SWITCHBOARD_* env", check_config_coverage)
     report.run("grafana dashboard series", check_dashboard)
+    report.run("alert rules (promtool check + test rules)", check_rules)
     report.run("Dockerfile shape", check_dockerfile_shape)
     report.run("hadolint Dockerfile", check_hadolint)
     report.run("k8s/ in step with the chart", lambda: check_k8s(versions))
@@ -1407,6 +1723,30 @@ def cmd_render_k8s(args) -> int:
     if out == K8S_BASE:
         write_k8s(K8S_CLUSTER_BASE)
         print(f"wrote {K8S_CLUSTER_BASE.relative_to(ROOT)}")
+    return 0
+
+
+def cmd_render_rules(args) -> int:
+    values: dict = {}
+    for item in args.set_json or []:
+        values = deep_merge(values, json.loads(item))
+    rules = rules_of(values, name=args.release, namespace=args.namespace)
+    sys.stdout.write(json.dumps(rules, indent=2) + "\n" if args.json else rules_yaml(rules))
+    return 0
+
+
+def cmd_prometheus_config(args) -> int:
+    values: dict = {}
+    for item in args.set_json or []:
+        values = deep_merge(values, json.loads(item))
+    targets = [tuple(t.split("=", 1)) for t in args.target]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "switchboard.rules.yaml").write_text(rules_yaml(rules_of(values, name=args.release, namespace=args.namespace)))
+    config = prometheus_config(targets, values, name=args.release, namespace=args.namespace,
+                               rules_file="switchboard.rules.yaml", evaluation_interval=args.evaluation_interval)
+    (out / "prometheus.yml").write_text(yaml.safe_dump(config, sort_keys=False))
+    print(out / "prometheus.yml")
     return 0
 
 
@@ -1454,6 +1794,20 @@ def main() -> int:
     n.add_argument("-f", "--values", action="append", metavar="FILE", help="values file (repeatable)")
     n.add_argument("--set-json", action="append", metavar="JSON", help='values as JSON, e.g. \'{"loadBalancer":{"nginx":{"workerProcesses":1}}}\'')
     n.set_defaults(fn=cmd_render_nginx)
+    r = sub.add_parser("render-rules", help="print the Prometheus rule file of the chart's PrometheusRule")
+    r.add_argument("--release", default="switchboard")
+    r.add_argument("--namespace", default="switchboard")
+    r.add_argument("--json", action="store_true", help="JSON instead of YAML (the same rules)")
+    r.add_argument("--set-json", action="append", metavar="JSON", help='values as JSON, e.g. \'{"metrics":{"prometheusRule":{"rateWindow":"30s"}}}\'')
+    r.set_defaults(fn=cmd_render_rules)
+    pc = sub.add_parser("prometheus-config", help="write prometheus.yml (the ServiceMonitor's scrape job over static targets) and the rule file into a directory")
+    pc.add_argument("--out", required=True, metavar="DIR")
+    pc.add_argument("--target", action="append", required=True, metavar="POD=HOST:PORT")
+    pc.add_argument("--release", default="switchboard")
+    pc.add_argument("--namespace", default="switchboard")
+    pc.add_argument("--evaluation-interval", default="1s")
+    pc.add_argument("--set-json", action="append", metavar="JSON", help='values as JSON, e.g. \'{"metrics":{"serviceMonitor":{"interval":"1s"}}}\'')
+    pc.set_defaults(fn=cmd_prometheus_config)
     args = parser.parse_args()
     return args.fn(args)
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Finds redis-server, nginx and switchboard processes a test run left behind.
+# Finds redis-server, nginx, prometheus and switchboard processes a test run left behind.
 #
 #   scripts/leftovers.sh list > before.txt     # before the tests: every such pid
 #   scripts/leftovers.sh check before.txt      # after: fails listing the new ones
@@ -12,13 +12,13 @@
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd -P)"
 
-# Prints "pid comm" for every live redis-server / nginx / switchboard process.
+# Prints "pid comm" for every live redis-server / nginx / prometheus / switchboard process.
 list() {
   local d pid comm state
   for d in /proc/[0-9]*; do
     pid="${d#/proc/}"
     comm="$(cat "$d/comm" 2>/dev/null)" || continue
-    case "$comm" in redis-server | nginx | switchboard) ;; *) continue ;; esac
+    case "$comm" in redis-server | nginx | prometheus | switchboard) ;; *) continue ;; esac
     state="$(sed -e 's/.*) //' "$d/stat" 2>/dev/null | cut -d' ' -f1)" || continue
     [ "$state" = Z ] && continue
     echo "$pid $comm"

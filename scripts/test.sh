@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite, from a bare Debian machine with only the Rust toolchain:
-# installs what the tests use (real redis-server and nginx with the stream module; the chart
+# installs what the tests use (real redis-server, nginx with the stream module and Prometheus; the chart
 # tools come from PyPI into a private virtualenv), then runs every test and every chart check.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,6 +10,8 @@ command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v redis-cli >/dev/null 2>&1 || missing+=(redis-tools)
 command -v nginx >/dev/null 2>&1 || missing+=(nginx)
 [ -e /usr/lib/nginx/modules/ngx_stream_module.so ] || missing+=(libnginx-mod-stream)
+# promtool (rule unit tests, scripts/check-chart.sh) and a real Prometheus (tests/prometheus.rs).
+{ command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1; } || missing+=(prometheus)
 if [ ${#missing[@]} -gt 0 ]; then
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"

@@ -45,6 +45,12 @@ pub struct Settings {
     /// wide enough to spread a drained node's reconnects, short enough that every client is
     /// back within seconds.
     pub goaway_spread_ms: u64,
+    /// Move clients off a node holding more than its share of connections (after scale-up).
+    pub rebalance: bool,
+    /// A node rebalances when it holds more than the mean × (1 + this) connections.
+    pub rebalance_slack: f64,
+    /// Most clients per second a rebalancing node sends `goaway`.
+    pub rebalance_rate_per_sec: u32,
     /// Most open client connections; more are refused before they are read.
     pub max_connections: usize,
     /// Longest frame in bytes, not counting the line ending.
@@ -131,6 +137,9 @@ impl Default for Settings {
             presence_group_max: 200,
             drain_timeout_secs: 20,
             goaway_spread_ms: 5000,
+            rebalance: true,
+            rebalance_slack: 0.2,
+            rebalance_rate_per_sec: 5,
             max_connections: 20_000,
             max_frame_bytes: 65_536,
             max_text_chars: 4096,
@@ -244,6 +253,16 @@ impl Settings {
             self.presence_ttl_secs >= 1,
             "presence_ttl_secs",
             "must be at least 1",
+        )?;
+        check(
+            self.rebalance_slack.is_finite() && self.rebalance_slack >= 0.0,
+            "rebalance_slack",
+            "must be a number >= 0",
+        )?;
+        check(
+            (1..=10_000).contains(&self.rebalance_rate_per_sec),
+            "rebalance_rate_per_sec",
+            "must be between 1 and 10000",
         )?;
         check(
             self.max_connections >= 1,

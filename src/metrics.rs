@@ -2,14 +2,25 @@
 //! several in-process test nodes do not share counters.
 
 use prometheus::{
-    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
+
+use crate::error::Code;
 
 /// Latency buckets (seconds): sub-millisecond Redis calls up to multi-second stalls.
 const LATENCY_BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
 ];
+
+/// `server` for the errors that are the service's fault (what an availability SLO counts),
+/// `client` for those that answer a mistake or a limit of the client's.
+pub fn error_kind(code: Code) -> &'static str {
+    match code {
+        Code::Unavailable | Code::Internal => "server",
+        _ => "client",
+    }
+}
 
 /// Every series a node exports.
 pub struct Metrics {
@@ -38,12 +49,10 @@ pub struct Metrics {
     pub delivery_latency: Histogram,
     /// Redis request latency by operation.
     pub redis_latency: HistogramVec,
-    /// `goaway` events sent.
-    pub goaway: IntCounter,
+    /// `goaway` events sent, by reason (`shutdown`, `rebalance`).
+    pub goaway: IntCounterVec,
     /// Accounts deleted (`account.delete`).
     pub accounts_deleted: IntCounter,
-    /// How long the last drain took.
-    pub drain_seconds: Gauge,
     /// Acknowledgements accepted.
     pub acks: IntCounter,
     /// User channels subscribed on this node.
@@ -58,7 +67,7 @@ pub struct Metrics {
     pub slow_consumers: IntCounter,
     /// Send replies that first had to read the inbox so no earlier position was skipped.
     pub prefix_catch_ups: IntCounter,
-    /// Errors sent to clients, by code (replies and events).
+    /// Errors sent to clients, by code and kind (replies and events); count with [`Metrics::error`].
     pub errors: IntCounterVec,
     /// Failed or timed-out Redis requests by operation.
     pub redis_errors: IntCounterVec,
@@ -70,6 +79,24 @@ pub struct Metrics {
     pub tls_reloads: IntCounterVec,
     /// The per-message children of the series above, resolved once.
     pub hot: Hot,
+    /// Lifecycle, Redis connectivity and traffic volume (docs/operations.md, "Metrics").
+    pub ops: OpsKit,
+}
+
+/// The operator's series: what a dashboard and alerts need beyond the message counters.
+pub struct OpsKit {
+    /// 1 while `/readyz` answers 200 (set when scraped).
+    pub ready: IntGauge,
+    /// 1 while the node drains (set when scraped).
+    pub draining: IntGauge,
+    /// Per connection role (`commands`, `subscriber`): 1 while it works (Redis backend only).
+    pub redis_connected: IntGaugeVec,
+    /// `max_connections`, so alerts can compare open connections with it.
+    pub connections_max: IntGauge,
+    /// Dead nodes (no heartbeat within the presence TTL) whose sessions this node removed.
+    pub dead_nodes_reaped: IntCounter,
+    /// Times this node found itself reaped while alive (its heartbeats did not get through).
+    pub reaped_while_alive: IntCounter,
 }
 
 /// Label children counted once or more per message, resolved at start-up: looking a label
@@ -85,12 +112,26 @@ pub struct Hot {
     pub live_remote: IntCounter,
     /// `deliveries{path="backlog"}`.
     pub backlog: IntCounter,
+    /// `frames{direction="in"}`: request frames read.
+    pub frames_in: IntCounter,
+    /// `frames{direction="out"}`: replies, events and deliveries written.
+    pub frames_out: IntCounter,
+    /// `bytes{direction="in"}`: bytes read from client sockets.
+    pub bytes_in: IntCounter,
+    /// `bytes{direction="out"}`: bytes written to client sockets.
+    pub bytes_out: IntCounter,
 }
 
 impl Metrics {
-    /// Creates and registers every series.
-    pub fn new(node: &str) -> Metrics {
+    /// Creates and registers every series, and the process collector (fds, CPU, memory).
+    pub fn new() -> Metrics {
         let registry = Registry::new();
+        #[cfg(target_os = "linux")]
+        registry
+            .register(Box::new(
+                prometheus::process_collector::ProcessCollector::for_self(),
+            ))
+            .expect("unique metric");
         let counter = |name: &str, help: &str| {
             let c = IntCounter::new(name, help).expect("valid metric");
             registry
@@ -122,20 +163,19 @@ impl Metrics {
                 .expect("unique metric");
             h
         };
+        // No `node` label: Prometheus attaches the pod (target) itself.
         let build = IntGaugeVec::new(
             Opts::new(
                 "switchboard_build_info",
                 "Build information; the value is 1.",
             ),
-            &["version", "node"],
+            &["version"],
         )
         .expect("valid metric");
         registry
             .register(Box::new(build.clone()))
             .expect("unique metric");
-        build
-            .with_label_values(&[env!("CARGO_PKG_VERSION"), node])
-            .set(1);
+        build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
         let messages = counter_vec(
             "switchboard_messages_accepted_total",
             "Messages stored, by kind (direct, group).",
@@ -145,6 +185,16 @@ impl Metrics {
             "switchboard_deliveries_total",
             "Messages written to client sockets, by path (live_local: sent on this node, live_remote: sent on another node, backlog: read from the inbox).",
             &["path"],
+        );
+        let frames = counter_vec(
+            "switchboard_frames_total",
+            "Frames (lines) on client connections, by direction (in: requests read, out: replies, events and deliveries written).",
+            &["direction"],
+        );
+        let bytes = counter_vec(
+            "switchboard_bytes_total",
+            "Bytes on client connections, by direction (in: read, out: written).",
+            &["direction"],
         );
         let metrics = Metrics {
             connections_open: gauge("switchboard_connections_open", "Open client connections."),
@@ -215,25 +265,15 @@ impl Metrics {
                     .expect("unique metric");
                 h
             },
-            goaway: counter(
+            goaway: counter_vec(
                 "switchboard_goaway_sent_total",
-                "goaway events sent to clients.",
+                "goaway events sent to clients, by reason (shutdown: the node drains; rebalance: the node had more than its share of connections).",
+                &["reason"],
             ),
             accounts_deleted: counter(
                 "switchboard_accounts_deleted_total",
                 "Accounts deleted with account.delete.",
             ),
-            drain_seconds: {
-                let g = Gauge::new(
-                    "switchboard_drain_duration_seconds",
-                    "Duration of the last drain.",
-                )
-                .expect("valid metric");
-                registry
-                    .register(Box::new(g.clone()))
-                    .expect("unique metric");
-                g
-            },
             acks: counter("switchboard_acks_total", "Acknowledgements accepted."),
             subscriptions: gauge(
                 "switchboard_pubsub_subscriptions",
@@ -271,8 +311,8 @@ impl Metrics {
             ),
             errors: counter_vec(
                 "switchboard_errors_total",
-                "Errors sent to clients, by code.",
-                &["code"],
+                "Errors sent to clients, by code and kind (client: the request's fault, server: unavailable or internal).",
+                &["code", "kind"],
             ),
             redis_errors: counter_vec(
                 "switchboard_redis_errors_total",
@@ -290,6 +330,46 @@ impl Metrics {
                 live_local: deliveries.with_label_values(&["live_local"]),
                 live_remote: deliveries.with_label_values(&["live_remote"]),
                 backlog: deliveries.with_label_values(&["backlog"]),
+                frames_in: frames.with_label_values(&["in"]),
+                frames_out: frames.with_label_values(&["out"]),
+                bytes_in: bytes.with_label_values(&["in"]),
+                bytes_out: bytes.with_label_values(&["out"]),
+            },
+            ops: OpsKit {
+                ready: gauge(
+                    "switchboard_ready",
+                    "1 while /readyz answers 200 (backend connected, live path working, not draining).",
+                ),
+                draining: gauge(
+                    "switchboard_draining",
+                    "1 while the node drains (SIGTERM received, clients told to go away).",
+                ),
+                redis_connected: {
+                    let g = IntGaugeVec::new(
+                        Opts::new(
+                            "switchboard_redis_connected",
+                            "1 while this node's Redis connection of a role works (commands: the last canary PUBLISH was answered; subscriber: the canary came back in time).",
+                        ),
+                        &["role"],
+                    )
+                    .expect("valid metric");
+                    registry
+                        .register(Box::new(g.clone()))
+                        .expect("unique metric");
+                    g
+                },
+                connections_max: gauge(
+                    "switchboard_connections_max",
+                    "The max_connections setting: open connections beyond it are refused.",
+                ),
+                dead_nodes_reaped: counter(
+                    "switchboard_dead_nodes_reaped_total",
+                    "Dead nodes (heartbeat older than the presence TTL) whose sessions this node removed.",
+                ),
+                reaped_while_alive: counter(
+                    "switchboard_reaped_while_alive_total",
+                    "Times this node found its sessions reaped by another node while it was alive (its heartbeats did not reach Redis in time); it re-registers them.",
+                ),
             },
             messages,
             deliveries,
@@ -328,16 +408,30 @@ impl Metrics {
         for path in ["live_local", "live_remote", "backlog"] {
             self.deliveries.with_label_values(&[path]);
         }
-        for code in crate::error::Code::ALL {
-            self.errors.with_label_values(&[code.as_str()]);
+        for code in Code::ALL {
+            self.errors
+                .with_label_values(&[code.as_str(), error_kind(code)]);
         }
-        for op in ["send", "inbox_read", "subscribe", "publish", "canary"] {
+        for op in ["send", "inbox_read", "subscribe", "publish"] {
             self.redis_latency.with_label_values(&[op]);
+        }
+        // The canary's PUBLISH is counted when it fails, never timed.
+        for op in ["send", "inbox_read", "subscribe", "publish", "canary"] {
             self.redis_errors.with_label_values(&[op]);
+        }
+        for reason in ["shutdown", "rebalance"] {
+            self.goaway.with_label_values(&[reason]);
         }
         for connection in ["cmd", "sub"] {
             self.redis_reconnects.with_label_values(&[connection]);
         }
+    }
+
+    /// Counts an error sent to a client.
+    pub fn error(&self, code: Code) {
+        self.errors
+            .with_label_values(&[code.as_str(), error_kind(code)])
+            .inc();
     }
 
     /// The Prometheus text exposition of every series.
@@ -345,5 +439,11 @@ impl Metrics {
         let mut out = Vec::new();
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
         String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Metrics {
+        Metrics::new()
     }
 }

@@ -109,7 +109,7 @@ async fn node_with_ttl(redis: &Redis, name: &str, ttl: u64) -> Node {
 
 /// The Redis store a node named `name` would use (the test plays that node's part).
 async fn store_as(redis: &Redis, name: &str) -> Arc<RedisStore> {
-    let metrics = Arc::new(Metrics::new(name));
+    let metrics = Arc::new(Metrics::new());
     let retention = Retention {
         max_len: 1000,
         max_age_ms: 3_600_000,

@@ -21,7 +21,7 @@ const BOB: u64 = 2;
 async fn setup(retention: Retention) -> (Redis, Arc<RedisStore>, MultiplexedConnection) {
     let redis = Redis::start();
     assert_eq!(redis.cli(&["CONFIG", "SET", "appendfsync", "no"]), "OK");
-    let metrics = Arc::new(Metrics::new("rs"));
+    let metrics = Arc::new(Metrics::new());
     let registry = Arc::new(Registry::new(metrics.clone()));
     let store = RedisStore::connect(
         &redis.url(),

@@ -33,6 +33,9 @@ struct Topology {
     failures_max: &'static str,
     /// The nginx master (its workers are its children); `None` until started.
     nginx: Option<Child>,
+    /// `SWITCHBOARD_REBALANCE` of the nodes: off except where rebalancing is under test (the
+    /// other scenarios count reconnects and logins that moved clients would add to).
+    rebalance: &'static str,
 }
 
 impl Topology {
@@ -41,6 +44,18 @@ impl Topology {
     }
 
     fn start_with(n: usize, failures_max: &'static str) -> Topology {
+        Self::start_full(n, n, failures_max, "false")
+    }
+
+    /// `n` node slots behind nginx of which the first `running` are started: the others are
+    /// pods to come, which nginx finds without a reload (as it does by DNS in a cluster) once
+    /// their failure window (`fail_timeout`, 10 s) has passed.
+    fn start_full(
+        n: usize,
+        running: usize,
+        failures_max: &'static str,
+        rebalance: &'static str,
+    ) -> Topology {
         let redis = Redis::start();
         let dir =
             std::env::temp_dir().join(format!("sb-topo-{}-{}", std::process::id(), free_port()));
@@ -48,8 +63,9 @@ impl Topology {
         let mut nodes = Vec::new();
         for i in 0..n {
             let (port, http) = (free_port(), free_port());
-            let p = start_node(&redis, i, port, http, failures_max);
-            nodes.push((port, http, Some(p)));
+            let p =
+                (i < running).then(|| start_node(&redis, i, port, http, failures_max, rebalance));
+            nodes.push((port, http, p));
         }
         let lb_port = free_port();
         let mut t = Topology {
@@ -60,6 +76,7 @@ impl Topology {
             lb_port,
             failures_max,
             nginx: None,
+            rebalance,
         };
         t.render_nginx();
         let conf = t.dir.join("nginx.conf");
@@ -142,7 +159,14 @@ impl Topology {
     fn scale_up(&mut self) -> usize {
         let (port, http) = (free_port(), free_port());
         let i = self.nodes.len();
-        let p = start_node(&self.redis, i, port, http, self.failures_max);
+        let p = start_node(
+            &self.redis,
+            i,
+            port,
+            http,
+            self.failures_max,
+            self.rebalance,
+        );
         self.nodes.push((port, http, Some(p)));
         self.upstream.push(i);
         self.reload_nginx();
@@ -183,7 +207,14 @@ impl Topology {
     /// Starts slot `i` again on its ports (a restarted pod behind the same Service).
     fn restart(&mut self, i: usize) {
         let (port, http, _) = self.nodes[i];
-        self.nodes[i].2 = Some(start_node(&self.redis, i, port, http, self.failures_max));
+        self.nodes[i].2 = Some(start_node(
+            &self.redis,
+            i,
+            port,
+            http,
+            self.failures_max,
+            self.rebalance,
+        ));
     }
 
     fn http_port(&self, i: usize) -> u16 {
@@ -234,7 +265,14 @@ impl Drop for Topology {
     }
 }
 
-fn start_node(redis: &Redis, i: usize, port: u16, http: u16, failures_max: &str) -> Proc {
+fn start_node(
+    redis: &Redis,
+    i: usize,
+    port: u16,
+    http: u16,
+    failures_max: &str,
+    rebalance: &str,
+) -> Proc {
     let p = Proc::start_on(
         redis,
         &format!("node{i}-{port}"),
@@ -252,6 +290,7 @@ fn start_node(redis: &Redis, i: usize, port: u16, http: u16, failures_max: &str)
             // are hundreds of connections at once.
             ("SWITCHBOARD_MAX_UNAUTHENTICATED_PER_ADDRESS", "100000"),
             ("SWITCHBOARD_LOGIN_FAILURES_MAX", failures_max),
+            ("SWITCHBOARD_REBALANCE", rebalance),
         ],
     );
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -486,4 +525,84 @@ fn client_addresses_reach_the_nodes_through_nginx() {
         assert!(c.closed().await);
         assert!(c.pending().is_empty(), "served without a PROXY header");
     });
+}
+
+/// `goaway` events a node sent to rebalance.
+fn rebalance_goaways(t: &Topology, i: usize) -> f64 {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (_, body) = rt.block_on(http_get(
+        ([127, 0, 0, 1], t.http_port(i)).into(),
+        "/metrics",
+    ));
+    metric(&body, "switchboard_goaway_sent_total{reason=\"rebalance\"}")
+}
+
+/// Clients of [`rebalance_after_scale_up`]: 120 in CI; `SB_REBALANCE_CLIENTS=400` for the
+/// full run recorded in docs/benchmarks.md.
+fn rebalance_clients() -> usize {
+    std::env::var("SB_REBALANCE_CLIENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(120)
+}
+
+#[test]
+fn rebalance_after_scale_up() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let clients = rebalance_clients();
+    // Four slots in nginx, two running: scaling up starts the other two without reloading
+    // nginx. A reload would not do: the new worker's least_conn knows nothing of the old
+    // worker's connections and sends moved clients back to the old nodes, and the old
+    // worker closes every connection after workerShutdownTimeoutSeconds, which rebalances
+    // by itself. In a cluster nginx finds new pods by DNS, without a reload.
+    let mut t = Topology::start_full(4, 2, "1000", "true");
+    // Sends all along: clients move while messages are in flight to and from them.
+    let seconds = 40.0 + clients as f64 / 20.0;
+    let bench = t.bench(clients, seconds, clients as f64 * 2.0);
+    let total = |t: &Topology, n: usize| (0..n).map(|i| open_connections(t, i)).sum::<f64>();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while total(&t, 2) < clients as f64 {
+        assert!(
+            Instant::now() < deadline,
+            "the bench clients never all connected"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let before: Vec<f64> = (0..2).map(|i| open_connections(&t, i)).collect();
+    t.restart(2);
+    t.restart(3);
+    let scaled = Instant::now();
+    // Every node within ±25 % of the mean, within 60 s (default rate: 5 clients/s a node).
+    let (counts, took) = loop {
+        let counts: Vec<f64> = (0..4).map(|i| open_connections(&t, i)).collect();
+        let mean = counts.iter().sum::<f64>() / 4.0;
+        if mean > 0.0 && counts.iter().all(|c| (c - mean).abs() <= 0.25 * mean) {
+            break (counts, scaled.elapsed());
+        }
+        assert!(
+            scaled.elapsed() < Duration::from_secs(60),
+            "not balanced 60 s after scale-up: {counts:?} (before: {before:?})"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    let moved: f64 = (0..4).map(|i| rebalance_goaways(&t, i)).sum();
+    let r = finish(bench, clients);
+    let reconnects = r["reconnects"].as_u64().unwrap();
+    eprintln!(
+        "rebalance: {clients} clients, before {before:?}, balanced {counts:?} after {:.1} s; \
+         {moved} rebalance goaways, {reconnects} reconnects ({:.1}/s over the move)",
+        took.as_secs_f64(),
+        reconnects as f64 / took.as_secs_f64().max(1.0)
+    );
+    // Rebalancing did it, and without a storm: never faster than rebalance_rate_per_sec
+    // (default 5) on each of the two old nodes, and about the excess (half the clients)
+    // moved, some twice while nginx did not know the new nodes yet.
+    assert!(moved > 0.0, "no rebalance goaway: {r}");
+    assert!(
+        moved <= 2.0 * 5.0 * (took.as_secs_f64() + 2.0) && moved <= clients as f64,
+        "{moved} rebalance goaways for {clients} clients in {took:?}: {r}"
+    );
 }

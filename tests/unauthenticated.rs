@@ -319,7 +319,10 @@ async fn flood_of_unauthenticated_connections_stays_within_bound() {
     drop(flood);
 
     let (_, body) = common::http_get(node.http, "/metrics").await;
-    let too_large = common::metric(&body, "switchboard_errors_total{code=\"frame_too_large\"}");
+    let too_large = common::metric(
+        &body,
+        "switchboard_errors_total{code=\"frame_too_large\",kind=\"client\"}",
+    );
     let bound = FLOOD as u64 * PER_CONNECTION_BOUND;
     let mib = |b: u64| b as f64 / (1 << 20) as f64;
     eprintln!(

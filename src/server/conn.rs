@@ -167,10 +167,10 @@ impl LineReader {
         }
     }
 
-    /// Waits for and reads more bytes; `Ok(false)` at end of stream.
+    /// Waits for and reads more bytes; how many (`Ok(0)` at end of stream).
     ///
     /// Cancel-safe: bytes are only taken from the stream in a poll that returns them.
-    pub async fn fill<R: AsyncRead + Unpin>(&mut self, rd: &mut R) -> io::Result<bool> {
+    pub async fn fill<R: AsyncRead + Unpin>(&mut self, rd: &mut R) -> io::Result<usize> {
         std::future::poll_fn(|cx| {
             // Read into the thread's chunk and copy what arrived: a buffer reserved for a read
             // that would block would stay allocated while idle. (A fresh zeroed array per read
@@ -180,7 +180,7 @@ impl LineReader {
                 let mut read = ReadBuf::new(&mut chunk[..]);
                 ready!(Pin::new(&mut *rd).poll_read(cx, &mut read))?;
                 self.buf.extend_from_slice(read.filled());
-                Poll::Ready(Ok(!read.filled().is_empty()))
+                Poll::Ready(Ok(read.filled().len()))
             })
         })
         .await

@@ -92,11 +92,19 @@ fn route(health: &Health, req: &Request<Incoming>) -> Response<Full<Bytes>> {
             };
             respond(status, "text/plain", text)
         }
-        "/metrics" => respond(
-            StatusCode::OK,
-            "text/plain; version=0.0.4; charset=utf-8",
-            health.metrics.render(),
-        ),
+        "/metrics" => {
+            // Read when scraped: the gauges cannot lag behind what /readyz would answer.
+            let readiness = health.readiness();
+            let ops = &health.metrics.ops;
+            ops.ready.set(i64::from(readiness == Readiness::Ready));
+            ops.draining
+                .set(i64::from(readiness == Readiness::Draining));
+            respond(
+                StatusCode::OK,
+                "text/plain; version=0.0.4; charset=utf-8",
+                health.metrics.render(),
+            )
+        }
         _ => respond(StatusCode::NOT_FOUND, "text/plain", "not found\n"),
     }
 }

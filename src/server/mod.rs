@@ -23,6 +23,7 @@ mod ops;
 pub mod outbox;
 pub mod presence;
 pub mod proxy;
+pub mod rebalance;
 pub mod registry;
 pub mod session;
 mod spare;
@@ -91,7 +92,7 @@ impl Server {
             http,
             tls,
         } = self;
-        let metrics = Arc::new(Metrics::new(&settings.node_name));
+        let metrics = Arc::new(Metrics::new());
         let tls_stop = CancellationToken::new();
         if let Some(tls) = &tls {
             tokio::spawn(tls.clone().watch(metrics.clone(), tls_stop.clone()));
@@ -249,11 +250,17 @@ impl Started {
             metrics,
         } = self;
         let drain = Duration::from_secs(settings.drain_timeout_secs);
+        metrics
+            .ops
+            .connections_max
+            .set(settings.max_connections as i64);
         let node = Arc::new(Node::new(settings, store, registry, metrics));
         let closer = node.start_closer();
         presence::reap_own(&node).await;
         health.set_node(node.clone());
         let beat = tokio::spawn(presence::heartbeat(node.clone()));
+        // Ends by itself when the drain starts.
+        let _rebalancer = tokio::spawn(rebalance::run(node.clone()));
         tracing::info!(
             chat = %chat.local_addr()?, node = %node.settings.node_name, tls = tls.is_some(),
             "switchboard serving"
@@ -294,8 +301,8 @@ impl Started {
             );
         }
         closer.abort();
+        // Logged, not exported: a gauge set just before exit is never scraped.
         let took = started.elapsed().as_secs_f64();
-        node.metrics.drain_seconds.set(took);
         tracing::info!(seconds = took, "drained");
         Ok(())
     }

@@ -42,6 +42,13 @@ pub struct Node<S> {
     closer: closer::Queue,
     /// The closer's end of the queue until [`Node::start_closer`] takes it.
     closer_rx: Mutex<Option<tokio::sync::mpsc::Receiver<closer::Removal>>>,
+    /// The mean of the live nodes' open connections at the last heartbeat, when there are
+    /// at least two nodes (0 otherwise): the share [`crate::server::rebalance`] aims at.
+    fair_share: AtomicU64,
+    /// Consecutive heartbeats at which this node held more than its share × (1 + slack).
+    beats_over: AtomicU64,
+    /// Sessions told to go away to rebalance that are still connected.
+    pub leaving: AtomicU64,
 }
 
 impl<S: Store> Node<S> {
@@ -70,7 +77,42 @@ impl<S: Store> Node<S> {
             boot: rand::random(),
             next_session: AtomicU64::new(1),
             orphans: Mutex::new(Vec::new()),
+            fair_share: AtomicU64::new(0),
+            beats_over: AtomicU64::new(0),
+            leaving: AtomicU64::new(0),
         }
+    }
+
+    /// Open client connections of this node (what it publishes with its heartbeat).
+    pub fn connections(&self) -> u64 {
+        self.metrics.connections_open.get().max(0) as u64
+    }
+
+    /// Records the live nodes' connection counts from a heartbeat (rounded-up mean) and
+    /// whether `mine`, the count this node published with it, was above the slack.
+    pub fn set_cluster_connections(&self, mine: u64, counts: &[u64]) {
+        let share = if counts.len() < 2 {
+            0
+        } else {
+            counts.iter().sum::<u64>().div_ceil(counts.len() as u64)
+        };
+        self.fair_share.store(share, Ordering::Relaxed);
+        let over = share > 0 && mine as f64 > share as f64 * (1.0 + self.settings.rebalance_slack);
+        if over {
+            self.beats_over.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.beats_over.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// Consecutive heartbeats at which this node was above its share × (1 + slack).
+    pub fn beats_over(&self) -> u64 {
+        self.beats_over.load(Ordering::Relaxed)
+    }
+
+    /// The mean connection count of the live nodes; `None` with a single node or none known.
+    pub fn fair_share(&self) -> Option<u64> {
+        Some(self.fair_share.load(Ordering::Relaxed)).filter(|&s| s > 0)
     }
 
     /// A globally unique session id: node name, a per-boot random number, a counter.

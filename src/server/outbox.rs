@@ -59,6 +59,8 @@ pub struct Outbox {
     queue: Mutex<VecDeque<Arc<Live>>>,
     capacity: usize,
     lagged: AtomicBool,
+    /// The node asked this session to reconnect elsewhere (rebalancing).
+    leave: AtomicBool,
     notify: Notify,
 }
 
@@ -71,6 +73,7 @@ impl Outbox {
             queue: Mutex::new(VecDeque::new()),
             capacity,
             lagged: AtomicBool::new(false),
+            leave: AtomicBool::new(false),
             notify: Notify::new(),
         }
     }
@@ -97,6 +100,20 @@ impl Outbox {
     pub fn mark_lagged(&self) {
         self.lagged.store(true, Ordering::Release);
         self.notify.notify_one();
+    }
+
+    /// Asks the session to send `goaway` and reconnect elsewhere; false if asked before.
+    pub fn ask_to_leave(&self) -> bool {
+        let first = !self.leave.swap(true, Ordering::AcqRel);
+        if first {
+            self.notify.notify_one();
+        }
+        first
+    }
+
+    /// Whether the session was asked to leave (see [`Outbox::ask_to_leave`]).
+    pub fn asked_to_leave(&self) -> bool {
+        self.leave.load(Ordering::Acquire)
     }
 
     /// Whether the session may have missed deliveries (without clearing the flag).

@@ -11,14 +11,15 @@ use std::time::Duration;
 
 use crate::protocol::UserRef;
 use crate::server::node::Node;
-use crate::store::Store;
+use crate::store::{Beat, Store};
 
 /// Removes the sessions a previous run of this node left behind (same node name).
 pub async fn reap_own<S: Store>(node: &Node<S>) {
-    reap(node, &node.settings.node_name).await;
+    let _ = reap(node, &node.settings.node_name).await;
 }
 
-async fn reap<S: Store>(node: &Node<S>, dead: &str) {
+/// Reaps `dead`'s sessions; true when the store removed them.
+async fn reap<S: Store>(node: &Node<S>, dead: &str) -> bool {
     match node.store.reap(dead).await {
         Ok(users) => {
             if !users.is_empty() {
@@ -35,8 +36,12 @@ async fn reap<S: Store>(node: &Node<S>, dead: &str) {
                 .map(|u| (u.id, crate::server::closer::presence_line(u, false)))
                 .collect();
             crate::server::closer::announce(node, &offline).await;
+            true
         }
-        Err(e) => tracing::warn!(node = dead, error = %e, "reaping failed"),
+        Err(e) => {
+            tracing::warn!(node = dead, error = %e, "reaping failed");
+            false
+        }
     }
 }
 
@@ -61,10 +66,17 @@ pub async fn heartbeat<S: Store>(node: Arc<Node<S>>) {
             _ = ticker.tick() => {}
         }
         let now = crate::clock::now_ms();
-        match node.store.heartbeat(&me, now, ttl_ms).await {
-            Ok((registered, dead)) => {
+        let mine = node.connections();
+        match node.store.heartbeat(&me, now, ttl_ms, mine).await {
+            Ok(Beat {
+                registered,
+                dead,
+                connections,
+            }) => {
+                node.set_cluster_connections(mine, &connections);
                 if !registered {
                     if !node.local_sessions().is_empty() {
+                        node.metrics.ops.reaped_while_alive.inc();
                         tracing::warn!(
                             "this node was reaped while alive; re-registering its sessions"
                         );
@@ -89,7 +101,11 @@ pub async fn heartbeat<S: Store>(node: Arc<Node<S>>) {
                 // Off the heartbeat task: reaping a big node must not delay our own beat.
                 for d in dead.into_iter().filter(|d| *d != me) {
                     let node = node.clone();
-                    tokio::spawn(async move { reap(&node, &d).await });
+                    tokio::spawn(async move {
+                        if reap(&node, &d).await {
+                            node.metrics.ops.dead_nodes_reaped.inc();
+                        }
+                    });
                 }
             }
             Err(e) => tracing::warn!(error = %e, "heartbeat failed"),

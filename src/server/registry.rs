@@ -214,6 +214,21 @@ impl Registry {
             .collect()
     }
 
+    /// Asks up to `n` local sessions that were not asked before to reconnect elsewhere;
+    /// returns how many were asked.
+    pub fn ask_to_leave(&self, n: usize) -> usize {
+        let mut asked = 0;
+        for outbox in self.users().values().flatten() {
+            if asked == n {
+                break;
+            }
+            if outbox.ask_to_leave() {
+                asked += 1;
+            }
+        }
+        asked
+    }
+
     /// Users whose channel is subscribed here.
     pub fn subscribed_users(&self) -> Vec<UserId> {
         self.subscribed().iter().copied().collect()

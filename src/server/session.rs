@@ -7,6 +7,7 @@
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
@@ -26,6 +27,10 @@ use crate::store::Store;
 
 /// How long a closing connection keeps discarding input so its last error is not reset away.
 const LINGER: Duration = Duration::from_millis(500);
+/// The `goaway` reason of a rebalancing node.
+const REBALANCE_REASON: &str = "rebalance";
+/// A rebalanced client reconnects within this many milliseconds (random, spread).
+const REBALANCE_WINDOW_MS: u64 = 1000;
 /// Longest frame before login (or `max_frame_bytes` if smaller). `register` and `login` fit
 /// in a few hundred bytes, so a connection that has not logged in buffers at most this much.
 pub const PRE_LOGIN_FRAME_BYTES: usize = 4096;
@@ -92,6 +97,9 @@ pub(super) struct Session<S> {
     goaway_sent: bool,
     /// The account was deleted: the session ends once its `goaway` is written.
     pub(super) kicked: bool,
+    /// Sent `goaway` to rebalance: counted in [`Node::leaving`] until the connection ends,
+    /// which is at the latest at this time (`drain_timeout_secs` after the `goaway`).
+    leaving: Option<Instant>,
     /// A write failed or timed out: what was buffered is gone, so nothing more may be written
     /// (a later write would follow a hole in the stream of positions).
     pub(super) broken: bool,
@@ -197,6 +205,7 @@ pub async fn serve<S: Store>(
             login: None,
             goaway_sent: false,
             kicked: false,
+            leaving: None,
             broken: false,
             slot: Some(slot),
             login_by: None,
@@ -212,6 +221,9 @@ pub async fn serve<S: Store>(
             Box::pin(linger(rd)).await;
         }
         node.metrics.connections_open.dec();
+        if session.leaving.is_some() {
+            node.leaving.fetch_sub(1, Ordering::Relaxed);
+        }
         tracing::debug!("closed");
     }
     .instrument(span)
@@ -221,10 +233,7 @@ pub async fn serve<S: Store>(
 /// Answers a connection that is not served with one `error` event, then half-closes and
 /// lingers like a session that ends with an error.
 async fn refuse<S: Store>(node: &Node<S>, stream: TcpStream, err: &Error) {
-    node.metrics
-        .errors
-        .with_label_values(&[err.code.as_str()])
-        .inc();
+    node.metrics.error(err.code);
     let (rd, mut wr) = conn::split_tcp(stream);
     let mut line = Vec::new();
     Event::Error { error: err.clone() }.write(&mut line);
@@ -290,7 +299,7 @@ impl<S: Store> Session<S> {
                     node.draining.cancelled().await
                 }
             };
-            let wake_at = [retry_at, self.login_by]
+            let wake_at = [retry_at, self.login_by, self.leaving]
                 .into_iter()
                 .flatten()
                 .fold(deadline, Instant::min);
@@ -300,10 +309,19 @@ impl<S: Store> Session<S> {
                     if self.goaway_sent {
                         return Close::Now;
                     }
-                    self.goaway();
+                    // Spread reconnects over the first half of the drain window (no
+                    // thundering herd).
+                    // Spread reconnects (no thundering herd), within the first half of the
+                    // drain window so that they leave before it closes, and within
+                    // `goaway_spread_ms` so that every client is back within seconds (a token
+                    // login is cheap: thousands per second).
+                    let s = &self.node.settings;
+                    let window = (s.drain_timeout_secs * 1000 / 2).min(s.goaway_spread_ms);
+                    self.goaway("shutdown", window);
                 }
                 filled = reader.fill(rd) => match filled {
-                    Ok(true) => {
+                    Ok(n) if n > 0 => {
+                        self.node.metrics.hot.bytes_in.inc_by(n as u64);
                         // Boxed (here and below): request handling is large and rare next to
                         // idle waiting, so the idle task stays small.
                         match Box::pin(self.handle_frames(&mut reader)).await {
@@ -314,9 +332,12 @@ impl<S: Store> Session<S> {
                             Ok(false) => {}
                         }
                     }
-                    Ok(false) | Err(_) => return Close::Now,
+                    Ok(_) | Err(_) => return Close::Now,
                 },
                 _ = async { outbox.as_ref().expect("guarded").ready().await }, if outbox.is_some() => {
+                    if !self.goaway_sent && outbox.as_ref().is_some_and(|o| o.asked_to_leave()) {
+                        self.rebalance_away();
+                    }
                     if self.needs_catch_up() {
                         Box::pin(self.deliver()).await;
                     } else {
@@ -328,6 +349,11 @@ impl<S: Store> Session<S> {
                 _ = sleep_until(wake_at) => {
                     if self.login_by.is_some_and(|t| t <= Instant::now()) {
                         return self.login_timed_out();
+                    }
+                    // Told to go away to rebalance and still here after a drain's time: closed
+                    // like the connections a drain leaves.
+                    if self.leaving.is_some_and(|t| t <= Instant::now()) {
+                        return Close::Now;
                     }
                     if retry_at.is_some_and(|r| r <= Instant::now()) {
                         Box::pin(self.deliver()).await;
@@ -372,6 +398,7 @@ impl<S: Store> Session<S> {
                 continue;
             }
             any = true;
+            self.node.metrics.hot.frames_in.inc();
             match protocol::Frame::parse(&line) {
                 Ok(req) => self.handle(req).await,
                 Err(err) => {
@@ -459,11 +486,7 @@ impl<S: Store> Session<S> {
 
     /// Writes an `error` event; true when the connection reached its protocol error limit.
     fn error_event(&mut self, err: &Error) -> bool {
-        self.node
-            .metrics
-            .errors
-            .with_label_values(&[err.code.as_str()])
-            .inc();
+        self.node.metrics.error(err.code);
         Event::Error { error: err.clone() }.write(&mut self.out);
         self.errors += 1;
         self.errors >= self.node.settings.max_protocol_errors
@@ -489,24 +512,30 @@ impl<S: Store> Session<S> {
         &self.login.as_ref().expect("checked by dispatch").user
     }
 
-    fn goaway(&mut self) {
+    /// Sends `goaway` once; the client reconnects after a random delay within `window` ms.
+    fn goaway(&mut self, reason: &'static str, window: u64) {
         self.goaway_sent = true;
-        self.node.metrics.goaway.inc();
-        // Spread reconnects (no thundering herd), within the first half of the drain window so
-        // that they leave before it closes, and within `goaway_spread_ms` so that every
-        // client is back within seconds (a token login is cheap: thousands per second).
-        let s = &self.node.settings;
-        let window = (s.drain_timeout_secs * 1000 / 2).min(s.goaway_spread_ms);
+        self.node.metrics.goaway.with_label_values(&[reason]).inc();
         let after = if window == 0 {
             0
         } else {
             rand::random::<u64>() % window
         };
         Event::Goaway {
-            reason: "shutdown".into(),
+            reason: reason.into(),
             reconnect_after_ms: after,
         }
         .write(&mut self.out);
+    }
+
+    /// The node holds more than its share of connections (see [`crate::server::rebalance`]):
+    /// this client reconnects through the load balancer within a second, with its token;
+    /// what it has not acknowledged is re-read from its inbox there.
+    fn rebalance_away(&mut self) {
+        self.goaway(REBALANCE_REASON, REBALANCE_WINDOW_MS);
+        let drain = Duration::from_secs(self.node.settings.drain_timeout_secs);
+        self.leaving = Some(Instant::now() + drain);
+        self.node.leaving.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Gives the session a spare write buffer if it holds none (see [`spare`]).
@@ -533,7 +562,15 @@ impl<S: Store> Session<S> {
             self.wr.flush().await
         };
         let ok = match timeout(limit, write).await {
-            Ok(Ok(())) => true,
+            Ok(Ok(())) => {
+                // Counted per flush, not per frame: every frame ends in the one `\n` JSON
+                // never holds raw, and memchr counts them at memory speed.
+                let hot = &self.node.metrics.hot;
+                hot.bytes_out.inc_by(self.out.len() as u64);
+                hot.frames_out
+                    .inc_by(memchr::memchr_iter(b'\n', &self.out).count() as u64);
+                true
+            }
             Ok(Err(_)) => false,
             Err(_) => {
                 self.node.metrics.slow_consumers.inc();
@@ -557,7 +594,7 @@ mod size_tests {
     /// keep request handling boxed out of it.
     #[tokio::test]
     async fn idle_connection_task_stays_small() {
-        let metrics = Arc::new(crate::metrics::Metrics::new("t"));
+        let metrics = Arc::new(crate::metrics::Metrics::new());
         let registry = Arc::new(crate::server::registry::Registry::new(metrics.clone()));
         let retention = crate::store::Retention {
             max_len: 1,

@@ -22,7 +22,7 @@ use crate::store::redis::{
 };
 use crate::store::shards::Shards;
 use crate::store::{
-    Account, BlockChange, CLIENT_ID_TTL_SECS, Deleted, Entry, LiveSink, MAX_TOKENS_PER_USER,
+    Account, Beat, BlockChange, CLIENT_ID_TTL_SECS, Deleted, Entry, LiveSink, MAX_TOKENS_PER_USER,
     Membership, Outgoing, QUOTA_BUCKET_MS, QUOTA_WINDOW_MS, Recipient, Retention, Store, Stored,
     Who, account_gone, blocked_friend, blocked_send, client_id_conflict, fold, over_quota,
 };
@@ -1458,7 +1458,7 @@ impl Store for ClusterStore {
         self.shards.unsubscribe(user).await
     }
 
-    async fn heartbeat(&self, node: &str, _now: u64, ttl_ms: u64) -> Result<(bool, Vec<String>)> {
+    async fn heartbeat(&self, node: &str, now: u64, ttl_ms: u64, conns: u64) -> Result<Beat> {
         // The reap mark lives in the node's slot: read before, consumed after the beat, so a
         // crash in between reads it again next time (re-registering is idempotent).
         let mark = nkey(node, ":reaped");
@@ -1482,7 +1482,31 @@ impl Store for ClusterStore {
         }
         let was: i64 = conv(v.remove(0), "heartbeat")?;
         let dead: Vec<String> = conv(Value::Array(v), "heartbeat")?;
-        Ok((was == 1, dead))
+        // Connection counts for rebalancing: `sb:conns` is in a slot of its own, so a step of
+        // its own; "live" is judged by this node's clock here (the beat above uses Redis').
+        self.q::<()>("heartbeat", redis::cmd("HSET").arg("sb:conns").arg(node).arg(conns))
+            .await?;
+        let alive: Vec<String> = self
+            .q(
+                "heartbeat",
+                redis::cmd("ZRANGEBYSCORE")
+                    .arg("sb:nodes")
+                    .arg(now.saturating_sub(ttl_ms))
+                    .arg("+inf"),
+            )
+            .await?;
+        let mut connections = Vec::new();
+        if !alive.is_empty() {
+            let counts: Vec<Option<u64>> = self
+                .q("heartbeat", redis::cmd("HMGET").arg("sb:conns").arg(&alive))
+                .await?;
+            connections = counts.into_iter().flatten().collect();
+        }
+        Ok(Beat {
+            registered: was == 1,
+            dead,
+            connections,
+        })
     }
 
     async fn reap(&self, node: &str) -> Result<Vec<UserRef>> {
@@ -1508,6 +1532,8 @@ impl Store for ClusterStore {
         }
         self.q::<()>("reap", redis::cmd("DEL").arg(&skey)).await?;
         self.q::<()>("reap", redis::cmd("ZREM").arg("sb:nodes").arg(node))
+            .await?;
+        self.q::<()>("reap", redis::cmd("HDEL").arg("sb:conns").arg(node))
             .await?;
         let mark = nkey(node, ":reaped");
         if node != self.node {

@@ -12,9 +12,10 @@ use crate::error::{Code, Error, Result};
 use crate::protocol::{Friend, Group, GroupId, GroupRef, Member, Role, Sent, Seq, UserId, UserRef};
 use crate::store::payload::{close_payload, event_payload, message_payload};
 use crate::store::{
-    Account, BlockChange, CLIENT_ID_TTL_SECS, Deleted, Entry, LiveSink, MAX_TOKENS_PER_USER,
-    Membership, Outgoing, QUOTA_BUCKET_MS, QUOTA_WINDOW_MS, Recipient, Retention, Store, Stored,
-    Who, account_gone, blocked_friend, blocked_send, client_id_conflict, fold, over_quota,
+    Account, Beat, BlockChange, CLIENT_ID_TTL_SECS, Deleted, Entry, LiveSink,
+    MAX_TOKENS_PER_USER, Membership, Outgoing, QUOTA_BUCKET_MS, QUOTA_WINDOW_MS, Recipient,
+    Retention, Store, Stored, Who, account_gone, blocked_friend, blocked_send, client_id_conflict,
+    fold, over_quota,
 };
 
 #[derive(Default)]
@@ -816,8 +817,13 @@ impl Store for MemoryStore {
         Ok(())
     }
 
-    async fn heartbeat(&self, _node: &str, _now: u64, _ttl: u64) -> Result<(bool, Vec<String>)> {
-        Ok((true, Vec::new()))
+    async fn heartbeat(&self, _node: &str, _now: u64, _ttl: u64, conns: u64) -> Result<Beat> {
+        // One node: its own count is the whole cluster's, so it never rebalances.
+        Ok(Beat {
+            registered: true,
+            dead: Vec::new(),
+            connections: vec![conns],
+        })
     }
 
     async fn reap(&self, _node: &str) -> Result<Vec<UserRef>> {

@@ -401,18 +401,31 @@ pub trait Store: Send + Sync + 'static {
     /// Stops receiving `user`'s channel on this node.
     fn unsubscribe(&self, user: UserId) -> impl Future<Output = Result<()>> + Send;
 
-    /// Records this node's heartbeat; returns (whether the node was still registered, the
-    /// names of nodes whose heartbeat is older than `ttl_ms`).
+    /// Records this node's heartbeat and its open connections; returns whether the node was
+    /// still registered, the nodes whose heartbeat is older than `ttl_ms`, and the connection
+    /// counts of the live nodes (this one included).
     fn heartbeat(
         &self,
         node: &str,
         now_ms: u64,
         ttl_ms: u64,
-    ) -> impl Future<Output = Result<(bool, Vec<String>)>> + Send;
+        connections: u64,
+    ) -> impl Future<Output = Result<Beat>> + Send;
     /// Removes every session of `node`; the users who are offline now.
     fn reap(&self, node: &str) -> impl Future<Output = Result<Vec<UserRef>>> + Send;
     /// Whether the backend is reachable and the live path works.
     fn healthy(&self) -> bool;
+}
+
+/// What a heartbeat learns about the cluster.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Beat {
+    /// This node was still registered (not reaped, not new).
+    pub registered: bool,
+    /// Nodes whose heartbeat is older than the TTL.
+    pub dead: Vec<String>,
+    /// Open connections of every live node that published them, this one included.
+    pub connections: Vec<u64>,
 }
 
 /// Lower-case form of a name, the key of case-insensitive uniqueness.

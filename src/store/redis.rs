@@ -17,7 +17,7 @@ use crate::metrics::Metrics;
 use crate::protocol::{Friend, Group, GroupId, GroupRef, Member, Role, Sent, Seq, UserId, UserRef};
 use crate::store::payload::{close_payload, event_payload};
 use crate::store::{
-    Account, BlockChange, CLIENT_ID_TTL_SECS, Deleted, Entry, LiveSink, LoginState,
+    Account, Beat, BlockChange, CLIENT_ID_TTL_SECS, Deleted, Entry, LiveSink, LoginState,
     MAX_TOKENS_PER_USER, Membership, Outgoing, QUOTA_BUCKET_MS, QUOTA_WINDOW_MS, Recipient,
     Retention, Store, Stored, Who, client_id_conflict, fold, over_quota,
 };
@@ -266,6 +266,13 @@ impl RedisStore {
             .get_connection_manager_with_config(sub_config.clone())
             .await?;
         sub.subscribe(&bus.canary_channel).await?;
+        for role in ["commands", "subscriber"] {
+            metrics
+                .ops
+                .redis_connected
+                .with_label_values(&[role])
+                .set(1);
+        }
         Ok(Arc::new(RedisStore {
             cmd: RwLock::new(cmd),
             sub: RwLock::new(sub),
@@ -340,6 +347,10 @@ impl RedisStore {
                 last_ok = tokio::time::Instant::now();
             }
             let healthy = last_ok.elapsed() < CANARY_DEADLINE;
+            let connected = &self.metrics.ops.redis_connected;
+            connected
+                .with_label_values(&["subscriber"])
+                .set(i64::from(healthy && !self.bus.sink.paused()));
             let was = self.healthy.swap(healthy, Ordering::AcqRel);
             if healthy && !was {
                 tracing::info!("redis live path recovered");
@@ -378,6 +389,9 @@ impl RedisStore {
             let publish = cmd.query_async::<i64>(&mut con);
             let published = tokio::time::timeout(self.timeout, publish).await;
             self.count_timeout(&published);
+            connected
+                .with_label_values(&["commands"])
+                .set(i64::from(matches!(published, Ok(Ok(_)))));
             if !matches!(published, Ok(Ok(_))) {
                 self.metrics
                     .redis_errors
@@ -1345,20 +1359,19 @@ impl Store for RedisStore {
             .await
     }
 
-    async fn heartbeat(&self, node: &str, now: u64, ttl_ms: u64) -> Result<(bool, Vec<String>)> {
-        let mut v: Vec<Value> = self
+    async fn heartbeat(&self, node: &str, now: u64, ttl_ms: u64, conns: u64) -> Result<Beat> {
+        let (was, dead, connections): (i64, Vec<String>, Vec<u64>) = self
             .run(
                 "heartbeat",
                 &self.scripts.heartbeat,
-                &[&node, &now, &ttl_ms],
+                &[&node, &now, &ttl_ms, &conns],
             )
             .await?;
-        if v.is_empty() {
-            return Err(Error::internal("heartbeat: empty reply"));
-        }
-        let was: i64 = conv(v.remove(0), "heartbeat")?;
-        let dead: Vec<String> = conv(Value::Array(v), "heartbeat")?;
-        Ok((was == 1, dead))
+        Ok(Beat {
+            registered: was == 1,
+            dead,
+            connections,
+        })
     }
 
     async fn reap(&self, node: &str) -> Result<Vec<UserRef>> {

@@ -135,6 +135,9 @@ pub fn settings(name: &str, redis: Option<&Redis>) -> Settings {
         // `login_failures_max` slots). Tests of these limits set them low again.
         register_per_address_per_hour: 1_000_000,
         login_failures_max: 1000,
+        // Tests put their clients on nodes deliberately (often all on one) and treat a
+        // `goaway` as a drain; rebalancing is tested on its own (tests/topology.rs).
+        rebalance: false,
         ..Settings::default()
     }
 }

@@ -390,3 +390,24 @@ serves cert-manager.io/v1 (like the ServiceMonitor, nothing is rendered without 
 {{- define "switchboard.tls.certificate" -}}
 {{- if and .Values.tls.enabled .Values.tls.certManager.issuer.name (.Capabilities.APIVersions.Has "cert-manager.io/v1") }}true{{ end }}
 {{- end }}
+
+{{/*
+Checksum of where the Redis password comes from, as a pod annotation: rotating it (a new
+redis.password, or new data in redis.existingSecret / redis.externalUrlSecret, read at
+install/upgrade time with lookup) rolls the pods that use it on the next `helm upgrade`. A
+password the chart generated is kept across upgrades, so it does not count. `helm template`
+cannot look Secrets up: there only redis.password counts.
+*/}}
+{{- define "switchboard.redis.secretChecksum" -}}
+{{- $r := .Values.redis -}}
+{{- $data := dict "password" $r.password -}}
+{{- if and $r.enabled $r.existingSecret -}}
+{{- $s := lookup "v1" "Secret" .Release.Namespace $r.existingSecret -}}
+{{- $_ := set $data "existing" (get $s "data" | default dict) -}}
+{{- end -}}
+{{- if and (not $r.enabled) $r.externalUrlSecret.name -}}
+{{- $s := lookup "v1" "Secret" .Release.Namespace $r.externalUrlSecret.name -}}
+{{- $_ := set $data "external" (get $s "data" | default dict) -}}
+{{- end -}}
+{{- $data | toJson | sha256sum -}}
+{{- end }}

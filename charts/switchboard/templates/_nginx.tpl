@@ -35,7 +35,7 @@ stream {
 {{- if not $n.staticServers }}
 
     # Re-resolves the headless Service; "valid" caps how long an answer is trusted.
-    resolver {{ $n.resolver }};
+    resolver {{ tpl $n.resolver . }};
     resolver_timeout {{ $n.resolverTimeout }};
 {{- end }}
 

@@ -20,11 +20,7 @@ impl<S: Store> Session<S> {
     pub(super) async fn handle(&mut self, frame: Frame<'_>) {
         let result = self.dispatch(&frame).await;
         if let Err(err) = &result {
-            self.node
-                .metrics
-                .errors
-                .with_label_values(&[err.code.as_str()])
-                .inc();
+            self.node.metrics.error(err.code);
         }
         write_reply(&mut self.out, &frame.op, frame.reference, &result);
         // The account is gone: this session ends after its reply, like the user's others.

@@ -1,4 +1,5 @@
--- ARGV: node, (unused: caller's clock), ttl ms. Returns {was registered (0/1), dead node names...}.
+-- ARGV: node, (unused: caller's clock), ttl ms, open connections. Returns {was registered (0/1),
+-- {dead node names...}, {open connections of every live node that published them...}}.
 -- Time comes from Redis, so nodes' clocks do not matter. A node that was itself cut off for
 -- longer than the TTL (its own previous beat is missing or stale) declares nobody dead this
 -- round: after a Redis outage every score is old, and only nodes that stay silent once the
@@ -17,9 +18,19 @@ if reaped then
   redis.call('DEL', mark)
   prev = nil
 end
-local out = {prev and 1 or 0}
-if not prev or tonumber(prev) < now - ttl then return out end
-for _, n in ipairs(redis.call('ZRANGEBYSCORE', 'sb:nodes', '-inf', '(' .. (now - ttl))) do
-  out[#out + 1] = n
+-- This node's open connections, for rebalancing (reap.lua removes a dead node's entry).
+redis.call('HSET', 'sb:conns', ARGV[1], ARGV[4])
+local counts = {}
+local alive = redis.call('ZRANGEBYSCORE', 'sb:nodes', now - ttl, '+inf')
+if #alive > 0 then
+  for _, c in ipairs(redis.call('HMGET', 'sb:conns', unpack(alive))) do
+    if c then counts[#counts + 1] = tonumber(c) end
+  end
 end
-return out
+local dead = {}
+if prev and tonumber(prev) >= now - ttl then
+  for _, n in ipairs(redis.call('ZRANGEBYSCORE', 'sb:nodes', '-inf', '(' .. (now - ttl))) do
+    dead[#dead + 1] = n
+  end
+end
+return {prev and 1 or 0, dead, counts}

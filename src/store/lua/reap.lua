@@ -16,6 +16,7 @@ for _, entry in ipairs(redis.call('SMEMBERS', skey)) do
 end
 redis.call('DEL', skey)
 redis.call('ZREM', 'sb:nodes', ARGV[1])
+redis.call('HDEL', 'sb:conns', ARGV[1])
 if ARGV[2] and ARGV[2] ~= ARGV[1] then
   -- A day is far longer than any outage a node survives; the mark of a node that is gone for
   -- good must not stay forever.
