@@ -122,8 +122,10 @@ impl Server {
                     None => Ok(()),
                     Some(store) => {
                         let watch = tokio::spawn(store.shards().watch());
+                        let gauges = tokio::spawn(store.clone().report_connected());
                         let result = started.run(store, shutdown).await;
                         watch.abort();
+                        gauges.abort();
                         result
                     }
                 }

@@ -382,6 +382,23 @@ impl ClusterStore {
         Ok(false)
     }
 
+    /// Keeps `switchboard_redis_connected` in step, as the standalone store does: the command
+    /// role by a `PING` through the cluster connection, the subscriber role by the shards'
+    /// canaries. Runs until aborted.
+    pub async fn report_connected(self: Arc<Self>) {
+        let connected = &self.metrics.ops.redis_connected;
+        loop {
+            let ping = self.q::<String>("ping", &redis::cmd("PING")).await.is_ok();
+            connected
+                .with_label_values(&["commands"])
+                .set(i64::from(ping));
+            connected
+                .with_label_values(&["subscriber"])
+                .set(i64::from(self.shards.healthy()));
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
     /// `(name, password hash, online)` of a user, if it exists.
     async fn user_row(&self, id: UserId) -> Result<Option<(String, String, bool)>> {
         let mut pipe = redis::pipe();
@@ -1484,8 +1501,11 @@ impl Store for ClusterStore {
         let dead: Vec<String> = conv(Value::Array(v), "heartbeat")?;
         // Connection counts for rebalancing: `sb:conns` is in a slot of its own, so a step of
         // its own; "live" is judged by this node's clock here (the beat above uses Redis').
-        self.q::<()>("heartbeat", redis::cmd("HSET").arg("sb:conns").arg(node).arg(conns))
-            .await?;
+        self.q::<()>(
+            "heartbeat",
+            redis::cmd("HSET").arg("sb:conns").arg(node).arg(conns),
+        )
+        .await?;
         let alive: Vec<String> = self
             .q(
                 "heartbeat",

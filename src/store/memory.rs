@@ -12,10 +12,9 @@ use crate::error::{Code, Error, Result};
 use crate::protocol::{Friend, Group, GroupId, GroupRef, Member, Role, Sent, Seq, UserId, UserRef};
 use crate::store::payload::{close_payload, event_payload, message_payload};
 use crate::store::{
-    Account, Beat, BlockChange, CLIENT_ID_TTL_SECS, Deleted, Entry, LiveSink,
-    MAX_TOKENS_PER_USER, Membership, Outgoing, QUOTA_BUCKET_MS, QUOTA_WINDOW_MS, Recipient,
-    Retention, Store, Stored, Who, account_gone, blocked_friend, blocked_send, client_id_conflict,
-    fold, over_quota,
+    Account, Beat, BlockChange, CLIENT_ID_TTL_SECS, Deleted, Entry, LiveSink, MAX_TOKENS_PER_USER,
+    Membership, Outgoing, QUOTA_BUCKET_MS, QUOTA_WINDOW_MS, Recipient, Retention, Store, Stored,
+    Who, account_gone, blocked_friend, blocked_send, client_id_conflict, fold, over_quota,
 };
 
 #[derive(Default)]
