@@ -230,6 +230,10 @@ impl Metrics {
                 registry
                     .register(Box::new(h.clone()))
                     .expect("unique metric");
+                // Both series exist from the start, so a dashboard shows 0, not "no data".
+                for method in ["password", "token"] {
+                    h.with_label_values(&[method]);
+                }
                 h
             },
             close_batch: {

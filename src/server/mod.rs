@@ -174,34 +174,22 @@ impl Started {
         shutdown: &CancellationToken,
     ) -> Option<Arc<RedisStore>> {
         let timeout = Duration::from_millis(self.settings.redis_timeout_ms);
-        let mut delay = CONNECT_BACKOFF_MIN;
-        loop {
-            let attempt = RedisStore::connect(
+        let store = retry_connect("redis", shutdown, || {
+            RedisStore::connect(
                 url,
                 &self.settings.node_name,
                 self.registry.clone(),
                 retention,
                 timeout,
                 self.metrics.clone(),
-            );
-            match attempt.await {
-                Ok(store) => {
-                    store.set_wait_replicas(
-                        self.settings.redis_wait_replicas,
-                        Duration::from_millis(self.settings.redis_wait_timeout_ms),
-                    );
-                    return Some(store);
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, retry_in = ?delay, "redis not reachable yet");
-                    tokio::select! {
-                        _ = shutdown.cancelled() => return None,
-                        _ = tokio::time::sleep(delay) => {}
-                    }
-                    delay = (delay * 2).min(CONNECT_BACKOFF_MAX);
-                }
-            }
-        }
+            )
+        })
+        .await?;
+        store.set_wait_replicas(
+            self.settings.redis_wait_replicas,
+            Duration::from_millis(self.settings.redis_wait_timeout_ms),
+        );
+        Some(store)
     }
 
     /// As [`Started::connect_redis`], for Redis Cluster (`redis_cluster_nodes`).
@@ -212,34 +200,22 @@ impl Started {
         shutdown: &CancellationToken,
     ) -> Option<Arc<ClusterStore>> {
         let timeout = Duration::from_millis(self.settings.redis_timeout_ms);
-        let mut delay = CONNECT_BACKOFF_MIN;
-        loop {
-            let attempt = ClusterStore::connect(
+        let store = retry_connect("redis cluster", shutdown, || {
+            ClusterStore::connect(
                 seeds,
                 &self.settings.node_name,
                 self.registry.clone(),
                 retention,
                 timeout,
                 self.metrics.clone(),
-            );
-            match attempt.await {
-                Ok(store) => {
-                    store.set_wait_replicas(
-                        self.settings.redis_wait_replicas,
-                        Duration::from_millis(self.settings.redis_wait_timeout_ms),
-                    );
-                    return Some(store);
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, retry_in = ?delay, "redis cluster not reachable yet");
-                    tokio::select! {
-                        _ = shutdown.cancelled() => return None,
-                        _ = tokio::time::sleep(delay) => {}
-                    }
-                    delay = (delay * 2).min(CONNECT_BACKOFF_MAX);
-                }
-            }
-        }
+            )
+        })
+        .await?;
+        store.set_wait_replicas(
+            self.settings.redis_wait_replicas,
+            Duration::from_millis(self.settings.redis_wait_timeout_ms),
+        );
+        Some(store)
     }
 
     async fn run<S: Store>(self, store: Arc<S>, shutdown: CancellationToken) -> anyhow::Result<()> {
@@ -307,6 +283,29 @@ impl Started {
         let took = started.elapsed().as_secs_f64();
         tracing::info!(seconds = took, "drained");
         Ok(())
+    }
+}
+
+/// Runs `connect` until it succeeds, with doubling delays from [`CONNECT_BACKOFF_MIN`] to
+/// [`CONNECT_BACKOFF_MAX`]; `None` if shut down meanwhile.
+async fn retry_connect<T, F, Fut>(what: &str, shutdown: &CancellationToken, connect: F) -> Option<T>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<T>>,
+{
+    let mut delay = CONNECT_BACKOFF_MIN;
+    loop {
+        match connect().await {
+            Ok(store) => return Some(store),
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in = ?delay, "{what} not reachable yet");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return None,
+                    _ = tokio::time::sleep(delay) => {}
+                }
+                delay = (delay * 2).min(CONNECT_BACKOFF_MAX);
+            }
+        }
     }
 }
 

@@ -18,7 +18,8 @@ use crate::metrics::Metrics;
 use crate::protocol::{Friend, Group, GroupId, GroupRef, Member, Sent, Seq, UserId, UserRef};
 use crate::store::payload::{close_payload, event_payload};
 use crate::store::redis::{
-    ErrorKindStr, channel, conv, entry_from, group_error, is_oom, role, status,
+    ErrorKindStr, channel, conv, entry_from, group_error, inbox_after_cmd, inbox_before_cmd,
+    is_oom, role, status,
 };
 use crate::store::shards::Shards;
 use crate::store::{
@@ -1363,21 +1364,8 @@ impl Store for ClusterStore {
     }
 
     async fn inbox_after(&self, user: UserId, after: Seq, limit: usize) -> Result<Vec<Entry>> {
-        let start = if after == Seq::ZERO {
-            "-".to_string()
-        } else {
-            format!("({after}")
-        };
         let rows: Vec<(String, Vec<String>)> = self
-            .q(
-                "inbox_read",
-                redis::cmd("XRANGE")
-                    .arg(ukey(user, ":inbox"))
-                    .arg(start)
-                    .arg("+")
-                    .arg("COUNT")
-                    .arg(limit),
-            )
+            .q("inbox_read", &inbox_after_cmd(user, after, limit))
             .await?;
         rows.into_iter().map(entry_from).collect()
     }
@@ -1388,20 +1376,8 @@ impl Store for ClusterStore {
         before: Option<Seq>,
         limit: usize,
     ) -> Result<Vec<Entry>> {
-        let end = match before {
-            Some(b) => format!("({b}"),
-            None => "+".to_string(),
-        };
         let rows: Vec<(String, Vec<String>)> = self
-            .q(
-                "inbox_history",
-                redis::cmd("XREVRANGE")
-                    .arg(ukey(user, ":inbox"))
-                    .arg(end)
-                    .arg("-")
-                    .arg("COUNT")
-                    .arg(limit),
-            )
+            .q("inbox_history", &inbox_before_cmd(user, before, limit))
             .await?;
         rows.into_iter().map(entry_from).collect()
     }

@@ -1264,21 +1264,8 @@ impl Store for RedisStore {
     }
 
     async fn inbox_after(&self, user: UserId, after: Seq, limit: usize) -> Result<Vec<Entry>> {
-        let start = if after == Seq::ZERO {
-            "-".to_string()
-        } else {
-            format!("({after}")
-        };
         let rows: Vec<(String, Vec<String>)> = self
-            .query(
-                "inbox_read",
-                redis::cmd("XRANGE")
-                    .arg(format!("sb:{{u:{user}}}:inbox"))
-                    .arg(start)
-                    .arg("+")
-                    .arg("COUNT")
-                    .arg(limit),
-            )
+            .query("inbox_read", &inbox_after_cmd(user, after, limit))
             .await?;
         rows.into_iter().map(entry_from).collect()
     }
@@ -1289,20 +1276,8 @@ impl Store for RedisStore {
         before: Option<Seq>,
         limit: usize,
     ) -> Result<Vec<Entry>> {
-        let end = match before {
-            Some(b) => format!("({b}"),
-            None => "+".to_string(),
-        };
         let rows: Vec<(String, Vec<String>)> = self
-            .query(
-                "inbox_history",
-                redis::cmd("XREVRANGE")
-                    .arg(format!("sb:{{u:{user}}}:inbox"))
-                    .arg(end)
-                    .arg("-")
-                    .arg("COUNT")
-                    .arg(limit),
-            )
+            .query("inbox_history", &inbox_before_cmd(user, before, limit))
             .await?;
         rows.into_iter().map(entry_from).collect()
     }
@@ -1387,6 +1362,37 @@ impl Store for RedisStore {
     fn healthy(&self) -> bool {
         self.healthy.load(Ordering::Acquire)
     }
+}
+
+/// `XRANGE` of up to `limit` inbox entries after `after`, oldest first (both backends on Redis).
+pub(super) fn inbox_after_cmd(user: UserId, after: Seq, limit: usize) -> redis::Cmd {
+    let start = if after == Seq::ZERO {
+        "-".to_string()
+    } else {
+        format!("({after}")
+    };
+    let mut cmd = redis::cmd("XRANGE");
+    cmd.arg(format!("sb:{{u:{user}}}:inbox"))
+        .arg(start)
+        .arg("+")
+        .arg("COUNT")
+        .arg(limit);
+    cmd
+}
+
+/// `XREVRANGE` of up to `limit` inbox entries strictly before `before`, newest first.
+pub(super) fn inbox_before_cmd(user: UserId, before: Option<Seq>, limit: usize) -> redis::Cmd {
+    let end = match before {
+        Some(b) => format!("({b}"),
+        None => "+".to_string(),
+    };
+    let mut cmd = redis::cmd("XREVRANGE");
+    cmd.arg(format!("sb:{{u:{user}}}:inbox"))
+        .arg(end)
+        .arg("-")
+        .arg("COUNT")
+        .arg(limit);
+    cmd
 }
 
 /// `login_view` in common.lua: friend rows, group views, acked position ('' for none).
