@@ -18,8 +18,8 @@ use crate::metrics::Metrics;
 use crate::protocol::{Friend, Group, GroupId, GroupRef, Member, Sent, Seq, UserId, UserRef};
 use crate::store::payload::{close_payload, event_payload};
 use crate::store::redis::{
-    ErrorKindStr, channel, conv, entry_from, group_error, inbox_after_cmd, inbox_before_cmd,
-    is_oom, role, status,
+    channel, conv, entry_from, group_error, inbox_after_cmd, inbox_before_cmd, outcome, role,
+    status,
 };
 use crate::store::shards::Shards;
 use crate::store::{
@@ -162,29 +162,7 @@ impl ClusterStore {
         let limit =
             self.timeout + Duration::from_millis(self.wait_timeout_ms.load(Ordering::Acquire));
         let result = tokio::time::timeout(limit, fut).await;
-        self.metrics
-            .redis_latency
-            .with_label_values(&[op])
-            .observe(started.elapsed().as_secs_f64());
-        match result {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => {
-                self.metrics.redis_errors.with_label_values(&[op]).inc();
-                tracing::warn!(op, error = %e, "redis request failed");
-                if is_oom(&e) {
-                    return Err(Error::new(
-                        Code::Unavailable,
-                        "storage unavailable: Redis is out of memory (maxmemory reached); retry later",
-                    ));
-                }
-                Err(Error::unavailable(e.kind_str()))
-            }
-            Err(_) => {
-                self.metrics.redis_errors.with_label_values(&[op]).inc();
-                tracing::warn!(op, "redis request timed out");
-                Err(Error::unavailable("timed out"))
-            }
-        }
+        outcome(&self.metrics, op, started, result)
     }
 
     async fn q<T: FromRedisValue>(&self, op: &'static str, cmd: &redis::Cmd) -> Result<T> {

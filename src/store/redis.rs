@@ -519,29 +519,7 @@ impl RedisStore {
         if !matches!(op, "subscribe" | "unsubscribe") {
             self.count_timeout(&result);
         }
-        self.metrics
-            .redis_latency
-            .with_label_values(&[op])
-            .observe(started.elapsed().as_secs_f64());
-        match result {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => {
-                self.metrics.redis_errors.with_label_values(&[op]).inc();
-                tracing::warn!(op, error = %e, "redis request failed");
-                if is_oom(&e) {
-                    return Err(Error::new(
-                        Code::Unavailable,
-                        "storage unavailable: Redis is out of memory (maxmemory reached); retry later",
-                    ));
-                }
-                Err(Error::unavailable(e.kind_str()))
-            }
-            Err(_) => {
-                self.metrics.redis_errors.with_label_values(&[op]).inc();
-                tracing::warn!(op, "redis request timed out");
-                Err(Error::unavailable("timed out"))
-            }
-        }
+        outcome(&self.metrics, op, started, result)
     }
 
     async fn run<T: FromRedisValue>(
@@ -710,9 +688,43 @@ impl RedisStore {
     }
 }
 
+/// A finished Redis request as the protocol sees it (both Redis backends): its latency and
+/// failures recorded under `op`, a failure or time-out answered `unavailable` (a refusal under
+/// `maxmemory` says so).
+pub(super) fn outcome<T>(
+    metrics: &Metrics,
+    op: &'static str,
+    started: std::time::Instant,
+    result: std::result::Result<redis::RedisResult<T>, tokio::time::error::Elapsed>,
+) -> Result<T> {
+    metrics
+        .redis_latency
+        .with_label_values(&[op])
+        .observe(started.elapsed().as_secs_f64());
+    match result {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => {
+            metrics.redis_errors.with_label_values(&[op]).inc();
+            tracing::warn!(op, error = %e, "redis request failed");
+            if is_oom(&e) {
+                return Err(Error::new(
+                    Code::Unavailable,
+                    "storage unavailable: Redis is out of memory (maxmemory reached); retry later",
+                ));
+            }
+            Err(Error::unavailable(e.kind_str()))
+        }
+        Err(_) => {
+            metrics.redis_errors.with_label_values(&[op]).inc();
+            tracing::warn!(op, "redis request timed out");
+            Err(Error::unavailable("timed out"))
+        }
+    }
+}
+
 /// Whether Redis refused a write because `maxmemory` is reached (`-OOM command not allowed
 /// ...`, also when raised by a `redis.call` inside a script).
-pub(super) fn is_oom(e: &redis::RedisError) -> bool {
+fn is_oom(e: &redis::RedisError) -> bool {
     e.code() == Some("OOM") || e.to_string().contains("OOM command not allowed")
 }
 
@@ -726,7 +738,7 @@ enum Ping {
     TimedOut,
 }
 
-pub(super) trait ErrorKindStr {
+trait ErrorKindStr {
     fn kind_str(&self) -> String;
 }
 
