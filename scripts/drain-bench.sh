@@ -23,6 +23,7 @@ BENCH_BIN=${BENCH_BIN:-$BIN}     # the load generator (a newer one can drive an 
 CLIENTS=${CLIENTS:-2000}
 NODES=${NODES:-3}
 MODE=${MODE:-drain}
+RATE=${RATE:-$CLIENTS}      # messages per second, all clients together (default: 1 each)
 GROUP=${GROUP:-50}
 BIG=${BIG:-1000}
 BIG_SHARE=${BIG_SHARE:-0.2}
@@ -45,6 +46,8 @@ run=$(mktemp -d)
 pids=()
 declare -A node_pid
 cleanup() {
+  # The raw snapshots and logs stay for a closer look: $OUT/run-$MODE.
+  rm -rf "$OUT/run-$MODE" && cp -r "$run" "$OUT/run-$MODE" 2>/dev/null || true
   for p in "${pids[@]}" "${node_pid[@]}"; do kill "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
   rm -rf "$run"
@@ -62,7 +65,8 @@ bash scripts/render-nginx.sh --no-proxy-protocol --static "${upstreams%,}" \
   --pid "$run/nginx.pid" --error-log "$run/nginx.err warn" --access-log off \
   --set-json '{"loadBalancer":{"nginx":{"workerConnections":65536,"workerRlimitNofile":140000}}}' >"$run/nginx.conf"
 nginx -c "$run/nginx.conf" -g 'daemon off;' &
-pids+=($!)
+nginx_pid=$!
+pids+=("$nginx_pid")
 
 start_node() {
   local n=$1
@@ -89,12 +93,20 @@ snap() {
     awk '{print $14 + $15}' "/proc/${node_pid[$m]}/stat" >"$run/cpu-$tag-$m.txt" 2>/dev/null || echo 0 >"$run/cpu-$tag-$m.txt"
   done
   redis-cli -p "$BASE" INFO stats | tr -d '\r' | awk -F: '/^total_commands_processed/ {print $2}' >"$run/redis-$tag.txt"
+  redis-cli -p "$BASE" INFO commandstats | tr -d '\r' >"$run/cmdstats-$tag.txt"
   awk '{print $14 + $15}' "/proc/$redis_pid/stat" >"$run/rcpu-$tag.txt"
+  # The load generator and nginx's workers: where the rest of the machine goes.
+  awk '{print $14 + $15}' "/proc/$bench/stat" >"$run/bcpu-$tag.txt" 2>/dev/null || echo 0 >"$run/bcpu-$tag.txt"
+  local w t=0
+  for w in $(pgrep -P "$nginx_pid"); do t=$((t + $(awk '{print $14 + $15}' "/proc/$w/stat" 2>/dev/null || echo 0))); done
+  echo "$t" >"$run/ncpu-$tag.txt"
+  # The whole machine: busy and total ticks (is it saturated?).
+  awk '/^cpu / {print $2 + $3 + $4 + $7 + $8, $2 + $3 + $4 + $5 + $6 + $7 + $8}' /proc/stat >"$run/mcpu-$tag.txt"
 }
 
 # The bench runs in the background; it prepares (register, log in, join groups) first, and
 # the clock for the drains starts when it sends (its progress line starts).
-"$BENCH_BIN" bench chat --addr "127.0.0.1:$((BASE + 1))" -c "$CLIENTS" -d "$SECS" --rate "$CLIENTS" \
+"$BENCH_BIN" bench chat --addr "127.0.0.1:$((BASE + 1))" -c "$CLIENTS" -d "$SECS" --rate "$RATE" \
   --group-size "$GROUP" --big-share "$BIG_SHARE" --big-group "$BIG" --source-ips "$SOURCE_IPS" \
   --users-file "$run/users.jsonl" --settle 15 --json >"$OUT/bench-$MODE.json" 2>"$run/bench.err" &
 bench=$!
@@ -128,10 +140,10 @@ import json, math, sys
 run, out, mode, nodes, order = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5].split()
 bench = json.load(open(f"{out}/bench-{mode}.json"))
 
-def buckets(path):
+def buckets(path, family="switchboard_delivery_latency_seconds_bucket"):
     b = {}
     for line in open(path):
-        if line.startswith("switchboard_delivery_latency_seconds_bucket"):
+        if line.startswith(family):
             le = line.split('le="')[1].split('"')[0]
             b[float("inf") if le == "+Inf" else float(le)] = float(line.rsplit(" ", 1)[1])
     return b
@@ -156,6 +168,8 @@ storm = []
 for n in order:
     others = [m for m in range(1, nodes + 1) if m != int(n)]
     lat = [p99(buckets(f"{run}/m-pre{n}-{m}.txt"), buckets(f"{run}/m-post{n}-{m}.txt")) for m in others]
+    token = 'switchboard_login_duration_seconds_bucket{method="token"'
+    login = [p99(buckets(f"{run}/m-pre{n}-{m}.txt", token), buckets(f"{run}/m-post{n}-{m}.txt", token)) for m in others]
     t0, t1 = map(float, open(f"{run}/drain-{n}.txt").read().split())
     window = t1 - t0 + 5
     quiet = 5.0
@@ -163,8 +177,22 @@ for n in order:
     cmds_q = (num(f"{run}/redis-quiet1.txt") - num(f"{run}/redis-quiet0.txt")) * window / quiet
     cpu = sum(num(f"{run}/cpu-post{n}-{m}.txt") - num(f"{run}/cpu-pre{n}-{m}.txt") for m in others)
     cpu_q = sum(num(f"{run}/cpu-quiet1-{m}.txt") - num(f"{run}/cpu-quiet0-{m}.txt") for m in others) * window / quiet
+    rcpu = num(f"{run}/rcpu-post{n}.txt") - num(f"{run}/rcpu-pre{n}.txt")
+    def busy(a, b):
+        x, y = open(f"{run}/mcpu-{a}.txt").read().split(), open(f"{run}/mcpu-{b}.txt").read().split()
+        return round(100 * (float(y[0]) - float(x[0])) / max(float(y[1]) - float(x[1]), 1))
     storm.append({"node": int(n), "drain_seconds": round(t1 - t0, 2),
+                  "machine_busy_pct_quiet": busy("quiet0", "quiet1"), "machine_busy_pct_storm": busy(f"pre{n}", f"post{n}"),
+                  "redis_cpu_pct_quiet": round(num(f"{run}/rcpu-quiet1.txt") - num(f"{run}/rcpu-quiet0.txt")) * 100 // 500,
+                  "redis_cpu_pct_storm": round(rcpu * 100 / (window * 100)),
+                  "bench_cpu_pct_quiet": round(num(f"{run}/bcpu-quiet1.txt") - num(f"{run}/bcpu-quiet0.txt")) * 100 // 500,
+                  "bench_cpu_pct_storm": round((num(f"{run}/bcpu-post{n}.txt") - num(f"{run}/bcpu-pre{n}.txt")) / window),
+                  "nginx_cpu_pct_quiet": round(num(f"{run}/ncpu-quiet1.txt") - num(f"{run}/ncpu-quiet0.txt")) * 100 // 500,
+                  "nginx_cpu_pct_storm": round((num(f"{run}/ncpu-post{n}.txt") - num(f"{run}/ncpu-pre{n}.txt")) / window),
+                  "other_nodes_cpu_pct_quiet": round(cpu_q * 100 / (window * 100)),
+                  "other_nodes_cpu_pct_storm": round(cpu * 100 / (window * 100)),
                   "other_nodes_p99_live_delivery_ms_bucket_bound": lat,
+                  "other_nodes_p99_token_login_ms_bucket_bound": login,
                   "redis_commands_extra": round(cmds - cmds_q), "other_nodes_cpu_ticks_extra": round(cpu - cpu_q)})
 reconnects = max(bench.get("reconnects", 0), 1)
 summary = {"mode": mode, "clients": bench.get("clients"), "reconnects": bench.get("reconnects"),

@@ -11,6 +11,8 @@ command -v redis-cli >/dev/null 2>&1 || missing+=(redis-tools)
 command -v nginx >/dev/null 2>&1 || missing+=(nginx)
 [ -e /usr/lib/nginx/modules/ngx_stream_module.so ] || missing+=(libnginx-mod-stream)
 # promtool (rule unit tests, scripts/check-chart.sh) and a real Prometheus (tests/prometheus.rs).
+# ss: tests/storm.rs reads the chat listener's accept queue length.
+command -v ss >/dev/null 2>&1 || missing+=(iproute2)
 { command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1; } || missing+=(prometheus)
 if [ ${#missing[@]} -gt 0 ]; then
   sudo=""

@@ -53,6 +53,12 @@ pub struct Settings {
     pub rebalance_rate_per_sec: u32,
     /// Most open client connections; more are refused before they are read.
     pub max_connections: usize,
+    /// Length of the chat listener's accept queue (capped by the kernel's
+    /// `net.core.somaxconn`): connections a surge may open before the node accepts them.
+    pub accept_backlog: u32,
+    /// Logins whose store work runs at once; more wait their turn, so that a reconnect storm
+    /// cannot queue thousands of login scripts in Redis ahead of live messages.
+    pub login_concurrency: u32,
     /// Longest frame in bytes, not counting the line ending.
     pub max_frame_bytes: usize,
     /// Longest message text in Unicode scalar values.
@@ -141,6 +147,8 @@ impl Default for Settings {
             rebalance_slack: 0.2,
             rebalance_rate_per_sec: 5,
             max_connections: 20_000,
+            accept_backlog: 4096,
+            login_concurrency: 64,
             max_frame_bytes: 65_536,
             max_text_chars: 4096,
             max_sessions_per_user: 8,
@@ -388,6 +396,16 @@ impl Settings {
             )?;
         }
         check(
+            (1..=65_535).contains(&self.accept_backlog),
+            "accept_backlog",
+            "must be between 1 and 65535",
+        )?;
+        check(
+            (1..=4096).contains(&self.login_concurrency),
+            "login_concurrency",
+            "must be between 1 and 4096",
+        )?;
+        check(
             (1..=64).contains(&self.argon2_slots),
             "argon2_slots",
             "must be between 1 and 64",
@@ -567,6 +585,32 @@ mod tests {
                 .unwrap_err()
                 .to_string();
             assert!(e.contains("SWITCHBOARD_ARGON2_SLOTS"), "{e}");
+        }
+    }
+
+    #[test]
+    fn surge_settings_default_and_range() {
+        let d = Settings::default();
+        assert_eq!((d.accept_backlog, d.login_concurrency), (4096, 64));
+        let s = Settings::load_from(
+            None,
+            env(&[
+                ("SWITCHBOARD_ACCEPT_BACKLOG", "65535"),
+                ("SWITCHBOARD_LOGIN_CONCURRENCY", "1"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!((s.accept_backlog, s.login_concurrency), (65535, 1));
+        for (key, bad) in [
+            ("SWITCHBOARD_ACCEPT_BACKLOG", "0"),
+            ("SWITCHBOARD_ACCEPT_BACKLOG", "65536"),
+            ("SWITCHBOARD_LOGIN_CONCURRENCY", "0"),
+            ("SWITCHBOARD_LOGIN_CONCURRENCY", "4097"),
+        ] {
+            let e = Settings::load_from(None, env(&[(key, bad)]))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(key), "{e}");
         }
     }
 

@@ -39,6 +39,8 @@ pub struct Metrics {
     pub logins: IntCounterVec,
     /// Time to answer a login, by method (a reconnect storm shows here first).
     pub login_latency: HistogramVec,
+    /// Logins waiting for one of the `login_concurrency` slots.
+    pub logins_waiting: IntGauge,
     /// Sessions removed per batch (see `server::closer`).
     pub close_batch: Histogram,
     /// Messages accepted by kind (direct, group).
@@ -236,6 +238,10 @@ impl Metrics {
                 }
                 h
             },
+            logins_waiting: gauge(
+                "switchboard_logins_waiting",
+                "Logins waiting for one of the login_concurrency slots (non-zero during a reconnect storm).",
+            ),
             close_batch: {
                 let h = Histogram::with_opts(
                     HistogramOpts::new(

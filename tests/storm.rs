@@ -71,3 +71,62 @@ async fn mass_disconnect_is_removed_in_batches_and_announced() {
         assert_eq!(r["user"]["online"], false);
     }
 }
+
+/// `login_concurrency` bounds the logins whose store work runs at once: with one slot and
+/// Redis paused, the first login holds the slot and the others wait for it (counted in
+/// `switchboard_logins_waiting`); when Redis answers again every login succeeds, in turn.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logins_take_turns_for_the_login_slots() {
+    const LOGINS: usize = 4;
+    let c = Cluster::redis_with(1, |s| s.login_concurrency = 1).await;
+    let redis = c.redis.as_ref().unwrap();
+    let mut tokens = Vec::new();
+    for _ in 0..LOGINS {
+        let u = user(c.addr(0), "turns").await;
+        tokens.push(u.token.clone().expect("a password login returns a token"));
+    }
+    let mut waiting = Vec::new();
+    for _ in 0..LOGINS {
+        waiting.push(Client::connect(c.addr(0)).await);
+    }
+    // Every Redis command of every client stalls for 2 s.
+    redis.cli(&["CLIENT", "PAUSE", "2000", "ALL"]);
+    for (client, token) in waiting.iter_mut().zip(&tokens) {
+        client.send(json!({"op": "login", "token": token})).await;
+    }
+    let node = &c.nodes[0];
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(1500);
+    let mut most = 0.0f64;
+    while tokio::time::Instant::now() < deadline && most < (LOGINS - 1) as f64 {
+        let (_, body) = node.get("/metrics").await;
+        most = most.max(metric(&body, "switchboard_logins_waiting"));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(most, (LOGINS - 1) as f64, "one login in its slot, the others waiting");
+    for client in &mut waiting {
+        let r = client.reply().await;
+        assert_eq!(r["ok"], true, "{r}");
+    }
+    let (_, body) = node.get("/metrics").await;
+    assert_eq!(metric(&body, "switchboard_logins_waiting"), 0.0);
+}
+
+/// The chat listener's accept queue is `accept_backlog` long (Linux shows a listening
+/// socket's queue length as its Send-Q), not the 128 of `TcpListener::bind`: a drained node's
+/// clients arriving at once are queued, not dropped into SYN retransmits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_chat_listener_has_the_configured_accept_backlog() {
+    let c = Cluster::memory_with(|s| s.accept_backlog = 777).await;
+    let port = c.addr(0).port();
+    let out = std::process::Command::new("ss")
+        .args(["-ltnH", &format!("sport = :{port}")])
+        .output()
+        .expect("ss (iproute2) is installed by scripts/test.sh");
+    let text = String::from_utf8_lossy(&out.stdout);
+    // State Recv-Q Send-Q Local Peer
+    let send_q: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(2))
+        .collect();
+    assert_eq!(send_q, ["777"], "ss said {text:?}");
+}

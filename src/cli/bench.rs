@@ -1113,10 +1113,16 @@ async fn join_groups(args: &BenchArgs, conns: Vec<Conn>) -> anyhow::Result<Vec<C
         grouped.entry(i).or_default().push(g);
     }
     // One task per joining client (each owns its connection meanwhile), then back in place.
+    // At most JOINS_AT_ONCE join at a time: a join into a 1000-member group publishes
+    // `member_joined` to every member, and thousands at once queue past the Redis time-out.
+    const JOINS_AT_ONCE: usize = 32;
+    let slots = Arc::new(Semaphore::new(JOINS_AT_ONCE));
     let mut tasks = tokio::task::JoinSet::new();
     for (i, groups) in grouped {
         let mut conn = conns[i].take().expect("in place");
+        let slots = slots.clone();
         tasks.spawn(async move {
+            let _slot = slots.acquire_owned().await.expect("never closed");
             for g in &groups {
                 conn.group_join_name(g)
                     .await

@@ -60,8 +60,7 @@ impl Server {
     /// certificate, if one is configured.
     pub async fn bind(settings: Settings) -> anyhow::Result<Server> {
         let tls = Tls::from_settings(&settings)?.map(Arc::new);
-        let chat = TcpListener::bind(settings.listen)
-            .await
+        let chat = listen(settings.listen, settings.accept_backlog)
             .with_context(|| format!("binding chat listener {}", settings.listen))?;
         let http = TcpListener::bind(settings.http_listen)
             .await
@@ -284,6 +283,22 @@ impl Started {
         tracing::info!(seconds = took, "drained");
         Ok(())
     }
+}
+
+/// A listener on `addr` with an accept queue of `backlog` (the kernel caps it at
+/// `net.core.somaxconn`). `TcpListener::bind` fixes it at 128 (mio's choice, as std's): a
+/// drained node's clients arriving at once overflow that, and a dropped SYN costs the client
+/// a 1 s retransmit (then 3 s, 7 s: past the 10 s a reconnect should take).
+fn listen(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    // As `TcpListener::bind` does: a restarted node rebinds while old connections linger.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(backlog)
 }
 
 /// Runs `connect` until it succeeds, with doubling delays from [`CONNECT_BACKOFF_MIN`] to

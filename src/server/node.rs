@@ -26,6 +26,8 @@ pub struct Node<S> {
     pub metrics: Arc<Metrics>,
     /// Password hashing.
     pub passwords: Passwords,
+    /// `login_concurrency` slots for the store work of a login (see [`Node::login_slot`]).
+    logins: tokio::sync::Semaphore,
     /// Cancelled when the node starts draining (SIGTERM): clients get `goaway`.
     pub draining: CancellationToken,
     /// Cancelled when the drain time is up: remaining connections close.
@@ -68,6 +70,7 @@ impl<S: Store> Node<S> {
             trusted_proxies,
             unauthenticated: Unauthenticated::new(settings.max_unauthenticated_per_address),
             passwords: Passwords::new(&settings),
+            logins: tokio::sync::Semaphore::new(settings.login_concurrency as usize),
             settings,
             store,
             registry,
@@ -81,6 +84,17 @@ impl<S: Store> Node<S> {
             beats_over: AtomicU64::new(0),
             leaving: AtomicU64::new(0),
         }
+    }
+
+    /// Waits for a login slot: a storm of logins takes turns instead of queueing thousands of
+    /// login scripts in Redis at once, ahead of every live message of the other sessions.
+    pub async fn login_slot(&self) -> tokio::sync::SemaphorePermit<'_> {
+        if let Ok(permit) = self.logins.try_acquire() {
+            return permit;
+        }
+        // Counted while waiting, also when the wait is cancelled (the connection ends).
+        let _waiting = Waiting::new(&self.metrics.logins_waiting);
+        self.logins.acquire().await.expect("never closed")
     }
 
     /// Open client connections of this node (what it publishes with its heartbeat).
@@ -256,5 +270,21 @@ impl<S: Store> Node<S> {
     /// Users with sessions here and the ids of those sessions (to re-register after a reap).
     pub fn local_sessions(&self) -> Vec<(UserRef, Arc<str>)> {
         self.registry.sessions()
+    }
+}
+
+/// Counts one waiter in a gauge for as long as it lives.
+struct Waiting<'a>(&'a prometheus::IntGauge);
+
+impl<'a> Waiting<'a> {
+    fn new(gauge: &'a prometheus::IntGauge) -> Self {
+        gauge.inc();
+        Waiting(gauge)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }

@@ -114,6 +114,8 @@ impl<S: Store> Session<S> {
         self.verify_limited(account.as_ref(), &name_key, password)
             .await?;
         let account = account.expect("verified");
+        // The hash had slots of its own; the store work of the login takes a login slot.
+        let _slot = node.login_slot().await;
         let token = new_token();
         let digest = token_digest(&token);
         node.store
@@ -264,6 +266,7 @@ impl<S: Store> Session<S> {
         let node = self.node.clone();
         let digest = token_digest(token);
         let bad = || Error::new(Code::BadCredentials, "unknown or expired token");
+        let _slot = node.login_slot().await;
         let account = node.store.token_account(&digest).await?.ok_or_else(bad)?;
         self.establish(account.user, token.to_string(), digest)
             .await
