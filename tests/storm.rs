@@ -102,7 +102,11 @@ async fn logins_take_turns_for_the_login_slots() {
         most = most.max(metric(&body, "switchboard_logins_waiting"));
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(most, (LOGINS - 1) as f64, "one login in its slot, the others waiting");
+    assert_eq!(
+        most,
+        (LOGINS - 1) as f64,
+        "one login in its slot, the others waiting"
+    );
     for client in &mut waiting {
         let r = client.reply().await;
         assert_eq!(r["ok"], true, "{r}");

@@ -1053,7 +1053,7 @@ fn latency_report(tally: &Tally, report: &mut Value) {
     report["reconnect_max_ms"] =
         json!(tally.reconnect_max_us.load(Ordering::Relaxed) as f64 / 1000.0);
     let r = tally.reconnect_times.lock().unwrap();
-    if r.len() > 0 {
+    if !r.is_empty() {
         report["reconnect_p50_ms"] = json!(r.value_at_quantile(0.5) as f64 / 1000.0);
         report["reconnect_p99_ms"] = json!(r.value_at_quantile(0.99) as f64 / 1000.0);
     }
@@ -1072,18 +1072,14 @@ async fn join_groups(args: &BenchArgs, conns: Vec<Conn>) -> anyhow::Result<Vec<C
     let n = conns.len();
     let big_members = ((n as f64) * args.big_share.clamp(0.0, 1.0)).round() as usize;
     let mut plan: Vec<Vec<String>> = vec![Vec::new(); n];
-    if args.group_size > 0 {
-        for (i, groups) in plan.iter_mut().enumerate() {
-            groups.push(format!(
-                "{}-{tag:08x}-g{}",
-                args.prefix,
-                i / args.group_size
-            ));
+    for (i, groups) in plan.iter_mut().enumerate() {
+        // No small groups with --group-size 0.
+        if let Some(g) = i.checked_div(args.group_size) {
+            groups.push(format!("{}-{tag:08x}-g{g}", args.prefix));
         }
     }
     // Big-group members are spread over the clients (every k-th one).
-    if big_members > 0 {
-        let step = n / big_members;
+    if let Some(step) = n.checked_div(big_members) {
         for (k, i) in (0..n).step_by(step.max(1)).take(big_members).enumerate() {
             let big = k / args.big_group.max(1);
             plan[i].push(format!("{}-{tag:08x}-big{big}", args.prefix));
