@@ -34,6 +34,7 @@ SOURCE_IPS=${SOURCE_IPS:-1}
 # Rebalancing off by default: the restarted node would otherwise draw clients back with
 # goaways of its own while the run ends, and those are not what is measured here.
 REBALANCE=${REBALANCE:-false}
+HANDOVER=${HANDOVER:-true}    # drain_handover (false: the 0.4.0 behaviour, for comparison)
 BASE=${BASE:-19500}           # redis BASE, nginx BASE+1, nodes BASE+11.., http BASE+31..
 OUT=${OUT:-target/drain-bench}
 if [ "$MODE" = rolling ]; then
@@ -73,7 +74,7 @@ start_node() {
   env SWITCHBOARD_REDIS_URL="redis://127.0.0.1:$BASE" SWITCHBOARD_NODE_NAME="drain-$n" \
     SWITCHBOARD_LISTEN="127.0.0.1:$((BASE + 10 + n))" SWITCHBOARD_HTTP_LISTEN="127.0.0.1:$((BASE + 30 + n))" \
     SWITCHBOARD_DRAIN_TIMEOUT_SECS="$DRAIN_SECS" SWITCHBOARD_LOG=warn \
-    SWITCHBOARD_REBALANCE="$REBALANCE" \
+    SWITCHBOARD_REBALANCE="$REBALANCE" SWITCHBOARD_DRAIN_HANDOVER="$HANDOVER" \
     SWITCHBOARD_ARGON2_MEMORY_KIB=64 SWITCHBOARD_ARGON2_ITERATIONS=1 \
     SWITCHBOARD_MAX_UNAUTHENTICATED_PER_ADDRESS=1000000 SWITCHBOARD_REGISTER_PER_ADDRESS_PER_HOUR=1000000 \
     SWITCHBOARD_LOGIN_FAILURES_MAX=1000000 SWITCHBOARD_MAX_CONNECTIONS=100000 \

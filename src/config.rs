@@ -45,6 +45,10 @@ pub struct Settings {
     /// wide enough to spread a drained node's reconnects, short enough that every client is
     /// back within seconds.
     pub goaway_spread_ms: u64,
+    /// A client that leaves a draining node after its `goaway` keeps its session record until
+    /// its next login ends it silently or the dead-node reaper removes it: no offline/online
+    /// presence flap for a client that is back within seconds.
+    pub drain_handover: bool,
     /// Move clients off a node holding more than its share of connections (after scale-up).
     pub rebalance: bool,
     /// A node rebalances when it holds more than the mean × (1 + this) connections.
@@ -143,6 +147,7 @@ impl Default for Settings {
             presence_group_max: 200,
             drain_timeout_secs: 20,
             goaway_spread_ms: 5000,
+            drain_handover: true,
             rebalance: true,
             rebalance_slack: 0.2,
             rebalance_rate_per_sec: 5,

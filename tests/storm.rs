@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Client, Cluster, WAIT, metric, user};
+use common::{Client, Cluster, Node, Proc, Redis, WAIT, metric, settings, user};
 use serde_json::json;
 
 /// Sessions that end at the same moment.
@@ -133,4 +133,75 @@ async fn the_chat_listener_has_the_configured_accept_backlog() {
         .filter_map(|l| l.split_whitespace().nth(2))
         .collect();
     assert_eq!(send_q, ["777"], "ss said {text:?}");
+}
+
+/// A drained node's client that is back on another node within seconds causes no presence
+/// flap: its session is handed over, not removed, and its next login ends it silently (it
+/// does not count against `max_sessions_per_user` either). A client that does not come back
+/// is announced offline by the dead-node reaper, within 2 × TTL of the node's exit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drained_clients_that_come_back_cause_no_presence_flap() {
+    let redis = Redis::start();
+    let ttl = 2;
+    let mut s = settings("stays", Some(&redis));
+    s.presence_ttl_secs = ttl;
+    s.max_sessions_per_user = 1;
+    let survivor = Node::start(s).await;
+    let mut drained = Proc::start(
+        &redis,
+        "leaves",
+        &[
+            ("SWITCHBOARD_PRESENCE_TTL_SECS", "2"),
+            ("SWITCHBOARD_DRAIN_TIMEOUT_SECS", "2"),
+            ("SWITCHBOARD_MAX_SESSIONS_PER_USER", "1"),
+        ],
+    );
+    let mut back = user(drained.addr, "back").await;
+    let mut gone = user(drained.addr, "gone").await;
+    let mut watcher = user(survivor.addr, "watch").await;
+    for id in [back.id, gone.id] {
+        watcher.ok(json!({"op": "friend.add", "user": id})).await;
+    }
+    // A beat of the drained node first, so that it is reaped as a dead node once it is gone.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    drained.signal("-TERM");
+    for c in [&mut back, &mut gone] {
+        assert_eq!(c.event("goaway").await["reason"], "shutdown");
+    }
+    let (back_id, gone_id) = (back.id, gone.id);
+    let token = back.token.clone().unwrap();
+    drop(back);
+    drop(gone);
+    let mut again = Client::connect(survivor.addr).await;
+    let r = again.req(json!({"op": "login", "token": token})).await;
+    assert_eq!(r["ok"], true, "the handed-over session does not count: {r}");
+    let exited = {
+        let code = tokio::task::spawn_blocking(move || drained.child.wait().unwrap())
+            .await
+            .unwrap();
+        assert!(code.success(), "{code:?}");
+        tokio::time::Instant::now()
+    };
+    // The one that did not come back goes offline; nothing at all is heard of the other.
+    loop {
+        let ev = watcher.event("presence").await;
+        assert_ne!(
+            ev["user"]["id"], back_id,
+            "a flap of a client that came back: {ev}"
+        );
+        if ev["user"]["id"] == gone_id {
+            assert_eq!(ev["user"]["online"], false);
+            break;
+        }
+    }
+    let took = exited.elapsed();
+    assert!(
+        took <= Duration::from_secs(2 * ttl),
+        "offline {took:?} after the exit"
+    );
+    watcher.no_event("presence", Duration::from_secs(ttl)).await;
+    let who = watcher.ok(json!({"op": "whois", "id": back_id})).await;
+    assert_eq!(who["user"]["online"], true);
+    let sessions = redis.cli(&["HLEN", &format!("sb:{{u:{back_id}}}:sessions")]);
+    assert_eq!(sessions.trim(), "1", "the handed-over record is gone");
 }

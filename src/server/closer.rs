@@ -29,6 +29,9 @@ pub struct Removal {
     pub session: Arc<str>,
     /// Told when the removal is committed (or deferred).
     pub done: oneshot::Sender<()>,
+    /// Hand the session over instead of removing it ([`Store::sessions_handover`]): its
+    /// client left a draining node after `goaway` and is expected back on another node.
+    pub handover: bool,
 }
 
 /// The sending side, held by the node.
@@ -48,25 +51,40 @@ pub async fn run<S: Store>(node: Arc<Node<S>>, mut rx: mpsc::Receiver<Removal>) 
 }
 
 async fn commit<S: Store>(node: &Node<S>, batch: &mut Vec<Removal>) {
-    let lines: Vec<String> = batch
+    let me = &node.settings.node_name;
+    let handovers: Vec<(UserId, &str)> = batch
         .iter()
-        .map(|r| presence_line(&r.user, false))
+        .filter(|r| r.handover)
+        .map(|r| (r.user.id, &*r.session))
         .collect();
-    let sessions: Vec<(UserId, &str, Option<&str>)> = batch
-        .iter()
-        .zip(&lines)
-        .map(|(r, line)| (r.user.id, &*r.session, Some(line.as_str())))
-        .collect();
-    node.metrics.close_batch.observe(batch.len() as f64);
-    let group_max = node.settings.presence_group_max;
-    match node
-        .store
-        .sessions_close(&node.settings.node_name, &sessions, group_max)
-        .await
-    {
-        Ok(_) => {}
+    // Handed over, or (a backend that cannot) removed with the others below.
+    let handed = match node.store.sessions_handover(me, &handovers).await {
+        Ok(handed) => handed,
         Err(e) => {
-            for r in batch.iter() {
+            // The records stay all the same: the users' next logins or the reaper end them.
+            tracing::warn!(sessions = handovers.len(), error = %e, "session handover not marked");
+            true
+        }
+    };
+    if handed {
+        node.handed_over
+            .fetch_add(handovers.len() as u64, std::sync::atomic::Ordering::Relaxed);
+    }
+    let closing: Vec<&Removal> = batch.iter().filter(|r| !(r.handover && handed)).collect();
+    if !closing.is_empty() {
+        let lines: Vec<String> = closing
+            .iter()
+            .map(|r| presence_line(&r.user, false))
+            .collect();
+        let sessions: Vec<(UserId, &str, Option<&str>)> = closing
+            .iter()
+            .zip(&lines)
+            .map(|(r, line)| (r.user.id, &*r.session, Some(line.as_str())))
+            .collect();
+        node.metrics.close_batch.observe(closing.len() as f64);
+        let group_max = node.settings.presence_group_max;
+        if let Err(e) = node.store.sessions_close(me, &sessions, group_max).await {
+            for r in &closing {
                 node.defer(&r.user, r.session.clone(), &e);
             }
         }

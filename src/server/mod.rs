@@ -267,14 +267,26 @@ impl Started {
         // The drain ends whatever Redis does: cleanup that cannot finish within the grace
         // (Redis down or slow) is left to the dead-node reaper of the other nodes, which
         // removes this node's sessions once its heartbeat has expired.
+        // Sessions handed over stay for their users' next logins (on other nodes) and, for
+        // clients that do not come back, for the reaper: reaping them here would announce
+        // offline the users who are still on their way back.
+        let handed_over = node.handed_over.load(std::sync::atomic::Ordering::Relaxed);
         let cleanup = async {
             let _ = beat.await;
-            presence::reap_own(&node).await;
+            if handed_over == 0 {
+                presence::reap_own(&node).await;
+            }
         };
         if tokio::time::timeout(CLOSE_GRACE, cleanup).await.is_err() {
             tracing::warn!(
                 sessions = node.orphan_count(),
                 "cleanup did not finish; the other nodes' reaper removes what is left"
+            );
+        }
+        if handed_over > 0 {
+            tracing::info!(
+                sessions = handed_over,
+                "sessions handed over: ended by their users' next logins, or by the other nodes' reaper"
             );
         }
         closer.abort();

@@ -51,6 +51,8 @@ pub struct Node<S> {
     beats_over: AtomicU64,
     /// Sessions told to go away to rebalance that are still connected.
     pub leaving: AtomicU64,
+    /// Sessions handed over at the drain (see [`Node::hand_over_session`]).
+    pub handed_over: AtomicU64,
 }
 
 impl<S: Store> Node<S> {
@@ -83,6 +85,7 @@ impl<S: Store> Node<S> {
             fair_share: AtomicU64::new(0),
             beats_over: AtomicU64::new(0),
             leaving: AtomicU64::new(0),
+            handed_over: AtomicU64::new(0),
         }
     }
 
@@ -179,7 +182,7 @@ impl<S: Store> Node<S> {
 
     /// Hands a removal to the closer and waits until it is committed; false when the closer
     /// does not run (the caller removes it itself).
-    async fn queue_removal(&self, user: &UserRef, session: &Arc<str>) -> bool {
+    async fn queue_removal(&self, user: &UserRef, session: &Arc<str>, handover: bool) -> bool {
         if self
             .closer_rx
             .lock()
@@ -193,6 +196,7 @@ impl<S: Store> Node<S> {
             user: user.clone(),
             session: session.clone(),
             done,
+            handover,
         };
         if self.closer.send(removal).await.is_err() {
             return false;
@@ -202,10 +206,20 @@ impl<S: Store> Node<S> {
         true
     }
 
+    /// Ends the session of a client that left after the drain's `goaway`: with
+    /// `drain_handover`, its record stays for the user's next login (on another node) to end
+    /// without a presence flap, or for the dead-node reaper (see [`Store::sessions_handover`]).
+    pub async fn hand_over_session(&self, user: &UserRef, session: Arc<str>) {
+        if self.settings.drain_handover && self.queue_removal(user, &session, true).await {
+            return;
+        }
+        self.close_session(user, session).await;
+    }
+
     /// Removes a session from the store and announces the user offline if it was their last;
     /// when the store is down, remembers it for [`Node::retry_orphans`].
     pub async fn close_session(&self, user: &UserRef, session: Arc<str>) {
-        if self.queue_removal(user, &session).await {
+        if self.queue_removal(user, &session, false).await {
             return;
         }
         match self

@@ -95,6 +95,9 @@ pub(super) struct Session<S> {
     pub(super) bucket: Bucket,
     pub(super) login: Option<LoggedIn>,
     goaway_sent: bool,
+    /// Told to go away because the node drains: the session is handed over when the client
+    /// leaves (see [`Node::hand_over_session`]), unless it logs out first.
+    pub(super) handover: bool,
     /// The account was deleted: the session ends once its `goaway` is written.
     pub(super) kicked: bool,
     /// Sent `goaway` to rebalance: counted in [`Node::leaving`] until the connection ends,
@@ -204,6 +207,7 @@ pub async fn serve<S: Store>(
             errors: 0,
             login: None,
             goaway_sent: false,
+            handover: false,
             kicked: false,
             leaving: None,
             broken: false,
@@ -309,8 +313,6 @@ impl<S: Store> Session<S> {
                     if self.goaway_sent {
                         return Close::Now;
                     }
-                    // Spread reconnects over the first half of the drain window (no
-                    // thundering herd).
                     // Spread reconnects (no thundering herd), within the first half of the
                     // drain window so that they leave before it closes, and within
                     // `goaway_spread_ms` so that every client is back within seconds (a token
@@ -318,6 +320,7 @@ impl<S: Store> Session<S> {
                     let s = &self.node.settings;
                     let window = (s.drain_timeout_secs * 1000 / 2).min(s.goaway_spread_ms);
                     self.goaway("shutdown", window);
+                    self.handover = true;
                 }
                 filled = reader.fill(rd) => match filled {
                     Ok(n) if n > 0 => {
@@ -502,7 +505,11 @@ impl<S: Store> Session<S> {
         node.registry
             .detach(&*node.store, login.user.id, &login.outbox, unsubscribe)
             .await;
-        node.close_session(&login.user, self.id.clone()).await;
+        if self.handover {
+            node.hand_over_session(&login.user, self.id.clone()).await;
+        } else {
+            node.close_session(&login.user, self.id.clone()).await;
+        }
         node.metrics.sessions.dec();
         tracing::info!(user = login.user.id, "logged out");
     }

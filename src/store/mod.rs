@@ -271,6 +271,18 @@ pub trait Store: Send + Sync + 'static {
             Ok(last)
         }
     }
+    /// Hands over sessions of the draining `node` whose clients left after `goaway`: their
+    /// records stay, so their users stay online, until each user's next login removes them
+    /// silently or the dead-node reaper removes them (and announces the users offline).
+    /// `Ok(false)` when the backend cannot: the caller removes them as usual.
+    fn sessions_handover(
+        &self,
+        node: &str,
+        sessions: &[(UserId, &str)],
+    ) -> impl Future<Output = Result<bool>> + Send {
+        let _ = (node, sessions);
+        async { Ok(false) }
+    }
     /// A login's bookkeeping in one step where the backend can: [`Store::session_open`], then
     /// [`Store::login_state`], and for the user's first session the `presence` line to its
     /// audience (as [`Store::announce`]). Returns whether it is the first session and the state.

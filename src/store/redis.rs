@@ -83,6 +83,7 @@ struct Scripts {
     unblock: Script,
     blocks: Script,
     sessions_close: Script,
+    sessions_handover: Script,
     presence_many: Script,
     session_login: Script,
 }
@@ -116,6 +117,7 @@ impl Scripts {
             unblock: script!("unblock"),
             blocks: script!("blocks"),
             sessions_close: script!("sessions_close"),
+            sessions_handover: script!("sessions_handover"),
             presence_many: script!("presence_many"),
             session_login: script!("session_login"),
         }
@@ -1032,6 +1034,24 @@ impl Store for RedisStore {
             })
             .await?;
         Ok(last.into_iter().map(|l| l == 1).collect())
+    }
+
+    async fn sessions_handover(&self, node: &str, sessions: &[(UserId, &str)]) -> Result<bool> {
+        if !sessions.is_empty() {
+            let _: i64 = self
+                .eval(
+                    "sessions_handover",
+                    &self.scripts.sessions_handover,
+                    |cmd| {
+                        cmd.arg(node);
+                        for &(user, session) in sessions {
+                            cmd.arg(user).arg(session);
+                        }
+                    },
+                )
+                .await?;
+        }
+        Ok(true)
     }
 
     async fn session_login(

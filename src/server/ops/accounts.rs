@@ -337,6 +337,8 @@ impl<S: Store> Session<S> {
     pub(super) async fn logout(&mut self) -> Result<Reply> {
         let digest = self.login.as_ref().expect("checked").token.clone();
         self.node.store.token_revoke(&digest).await?;
+        // An explicit logout ends the session for good, also during a drain.
+        self.handover = false;
         self.end().await;
         Ok(Reply::Done(Done {}))
     }

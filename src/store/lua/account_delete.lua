@@ -35,5 +35,5 @@ if redis.call('HGET', 'sb:users:byname', folded) == uid then
 end
 redis.call('DEL', ukeyh, ukey(uid, ':friends'), ukey(uid, ':groups'), ukey(uid, ':blocks'),
   ukey(uid, ':blockedby'), ukey(uid, ':inbox'), ukey(uid, ':acked'), ukey(uid, ':quota'),
-  ukey(uid, ':sessions'))
+  ukey(uid, ':sessions'), ukey(uid, ':handover'))
 return {'ok', name, friends, groups}

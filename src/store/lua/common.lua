@@ -81,12 +81,29 @@ local function open_session(uid, sid, node, max)
   if redis.call('EXISTS', ukey(uid, '')) == 0 then return {'no_such_user'} end
   local key = ukey(uid, ':sessions')
   local n = redis.call('HLEN', key)
+  local first = n == 0
+  if n > 0 then
+    -- Sessions a draining node handed over (sessions_handover.lua): the user is back, so they
+    -- end now, without a presence event (for the user's audience it never went offline), and
+    -- do not count against `max`.
+    local hkey = ukey(uid, ':handover')
+    local flat = redis.call('HGETALL', hkey)
+    if #flat > 0 then
+      for i = 1, #flat, 2 do
+        if redis.call('HDEL', key, flat[i]) == 1 then
+          redis.call('SREM', 'sb:{n:' .. flat[i + 1] .. '}:sessions', uid .. ' ' .. flat[i])
+        end
+      end
+      redis.call('DEL', hkey)
+      n = redis.call('HLEN', key)
+    end
+  end
   if n >= max then return {'too_many_sessions'} end
   local t = redis.call('TIME')
   redis.call('ZADD', 'sb:nodes', 'NX', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000), node)
   redis.call('HSET', key, sid, node)
   redis.call('SADD', 'sb:{n:' .. node .. '}:sessions', uid .. ' ' .. sid)
-  if n == 0 then return {'ok', 1} end
+  if first then return {'ok', 1} end
   return {'ok', 0}
 end
 -- What a login reply and its backlog need: {{friend rows {id, name, online}}, {group views},
