@@ -16,8 +16,9 @@ for _, g in ipairs(redis.call('SMEMBERS', ukey(uid, ':groups'))) do
   if gname and redis.call('HEXISTS', mkey, uid) == 1 then
     local before = redis.call('HKEYS', mkey)
     redis.call('HDEL', mkey, uid)
+    redis.call('HDEL', gkey(g, ':names'), uid)
     if redis.call('HLEN', mkey) == 0 then
-      redis.call('DEL', gkey(g, ''), mkey)
+      redis.call('DEL', gkey(g, ''), mkey, gkey(g, ':names'))
       redis.call('HDEL', 'sb:groups:byname', string.lower(gname))
     end
     groups[#groups + 1] = {g, gname, before}

@@ -15,16 +15,39 @@ local function group_view(uid, gid, hide)
   local g = redis.call('HMGET', gkey(gid, ''), 'name', 'desc')
   if not g[1] then return nil end
   local flat = redis.call('HGETALL', gkey(gid, ':members'))
+  -- Member names from the group's own copy (one command instead of one per member: a login
+  -- into a 1000-member group read 1000 user hashes); a member it lacks (a group of 0.4.0 not
+  -- yet backfilled by record_names) is read from its user hash.
+  local names = {}
+  local nflat = redis.call('HGETALL', gkey(gid, ':names'))
+  for i = 1, #nflat, 2 do names[nflat[i]] = nflat[i + 1] end
   local members, role = {}, nil
   for i = 1, #flat, 2 do
     local mid, mrole = flat[i], flat[i + 1]
     if mid == tostring(uid) then role = mrole end
     local on = 0
     if not hide[mid] then on = online(mid) end
-    members[#members + 1] = {mid, redis.call('HGET', ukey(mid, ''), 'name') or '', mrole, on}
+    local mname = names[mid] or redis.call('HGET', ukey(mid, ''), 'name') or ''
+    members[#members + 1] = {mid, mname, mrole, on}
   end
   if not role then return nil end
   return {tostring(gid), g[1], g[2] or '', role, members}
+end
+-- Records member `uid`'s name in group `gid`'s sb:{g:ID}:names (names never change and ids are
+-- never reused, so the copy cannot go stale). When the copy lacks other members (the group
+-- was created before it existed), they are filled in too, once: the join pays for the group's
+-- later views.
+local function record_names(gid, uid)
+  local nkey = gkey(gid, ':names')
+  redis.call('HSET', nkey, uid, redis.call('HGET', ukey(uid, ''), 'name') or '')
+  local mkey = gkey(gid, ':members')
+  if redis.call('HLEN', nkey) < redis.call('HLEN', mkey) then
+    for _, mid in ipairs(redis.call('HKEYS', mkey)) do
+      if redis.call('HEXISTS', nkey, mid) == 0 then
+        redis.call('HSET', nkey, mid, redis.call('HGET', ukey(mid, ''), 'name') or '')
+      end
+    end
+  end
 end
 -- Who hears of `uid`'s presence: friends, and fellow members of groups of at most `max`
 -- members, without `uid` and without anyone across a block.

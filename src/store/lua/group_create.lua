@@ -5,5 +5,6 @@ local id = redis.call('INCR', 'sb:groups:next')
 redis.call('HSET', 'sb:groups:byname', ARGV[2], id)
 redis.call('HSET', gkey(id, ''), 'name', ARGV[3], 'desc', ARGV[4])
 redis.call('HSET', gkey(id, ':members'), ARGV[1], 'creator')
+record_names(id, ARGV[1])
 redis.call('SADD', ukey(ARGV[1], ':groups'), id)
 return {'ok', group_view(ARGV[1], id, hidden(ARGV[1]))}
