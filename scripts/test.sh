@@ -43,8 +43,8 @@ bash scripts/check-chart.sh
 # The fuzz tests (tests/fuzz_targets.rs, tests/fuzz_live.rs) run their short CI pass here,
 # about 10 s in all; scripts/fuzz.sh runs the long one (docs/fuzzing.md).
 TMPDIR="$SB_TEST_TMPDIR" cargo test --locked --all-targets "$@"
-# Issue 15's drain scenario, small: 500 clients through nginx in front of 3 debug nodes, one
+# Issue 15's drain scenario, small: 2,000 clients through nginx in front of 3 debug nodes, one
 # drained; fails unless nothing acknowledged is lost and every client is back within 10 s
 # (scripts/drain-bench.sh; docs/benchmarks.md has the full-size runs).
-CHECK=1 CLIENTS=500 DRAIN_AT=8 DRAIN_SECS=6 BIN=target/debug/switchboard OUT="$SB_TEST_TMPDIR/drain" \
+CHECK=1 CLIENTS=2000 DRAIN_AT=8 DRAIN_SECS=6 BIN=target/debug/switchboard OUT="$SB_TEST_TMPDIR/drain" \
   bash scripts/drain-bench.sh >/dev/null
