@@ -266,10 +266,9 @@ impl Started {
         node.closing.cancel();
         // The drain ends whatever Redis does: cleanup that cannot finish within the grace
         // (Redis down or slow) is left to the dead-node reaper of the other nodes, which
-        // removes this node's sessions once its heartbeat has expired.
-        // Sessions handed over stay for their users' next logins (on other nodes) and, for
-        // clients that do not come back, for the reaper: reaping them here would announce
-        // offline the users who are still on their way back.
+        // removes this node's sessions once its heartbeat has expired. Sessions handed over
+        // are left the same way on purpose: their users' next logins end them, and reaping
+        // them here would announce offline the users who are still on their way back.
         let handed_over = node.handed_over.load(std::sync::atomic::Ordering::Relaxed);
         let cleanup = async {
             let _ = beat.await;
