@@ -497,3 +497,67 @@ async fn a_drain_ends_when_redis_stops_answering() {
         "the drain took {took:?} (drain timeout 2 s)"
     );
 }
+
+/// Issue 15, as the issue puts it: Redis is killed in the middle of a drain. 200 clients got
+/// their `goaway`; Redis dies; then they all leave at once, so every session handover or
+/// removal fails. The node still exits within the drain timeout plus its graces, and a node
+/// started later on the same Redis (restarted with its data) reaps what was left behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_ends_when_redis_is_killed_mid_drain() {
+    const CLIENTS: usize = 200;
+    let mut redis = Redis::start();
+    let mut node = Proc::start(
+        &redis,
+        "drain-killed",
+        &[
+            ("SWITCHBOARD_DRAIN_TIMEOUT_SECS", "4"),
+            ("SWITCHBOARD_GOAWAY_SPREAD_MS", "1000"),
+            ("SWITCHBOARD_REDIS_TIMEOUT_MS", "1000"),
+            ("SWITCHBOARD_PRESENCE_TTL_SECS", "2"),
+            ("SWITCHBOARD_MAX_UNAUTHENTICATED_PER_ADDRESS", "100000"),
+        ],
+    );
+    let mut clients = Vec::new();
+    for _ in 0..CLIENTS {
+        clients.push(common::user(node.addr, "dk").await);
+    }
+    let ids: Vec<u64> = clients.iter().map(|c| c.id).collect();
+    let term = Instant::now();
+    node.signal("-TERM");
+    for c in &mut clients {
+        assert_eq!(c.event("goaway").await["reason"], "shutdown");
+    }
+    redis.stop();
+    drop(clients);
+    let mut exited = None;
+    while term.elapsed() < Duration::from_secs(30) {
+        if node.child.try_wait().unwrap().is_some() {
+            exited = Some(term.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let took = exited.expect("the node was still running 30 s after SIGTERM");
+    // Drain timeout 4 s + close grace 3 s + cleanup grace 3 s, and a margin for a loaded machine.
+    assert!(
+        took < Duration::from_secs(14),
+        "the drain took {took:?} (drain timeout 4 s)"
+    );
+    // Redis comes back with its data; another node reaps the dead node's sessions.
+    redis.restart();
+    let mut s = settings("after", Some(&redis));
+    s.presence_ttl_secs = 2;
+    let after = Node::start(s).await;
+    let mut w = Client::connect(after.addr).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for id in ids.iter().take(5) {
+        loop {
+            let r = w.ok(json!({"op": "whois", "id": id})).await;
+            if r["user"]["online"] == false {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{id} still online: {r}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
