@@ -205,3 +205,49 @@ async fn drained_clients_that_come_back_cause_no_presence_flap() {
     let sessions = redis.cli(&["HLEN", &format!("sb:{{u:{back_id}}}:sessions")]);
     assert_eq!(sessions.trim(), "1", "the handed-over record is gone");
 }
+
+/// `drain_handover` on both Redis backends: a client of a draining node that logs in again on
+/// the other node by token causes no presence event at its friend and stays online throughout;
+/// its logout later is announced as usual.
+async fn handover_without_flap(c: Cluster) {
+    let mut back = user(c.addr(0), "hb").await;
+    let mut watcher = user(c.addr(1), "hw").await;
+    watcher
+        .ok(json!({"op": "friend.add", "user": back.id}))
+        .await;
+    back.event("friend_added").await;
+    c.nodes[0].begin_stop();
+    assert_eq!(back.event("goaway").await["reason"], "shutdown");
+    let token = back.token.clone().unwrap();
+    let id = back.id;
+    drop(back);
+    // Online throughout, until the drained node has ended (the session handed over).
+    while c.nodes[0].running() {
+        let who = watcher.ok(json!({"op": "whois", "id": id})).await;
+        assert_eq!(who["user"]["online"], true, "offline while on its way back");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut again = Client::connect(c.addr(1)).await;
+    let r = again.req(json!({"op": "login", "token": token})).await;
+    assert_eq!(r["ok"], true, "{r}");
+    // Nothing, also once the other node has reaped the drained one (2 × TTL).
+    watcher.no_event("presence", Duration::from_secs(4)).await;
+    let who = watcher.ok(json!({"op": "whois", "id": id})).await;
+    assert_eq!(who["user"]["online"], true);
+    again.ok(json!({"op": "logout"})).await;
+    let ev = watcher.event("presence").await;
+    assert_eq!(
+        ev["user"],
+        json!({"id": id, "name": ev["user"]["name"], "online": false})
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handover_without_flap_on_redis() {
+    handover_without_flap(Cluster::redis(2).await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handover_without_flap_on_redis_cluster() {
+    handover_without_flap(Cluster::redis_cluster(2).await).await;
+}

@@ -56,6 +56,7 @@ struct Scripts {
     ack: Lua,
     session_open: Lua,
     session_drop: Lua,
+    session_handover: Lua,
     heartbeat: Lua,
     node_join: Lua,
     attempt: Lua,
@@ -117,6 +118,7 @@ impl ClusterStore {
                 ack: cscript!("ack"),
                 session_open: cscript!("session_open"),
                 session_drop: cscript!("session_drop"),
+                session_handover: cscript!("session_handover"),
                 heartbeat: cscript!("heartbeat"),
                 node_join: cscript!("node_join"),
                 attempt: cscript!("attempt"),
@@ -894,7 +896,7 @@ impl Store for ClusterStore {
             .eval(
                 "login",
                 &self.scripts.session_open,
-                &[&skey],
+                &[&skey, &ukey(user, ":handover")],
                 &[&session, &node, &max],
                 None,
             )
@@ -918,6 +920,22 @@ impl Store for ClusterStore {
                 }
             }
         }
+    }
+
+    async fn sessions_handover(&self, node: &str, sessions: &[(UserId, &str)]) -> Result<bool> {
+        // One step per session (each in its user's slot), as the removals are.
+        for &(user, session) in sessions {
+            let (skey, hkey) = (ukey(user, ":sessions"), ukey(user, ":handover"));
+            self.eval::<i64>(
+                "sessions_handover",
+                &self.scripts.session_handover,
+                &[&skey, &hkey],
+                &[&session, &node],
+                None,
+            )
+            .await?;
+        }
+        Ok(true)
     }
 
     async fn session_close(&self, user: UserId, session: &str, node: &str) -> Result<bool> {
