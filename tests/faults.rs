@@ -449,6 +449,17 @@ async fn after_a_silent_failover_sessions_get_live_messages_within_seconds() {
     drop(node1);
 }
 
+/// How long after `since` (its SIGTERM) the node process exited; panics after 30 s.
+async fn exit_time(node: &mut Proc, since: Instant) -> Duration {
+    while since.elapsed() < Duration::from_secs(30) {
+        if node.child.try_wait().unwrap().is_some() {
+            return since.elapsed();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the node was still running 30 s after SIGTERM");
+}
+
 /// Issue 15: a drain ends within `drain_timeout_secs` whatever Redis does. Redis stops
 /// answering (every request times out) just as 200 logged-in clients leave at once, then the
 /// node gets SIGTERM: it must exit within the drain timeout plus its close grace, leaving the
@@ -482,15 +493,7 @@ async fn a_drain_ends_when_redis_stops_answering() {
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let term = Instant::now();
     node.signal("-TERM");
-    let mut exited = None;
-    while term.elapsed() < Duration::from_secs(30) {
-        if node.child.try_wait().unwrap().is_some() {
-            exited = Some(term.elapsed());
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let took = exited.expect("the node was still running 30 s after SIGTERM");
+    let took = exit_time(&mut node, term).await;
     // Drain timeout 2 s + close grace 3 s + cleanup grace 3 s, and a margin for a loaded machine.
     assert!(
         took < Duration::from_secs(12),
@@ -529,15 +532,7 @@ async fn a_drain_ends_when_redis_is_killed_mid_drain() {
     }
     redis.stop();
     drop(clients);
-    let mut exited = None;
-    while term.elapsed() < Duration::from_secs(30) {
-        if node.child.try_wait().unwrap().is_some() {
-            exited = Some(term.elapsed());
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let took = exited.expect("the node was still running 30 s after SIGTERM");
+    let took = exit_time(&mut node, term).await;
     // Drain timeout 4 s + close grace 3 s + cleanup grace 3 s, and a margin for a loaded machine.
     assert!(
         took < Duration::from_secs(14),
