@@ -346,7 +346,8 @@ fn finish(bench: ChildGuard, clients: usize) -> Value {
     report
 }
 
-fn open_connections(t: &Topology, i: usize) -> f64 {
+/// One series of node `i`'s /metrics, read from blocking code.
+fn node_metric(t: &Topology, i: usize, series: &str) -> f64 {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -355,7 +356,11 @@ fn open_connections(t: &Topology, i: usize) -> f64 {
         ([127, 0, 0, 1], t.http_port(i)).into(),
         "/metrics",
     ));
-    metric(&body, "switchboard_connections_open")
+    metric(&body, series)
+}
+
+fn open_connections(t: &Topology, i: usize) -> f64 {
+    node_metric(t, i, "switchboard_connections_open")
 }
 
 #[test]
@@ -529,15 +534,7 @@ fn client_addresses_reach_the_nodes_through_nginx() {
 
 /// `goaway` events a node sent to rebalance.
 fn rebalance_goaways(t: &Topology, i: usize) -> f64 {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let (_, body) = rt.block_on(http_get(
-        ([127, 0, 0, 1], t.http_port(i)).into(),
-        "/metrics",
-    ));
-    metric(&body, "switchboard_goaway_sent_total{reason=\"rebalance\"}")
+    node_metric(t, i, "switchboard_goaway_sent_total{reason=\"rebalance\"}")
 }
 
 /// Clients of [`rebalance_after_scale_up`]: 120 in CI; `SB_REBALANCE_CLIENTS=400` for the

@@ -231,7 +231,12 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     let mut buf = Vec::new();
     let _ =
         tokio::time::timeout(WAIT, tokio::io::AsyncReadExt::read_to_end(&mut s, &mut buf)).await;
-    let text = String::from_utf8_lossy(&buf).to_string();
+    http_response(&buf)
+}
+
+/// (status, body) of a whole HTTP response read to its end (status 0 when there is none).
+pub fn http_response(buf: &[u8]) -> (u16, String) {
+    let text = String::from_utf8_lossy(buf);
     let status = text
         .split(' ')
         .nth(1)
